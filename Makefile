@@ -1,0 +1,22 @@
+# `make demo`: install into .venv and run the main job on the embedded digits data.
+# `make test`: install into .venv and run the test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/digits
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m diffusion_jax.main --config=configs/digits.py --workdir=$(WORKDIR) --mode=all
+
+test: install
+	$(PY) -m pytest -q tests
+
+.PHONY: install demo test

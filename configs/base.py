@@ -1,0 +1,74 @@
+"""Shared defaults for every experiment; an experiment config overrides what differs."""
+import ml_collections
+
+
+def get_base_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="digits",        # digits | tfds
+      tfds_name="",         # for name=tfds: mnist, cifar10, celeb_a, ...
+      data_dir="",
+      image_size=8,
+      channels=1,
+      center_crop=False,
+  ))
+
+  c.diffusion = ml_collections.ConfigDict(dict(
+      schedule="linear",    # linear | cosine | sigmoid
+      num_timesteps=1000,
+      prediction="eps",     # eps | x0 | v
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="unet",
+      block_out_channels=(32, 64),
+      layers_per_block=2,
+      attn_resolutions=(4,),
+      num_heads=1,
+      dropout=0.0,
+      norm_groups=8,
+      norm_eps=1e-6,
+      scale_shift=False,
+      num_classes=0,
+      flip_sin_to_cos=False,
+      freq_shift=1.0,
+  ))
+
+  c.training = ml_collections.ConfigDict(dict(
+      num_steps=1000,
+      batch_size=128,
+      weighting="uniform",
+      ema_decay=0.9999,
+      log_every=50,
+      checkpoint_every=500,
+      sample_every=0,        # 0: only at the end
+      keep_checkpoints=2,
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      optimizer="adam",      # adam | adamw
+      lr=2e-4,
+      warmup_steps=0,
+      grad_clip=1.0,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+  ))
+
+  c.sample = ml_collections.ConfigDict(dict(
+      runs="ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100",   # name:num_steps[:key=value...]
+      num_samples=1000,
+      batch_size=500,
+      spacing="leading",     # leading | trailing | linspace
+      clip_x0=True,
+      ddpm_variance="beta_tilde",   # beta | beta_tilde
+      use_ema=True,
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      classifier_steps=600,   # training steps of the digits evaluation classifier
+  ))
+  return c

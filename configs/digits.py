@@ -1,0 +1,18 @@
+"""The demo: a 0.7M-parameter class-conditional U-Net on the embedded 8x8 digits, a few minutes on 2 CPU cores."""
+from configs.base import get_base_config
+
+
+def get_config():
+  c = get_base_config()
+  c.model.block_out_channels = (32, 64)
+  c.model.layers_per_block = 1
+  c.model.attn_resolutions = (4,)
+  c.model.num_classes = 10
+  c.training.num_steps = 1200
+  c.training.batch_size = 128
+  c.training.ema_decay = 0.999
+  c.training.checkpoint_every = 400
+  c.training.sample_every = 400
+  c.optim.lr = 2e-3
+  c.optim.warmup_steps = 100
+  return c

@@ -1,0 +1,1 @@
+"""diffusion_jax: a JAX/Flax research codebase for diffusion models."""

@@ -1,0 +1,1 @@
+"""Sample-quality metrics (FID, IS) and the feature networks they are computed on."""

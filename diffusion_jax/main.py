@@ -1,0 +1,51 @@
+"""Command line: python -m diffusion_jax.main --config=configs/digits.py --workdir=runs/x --mode=train|sample|eval|all
+[--config.training.num_steps=2000 ...]."""
+from diffusion_jax.xla_flags import set_cpu_flags
+
+set_cpu_flags()
+
+import os  # noqa: E402
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from diffusion_jax import evaluate, parallel, sample, train  # noqa: E402
+
+MODES = ("train", "sample", "eval", "all")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and reports.")
+_MODE = flags.DEFINE_string("mode", "all", f"One of {', '.join(MODES)}.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir, mode):
+  if mode not in MODES:
+    raise ValueError(f"Unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
+  mesh = parallel.make_mesh()
+  if mode in ("train", "all"):
+    state = train.train(config, workdir, mesh)
+    params = state.ema_params if config.sample.use_ema else state.params
+  if mode in ("sample", "all"):
+    model, schedule = train.setup(config)
+    if mode == "sample":
+      params = train.load_params(config, workdir, mesh)
+    sample.sample(config, workdir, params, model, schedule, mesh)
+  if mode in ("eval", "all"):
+    results = evaluate.evaluate(config, workdir)
+    logging.info("Wrote %s", os.path.join(workdir, "report.md"))
+    return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

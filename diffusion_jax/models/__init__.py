@@ -1,0 +1,26 @@
+"""Networks by name, and the bridge from a network to the `model_fn(x_t, t, y=None)` contract of the samplers."""
+import dataclasses
+
+from diffusion_jax.models.unet import UNet
+from diffusion_jax.registry import Registry
+
+MODELS = Registry("model")
+MODELS.register("unet")(UNet)
+
+
+def get_model(config):
+  """Builds `config.model.name` with the remaining `config.model` fields; output channels follow the data."""
+  cls = MODELS.get(config.model.name)
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "out_channels"}
+  unknown = set(kwargs) - valid
+  if unknown:
+    raise ValueError(f"Unknown field(s) {sorted(unknown)} for model {config.model.name!r}; valid: {sorted(valid)}")
+  return cls(out_channels=config.data.channels, **kwargs)
+
+
+def make_model_fn(model, params, schedule):
+  """model_fn(x_t, t, y) for continuous t in (0, 1]: the network sees the schedule's index t T - 1."""
+  def model_fn(x, t, y=None):
+    return model.apply({"params": params}, x, schedule.t_to_index(t), y, train=False)
+  return model_fn

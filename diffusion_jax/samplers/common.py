@@ -1,0 +1,85 @@
+"""What every discrete-time sampler shares: the registry, respaced timestep grids and eps / x0 prediction."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.losses import to_eps_x0
+from diffusion_jax.registry import Registry
+
+SAMPLERS = Registry("sampler")
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def get_sampler(name):
+  return SAMPLERS.get(name)
+
+
+def respace(num_timesteps, num_steps, spacing="leading"):
+  """Descending 0-based indices of a `num_steps` subset of the T training steps.
+  leading: 0, T/S, 2T/S, ... (DDIM paper, Song et al. 2020); trailing: T-1, T-1-T/S, ... (Lin et al. 2024);
+  linspace: round(linspace(0, T-1, S))."""
+  T, S = num_timesteps, num_steps
+  if not 1 <= S <= T:
+    raise ValueError(f"num_steps must be in [1, {T}] for a {T}-step schedule, got {S}")
+  if spacing == "leading":
+    idx = np.arange(S) * (T // S)
+  elif spacing == "trailing":
+    idx = np.round(np.arange(T, 0, -T / S)).astype(np.int64)[::-1] - 1
+  elif spacing == "linspace":
+    idx = np.round(np.linspace(0, T - 1, S)).astype(np.int64)
+  else:
+    raise ValueError(f"Unknown spacing {spacing!r}; valid spacings: {', '.join(SPACINGS)}")
+  if len(np.unique(idx)) != S:
+    raise ValueError(f"spacing {spacing!r} gives repeated timesteps for num_steps={S}, T={T}")
+  return idx[::-1].copy()
+
+
+def grid(schedule, num_steps, spacing):
+  """(t, alpha_bar_t, alpha_bar_prev) along the respaced grid, from noisiest to cleanest; alpha_bar_prev = 1 at the end."""
+  idx = respace(schedule.num_timesteps, num_steps, spacing)
+  abar = schedule.alphas_cumprod[idx]
+  abar_prev = jnp.concatenate([abar[1:], jnp.ones((1,))])
+  return schedule.index_to_t(idx), abar, abar_prev
+
+
+def eps_x0(model_fn, x, t, abar, y, prediction, clip_x0):
+  """Model output -> (eps_hat, x0_hat) at scalar time t; with clip_x0 the x0 estimate is clipped to [-1, 1] and eps
+  recomputed from it (as improved-diffusion does)."""
+  tb = jnp.full((x.shape[0],), t)
+  alpha, sigma = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+  eps, x0 = to_eps_x0(model_fn(x, tb, y), x, alpha, sigma, prediction)
+  if clip_x0:
+    x0 = jnp.clip(x0, -1.0, 1.0)
+    eps = (x - alpha * x0) / sigma
+  return eps, x0
+
+
+def parse_runs(spec):
+  """'ddpm:1000,ddim:50:eta=1.0' -> [('ddpm', 1000, {}), ('ddim', 50, {'eta': 1.0})]."""
+  runs = []
+  for item in [s.strip() for s in spec.split(",") if s.strip()]:
+    parts = item.split(":")
+    if len(parts) < 2:
+      raise ValueError(f"Sampler run {item!r} must look like name:num_steps[:key=value...], e.g. ddim:50:eta=0.5")
+    name, steps = parts[0], int(parts[1])
+    get_sampler(name)
+    kwargs = {}
+    for kv in parts[2:]:
+      k, _, v = kv.partition("=")
+      try:
+        kwargs[k] = float(v) if k == "eta" else v
+      except ValueError as e:
+        raise ValueError(f"Bad value in sampler run {item!r}: {kv!r}") from e
+    runs.append((name, steps, kwargs))
+  return runs
+
+
+def scan_sampler(step_fn, schedule, shape, rng, num_steps, spacing):
+  """Runs x_T ~ N(0, I) through `step_fn(x, (t, abar, abar_prev, key)) -> x` over the grid in one lax.scan."""
+  ts, abar, abar_prev = grid(schedule, num_steps, spacing)
+  k0, k = jax.random.split(rng)
+  x = jax.random.normal(k0, shape)
+  keys = jax.random.split(k, num_steps)
+  x, _ = jax.lax.scan(lambda x, xs: (step_fn(x, xs), None), x, (ts, abar, abar_prev, keys))
+  return x
+

@@ -1,0 +1,86 @@
+"""Noise schedules: discrete `alphas_cumprod` as published, and their continuous-time view
+x_t = alpha_t x_0 + sigma_t eps with t in [0, 1], index i <-> t = (i + 1) / T."""
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.registry import Registry
+
+SCHEDULES = Registry("schedule")
+
+
+@flax.struct.dataclass
+class Schedule:
+  """A variance-preserving schedule defined by its T cumulative products alpha_bar_i (0-based i)."""
+  alphas_cumprod: jnp.ndarray  # [T], float32
+
+  @property
+  def num_timesteps(self):
+    return self.alphas_cumprod.shape[0]
+
+  @property
+  def betas(self):
+    prev = jnp.concatenate([jnp.ones((1,)), self.alphas_cumprod[:-1]])
+    return 1.0 - self.alphas_cumprod / prev
+
+  def t_to_index(self, t):
+    """Continuous t in (0, 1] -> fractional 0-based index i = t T - 1."""
+    return t * self.num_timesteps - 1.0
+
+  def index_to_t(self, i):
+    return (jnp.asarray(i, jnp.float32) + 1.0) / self.num_timesteps
+
+  def log_snr(self, t):
+    """log(alpha_bar / (1 - alpha_bar)), interpolated linearly in log-SNR between grid points;
+    exact at t = (i + 1) / T, clamped outside [1/T, 1]."""
+    grid = jnp.log(self.alphas_cumprod) - jnp.log1p(-self.alphas_cumprod)
+    i = jnp.clip(self.t_to_index(jnp.asarray(t, jnp.float32)), 0.0, self.num_timesteps - 1.0)
+    lo = jnp.floor(i).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, self.num_timesteps - 1)
+    frac = i - lo
+    return (1.0 - frac) * grid[lo] + frac * grid[hi]
+
+  def alpha_sigma(self, t):
+    """(alpha_t, sigma_t) with alpha_t^2 = sigmoid(log_snr), sigma_t^2 = sigmoid(-log_snr) (VP)."""
+    lam = self.log_snr(t)
+    return jnp.sqrt(jax.nn.sigmoid(lam)), jnp.sqrt(jax.nn.sigmoid(-lam))
+
+
+def _from_betas(betas):
+  return Schedule(alphas_cumprod=jnp.asarray(np.cumprod(1.0 - np.asarray(betas, np.float64)), jnp.float32))
+
+
+def _from_alpha_bar_fn(f, T, max_beta):
+  """Betas from a continuous alpha_bar(t): beta_i = min(1 - f((i+1)/T) / f(i/T), max_beta) (Nichol & Dhariwal 2021)."""
+  t = np.arange(T + 1, dtype=np.float64) / T
+  fs = f(t)
+  return _from_betas(np.minimum(1.0 - fs[1:] / fs[:-1], max_beta))
+
+
+@SCHEDULES.register("linear")
+def linear(T=1000, beta_start=1e-4, beta_end=0.02):
+  """Ho et al. 2020: betas linear from 1e-4 to 0.02 for T = 1000 (rescaled by 1000/T for other T)."""
+  scale = 1000.0 / T
+  return _from_betas(np.linspace(beta_start * scale, beta_end * scale, T, dtype=np.float64))
+
+
+@SCHEDULES.register("cosine")
+def cosine(T=1000, s=0.008, max_beta=0.999):
+  """Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2((t + s) / (1 + s) * pi / 2), betas clipped at 0.999."""
+  return _from_alpha_bar_fn(lambda t: np.cos((t + s) / (1 + s) * math.pi / 2) ** 2, T, max_beta)
+
+
+@SCHEDULES.register("sigmoid")
+def sigmoid(T=1000, start=-3.0, end=3.0, tau=1.0, max_beta=0.999):
+  """Chen 2023 ("On the importance of noise scheduling"), Alg. 1: alpha_bar(t) from a shifted, scaled sigmoid."""
+  sig = lambda z: 1.0 / (1.0 + np.exp(-z))
+  v_start, v_end = sig(start / tau), sig(end / tau)
+  f = lambda t: np.clip((v_end - sig((t * (end - start) + start) / tau)) / (v_end - v_start), 1e-9, 1.0)
+  return _from_alpha_bar_fn(f, T, max_beta)
+
+
+def get_schedule(name, num_timesteps, **kwargs):
+  return SCHEDULES.get(name)(num_timesteps, **kwargs)

@@ -1,0 +1,162 @@
+"""Training: a jitted, data-parallel train step (global batch sharded over `data`), EMA, orbax checkpoints that are
+resumed automatically, clu metric writers, a tqdm progress bar, and sample grids during training."""
+import os
+import time
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from tqdm import tqdm
+
+from diffusion_jax import checkpoint, parallel
+from diffusion_jax.data import get_dataset
+from diffusion_jax.images import save_grid
+from diffusion_jax.losses import WEIGHTINGS, check_prediction, diffusion_loss
+from diffusion_jax.models import get_model
+from diffusion_jax.sample import generate_samples
+from diffusion_jax.schedules import get_schedule
+
+OPTIMIZERS = ("adam", "adamw")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: dict
+  ema_params: dict
+  opt_state: optax.OptState
+  rng: jnp.ndarray
+
+
+def make_optimizer(optim):
+  """Adam / AdamW with linear warmup to a constant rate and global-norm gradient clipping (Ho et al. 2020)."""
+  if optim.optimizer not in OPTIMIZERS:
+    raise ValueError(f"Unknown optimizer {optim.optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+  lr = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps) if optim.warmup_steps else optim.lr
+  if optim.optimizer == "adam":
+    opt = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  else:
+    opt = optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
+  return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt) if optim.grad_clip else opt
+
+
+def setup(config):
+  """(model, schedule) for a config, validating the names it uses."""
+  check_prediction(config.diffusion.prediction)
+  WEIGHTINGS.get(config.training.weighting)
+  schedule = get_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+  return get_model(config), schedule
+
+
+def init_state(config, model, tx, rng):
+  k_init, k_train = jax.random.split(rng)
+  s = config.data.image_size
+  x = jnp.zeros((1, s, s, config.data.channels))
+  y = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
+  params = model.init(k_init, x, jnp.zeros((1,)), y)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params),
+                    rng=k_train)
+
+
+def make_train_step(config, model, schedule, tx):
+  def train_step(state, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    loss_fn = lambda p: diffusion_loss(model.apply, p, schedule, batch["image"], batch.get("label"), rng,
+                                       prediction=config.diffusion.prediction, weighting=config.training.weighting)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = jnp.minimum(config.training.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    new = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+    return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return train_step
+
+
+def host_batch(config, dataset, step):
+  x, y = dataset.batch(config.seed, step, config.training.batch_size)
+  return {"image": x, "label": y} if config.model.num_classes else {"image": x}
+
+
+def create_or_restore(config, workdir, model, tx, mesh):
+  """The train state from the workdir's latest checkpoint, or a fresh one; placed replicated on the mesh."""
+  rep = parallel.replicated(mesh)
+  init = jax.jit(lambda rng: init_state(config, model, tx, rng), out_shardings=rep)
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+  mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.training.keep_checkpoints)
+  state = checkpoint.restore(mngr, abstract, config)
+  if state is None:
+    state = init(jax.random.PRNGKey(config.seed))
+  else:
+    logging.info("Resumed from step %d in %s", int(state.step), workdir)
+  return state, mngr
+
+
+def write_training_grid(config, model, schedule, state, mesh, path):
+  images, _, _ = generate_samples(config, model, schedule, state.ema_params, mesh, "ddim", 50, 100,
+                                  jax.random.PRNGKey(config.seed + 2))
+  if jax.process_index() == 0:
+    save_grid(images, path)
+
+
+def train(config, workdir, mesh=None):
+  """Trains to config.training.num_steps, resuming from the workdir; returns the final TrainState."""
+  mesh = mesh or parallel.make_mesh()
+  parallel.check_batch(config.training.batch_size, mesh)
+  model, schedule = setup(config)
+  tx = make_optimizer(config.optim)
+  dataset = get_dataset(config, "train")
+  state, mngr = create_or_restore(config, workdir, model, tx, mesh)
+  rep = parallel.replicated(mesh)
+  step_fn = jax.jit(make_train_step(config, model, schedule, tx), in_shardings=(rep, parallel.batch_sharded(mesh)),
+                    out_shardings=(rep, rep), donate_argnums=0)
+  writer = metric_writers.create_default_writer(os.path.join(workdir, "logs"), just_logging=jax.process_index() > 0)
+  tcfg = config.training
+  start = int(state.step)
+  pbar = tqdm(total=tcfg.num_steps, initial=start, desc="train", mininterval=2.0, disable=jax.process_index() > 0)
+  last_save, t0, seen, diverged = start, time.time(), 0, False
+  try:
+    for step in range(start, tcfg.num_steps):
+      state, metrics = step_fn(state, parallel.shard_batch(host_batch(config, dataset, step), mesh))
+      loss = float(metrics["loss"])
+      if not np.isfinite(loss):
+        diverged = True
+        raise FloatingPointError(
+            f"Training loss became {loss} at step {step}; stopped without saving this state. The last good "
+            f"checkpoint (step {mngr.latest_step()}) is in {mngr.directory}; lower optim.lr or enable optim.grad_clip.")
+      seen += tcfg.batch_size
+      done = step + 1
+      if done % tcfg.log_every == 0 or done == tcfg.num_steps:
+        ips = seen / (time.time() - t0)
+        writer.write_scalars(done, {"loss": loss, "grad_norm": float(metrics["grad_norm"]), "images_per_sec": ips})
+        pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
+        t0, seen = time.time(), 0
+      pbar.update(1)
+      if done % tcfg.checkpoint_every == 0:
+        checkpoint.save(mngr, done, state, config)
+        last_save = done
+      if tcfg.sample_every and done % tcfg.sample_every == 0:
+        write_training_grid(config, model, schedule, state, mesh, os.path.join(workdir, "samples", f"train_{done:07d}.png"))
+  finally:  # also on Ctrl-C or an error: keep the progress made, unless the state diverged
+    pbar.close()
+    if not diverged and int(state.step) > last_save:
+      checkpoint.save(mngr, int(state.step), state, config)
+    mngr.wait_until_finished()
+    writer.flush()
+  return state
+
+
+def load_params(config, workdir, mesh):
+  """The (EMA, if config.sample.use_ema) parameters of the workdir's latest checkpoint."""
+  model, _ = setup(config)
+  tx = make_optimizer(config.optim)
+  path = os.path.join(workdir, "checkpoints")
+  if checkpoint.manager(path).latest_step() is None:
+    raise FileNotFoundError(f"No checkpoint found in {path}; train first with --mode=train")
+  state, _ = create_or_restore(config, workdir, model, tx, mesh)
+  return state.ema_params if config.sample.use_ema else state.params
