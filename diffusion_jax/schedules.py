@@ -62,9 +62,8 @@ def _from_alpha_bar_fn(f, T, max_beta):
 
 @SCHEDULES.register("linear")
 def linear(T=1000, beta_start=1e-4, beta_end=0.02):
-  """Ho et al. 2020: betas linear from 1e-4 to 0.02 for T = 1000 (rescaled by 1000/T for other T)."""
-  scale = 1000.0 / T
-  return _from_betas(np.linspace(beta_start * scale, beta_end * scale, T, dtype=np.float64))
+  """Ho et al. 2020: betas linear from beta_start = 1e-4 to beta_end = 0.02 (T = 1000 in the paper)."""
+  return _from_betas(np.linspace(beta_start, beta_end, T, dtype=np.float64))
 
 
 @SCHEDULES.register("cosine")

@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny digits config that trains in seconds, and helpers to run code in subprocesses."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def tiny_config(**overrides):
+  from configs.digits import get_config
+  c = get_config()
+  c.model.block_out_channels = (16, 32)
+  c.model.layers_per_block = 1
+  c.model.norm_groups = 4
+  c.training.batch_size = 32
+  c.training.num_steps = 6
+  c.training.log_every = 2
+  c.training.checkpoint_every = 3
+  c.training.sample_every = 0
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 2
+  c.sample.runs = "ddpm:10,ddim:5"
+  c.sample.num_samples = 40
+  c.sample.batch_size = 40
+  c.eval.classifier_steps = 100
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config
+
+
+def run_python(code_or_args, env_extra=None, timeout=600, check=True):
+  """Runs `python -c code` (str) or `python args...` (list) from the repo root; returns CompletedProcess."""
+  env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
+  args = [sys.executable] + (["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args)
+  proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+  return proc

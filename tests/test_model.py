@@ -1,0 +1,91 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_jax.models import get_model, make_model_fn
+from diffusion_jax.models.layers import GroupNorm, blocked_attention
+from diffusion_jax.models.unet import timestep_embedding
+from diffusion_jax.schedules import get_schedule
+
+
+def n_params(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def test_cifar10_unet_has_ho_et_al_size():
+  from configs.cifar10_ddpm import get_config
+  c = get_config()
+  model = get_model(c)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,)))
+  assert n_params(shapes) == 35_746_307  # diffusers' google/ddpm-cifar10-32 UNet2DModel
+  p = shapes["params"]
+  assert p["down_1_attn_0"]["to_q"]["kernel"].shape == (256, 256)  # attention at 16x16 only
+  assert "down_0_attn_0" not in p and "down_2_attn_0" not in p and "up_2_attn_0" in p
+
+
+def test_unet_forward_and_class_conditioning(tiny):
+  c = tiny()
+  model = get_model(c)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
+  t = jnp.array([0.0, 10.0, 500.0, 999.0])
+  params = model.init(jax.random.PRNGKey(1), x, t, jnp.zeros((4,), jnp.int32))["params"]
+  params = jax.tree.map(lambda a: a + 0.01 * jax.random.normal(jax.random.PRNGKey(2), a.shape), params)  # undo zero init
+  y = jnp.array([0, 1, 2, 3])
+  out = model.apply({"params": params}, x, t, y)
+  assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+  null = model.apply({"params": params}, x, t, jnp.full((4,), 10))
+  np.testing.assert_allclose(model.apply({"params": params}, x, t, None), null, rtol=1e-6)  # y=None is the null label
+  assert float(jnp.abs(out - null).max()) > 1e-4
+
+
+def test_model_fn_maps_t_to_index(tiny):
+  c = tiny()
+  model, sched = get_model(c), get_schedule("linear", 1000)
+  x = jnp.ones((2, 8, 8, 1))
+  params = model.init(jax.random.PRNGKey(0), x, jnp.zeros((2,)), jnp.zeros((2,), jnp.int32))["params"]
+  params = jax.tree.map(lambda a: a + 0.01, params)
+  fn = make_model_fn(model, params, sched)
+  y = jnp.array([3, 4])
+  np.testing.assert_allclose(fn(x, jnp.array([0.001, 1.0]), y),
+                             model.apply({"params": params}, x, jnp.array([0.0, 999.0]), y), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_model_field_is_rejected(tiny):
+  c = tiny()
+  with c.unlocked():
+    c.model.channel_multiplier = 2
+  with pytest.raises(ValueError, match="channel_multiplier"):
+    get_model(c)
+  c = tiny(**{"model.name": "transformer"})
+  with pytest.raises(ValueError, match="valid models: unet"):
+    get_model(c)
+
+
+def test_timestep_embedding_matches_formula():
+  e = timestep_embedding(jnp.array([3.0]), 8, freq_shift=1.0)
+  freqs = np.exp(-np.log(10000.0) * np.arange(4) / 3.0)
+  np.testing.assert_allclose(e[0], np.concatenate([np.sin(3 * freqs), np.cos(3 * freqs)]), rtol=1e-5)
+
+
+def test_groupnorm_matches_flax():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 16)) * 3 + 1
+  ours = GroupNorm(4, 1e-6)
+  ref = nn.GroupNorm(num_groups=4, epsilon=1e-6)
+  p = ours.init(jax.random.PRNGKey(1), x)
+  p = jax.tree.map(lambda a: a + jax.random.normal(jax.random.PRNGKey(2), a.shape), p)
+  np.testing.assert_allclose(ours.apply(p, x), ref.apply(p, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,block", [(64, 16), (16, 64), (50, 8)])
+def test_blocked_attention_matches_einsum_and_grads(n, block):
+  k = jax.random.split(jax.random.PRNGKey(0), 4)
+  q, kk, v = (jax.random.normal(k[i], (3, n, 8)) for i in range(3))
+  w = jax.random.normal(k[3], (3, n, 8))
+  ref = lambda q, k, v: jax.nn.softmax(jnp.einsum("rqd,rkd->rqk", q, k) / np.sqrt(8), -1) @ v
+  ours = lambda q, k, v: blocked_attention(q, k, v, block)
+  np.testing.assert_allclose(ours(q, kk, v), ref(q, kk, v), rtol=1e-5, atol=1e-5)
+  g = lambda f: jax.grad(lambda *a: jnp.sum(w * f(*a)), argnums=(0, 1, 2))(q, kk, v)
+  for a, b in zip(g(ours), g(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
