@@ -1,15 +1,19 @@
 """Training throughput (images/s) of the jitted train step for a named config; prints JSON.
 Usage: python -m benchmarks.train_step --config=configs/digits.py [--steps=30]"""
-import json
-import time
+from diffusion_jax.xla_flags import set_cpu_flags
 
-import jax
-from absl import app, flags
-from ml_collections import config_flags
+set_cpu_flags()
 
-from diffusion_jax import parallel
-from diffusion_jax.data import get_dataset
-from diffusion_jax.train import host_batch, init_state, make_optimizer, make_train_step, setup
+import json  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from diffusion_jax import parallel  # noqa: E402
+from diffusion_jax.data import get_dataset  # noqa: E402
+from diffusion_jax.train import host_batch, init_state, make_optimizer, make_train_step, setup  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps (after 3 warm-up steps).")
@@ -35,7 +39,7 @@ def main(_):
   jax.block_until_ready(m)
   dt = (time.perf_counter() - t) / _STEPS.value
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  print(json.dumps({"benchmark": "train_step", "config": _CONFIG.value.data.name, "batch_size": config.training.batch_size,
+  print(json.dumps({"benchmark": "train_step", "config": config.data.name, "batch_size": config.training.batch_size,
                     "params": int(n_params), "steps_per_sec": round(1 / dt, 3),
                     "images_per_sec": round(config.training.batch_size / dt, 1),
                     "devices": jax.device_count(), "backend": jax.default_backend()}))

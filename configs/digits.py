@@ -14,5 +14,6 @@ def get_config():
   c.training.checkpoint_every = 400
   c.training.sample_every = 400
   c.optim.lr = 2e-3
+  c.sample.num_samples = 500   # 50 per class
   c.optim.warmup_steps = 100
   return c

@@ -1,0 +1,118 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_python
+from diffusion_jax import checkpoint, parallel, train
+
+
+def params_of(state):
+  return jax.tree.map(np.asarray, state.params)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """6 steps of the tiny config, in one go."""
+  from conftest import tiny_config
+  wd = str(tmp_path_factory.mktemp("full"))
+  return wd, train.train(tiny_config(), wd)
+
+
+def test_training_writes_checkpoints_and_logs(uninterrupted):
+  wd, state = uninterrupted
+  assert int(state.step) == 6
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3", "6"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "logs")))
+  ema, p = jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params)
+  assert any(not np.allclose(a, b) for a, b in zip(ema, p))
+
+
+def test_resume_gives_same_parameters(uninterrupted, tiny, tmp_path):
+  _, full = uninterrupted
+  train.train(tiny(**{"training.num_steps": 3}), str(tmp_path))
+  resumed = train.train(tiny(), str(tmp_path))
+  assert int(resumed.step) == 6
+  for a, b in zip(jax.tree.leaves(params_of(full)), jax.tree.leaves(params_of(resumed))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_kill_9_then_resume_matches_uninterrupted(tiny, tmp_path):
+  n = 40
+  cfg = tiny(**{"training.num_steps": n, "training.checkpoint_every": 5})
+  reference = train.train(cfg, str(tmp_path / "ref"))
+  wd = str(tmp_path / "killed")
+  args = [sys.executable, "-m", "diffusion_jax.main", "--config=tests/tiny_config.py", f"--workdir={wd}",
+          "--mode=train", f"--config.training.num_steps={n}", "--config.training.checkpoint_every=5"]
+  proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt = os.path.join(wd, "checkpoints")
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(s) for s in os.listdir(ckpt) if s.isdigit()] if os.path.isdir(ckpt) else []
+    if steps and max(steps) >= 10:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "training finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(s) for s in os.listdir(ckpt) if s.isdigit())
+  assert 10 <= killed_at < n
+  resumed = train.train(cfg, wd)
+  assert int(resumed.step) == n
+  for a, b in zip(jax.tree.leaves(params_of(reference)), jax.tree.leaves(params_of(resumed))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
+  cfg = tiny(**{"optim.lr": 1e30, "optim.grad_clip": 0.0, "optim.warmup_steps": 0, "training.num_steps": 50,
+                "training.checkpoint_every": 1})
+  with pytest.raises(FloatingPointError, match="last good checkpoint"):
+    train.train(cfg, str(tmp_path))
+  mngr = checkpoint.manager(str(tmp_path / "checkpoints"))
+  step = mngr.latest_step()
+  assert step is not None and step < 50
+  params = train.load_params(cfg, str(tmp_path), parallel.make_mesh())
+  assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(params))
+
+
+def test_model_mismatch_names_the_field(uninterrupted, tiny, tmp_path):
+  wd, _ = uninterrupted
+  shutil.copytree(wd, tmp_path / "wd")
+  with pytest.raises(ValueError, match=r"model.block_out_channels: checkpoint has \[16, 32\], config has \[16, 48\]"):
+    train.train(tiny(**{"model.block_out_channels": (16, 48), "training.num_steps": 8}), str(tmp_path / "wd"))
+
+
+def test_corrupt_and_missing_checkpoints(uninterrupted, tiny, tmp_path):
+  wd, _ = uninterrupted
+  with pytest.raises(FileNotFoundError, match="No checkpoint found"):
+    train.load_params(tiny(), str(tmp_path / "empty"), parallel.make_mesh())
+  shutil.copytree(wd, tmp_path / "wd")
+  step_dir = tmp_path / "wd" / "checkpoints" / "6" / "state"
+  for root, _, files in os.walk(step_dir):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"garbage")
+  with pytest.raises(RuntimeError, match="corrupt or incomplete"):
+    train.load_params(tiny(), str(tmp_path / "wd"), parallel.make_mesh())
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+  proc = run_python(["-m", "diffusion_jax.main", "--config=tests/tiny_config.py", f"--workdir={tmp_path}",
+                     "--config.training.num_stepz=3"], check=False)
+  assert proc.returncode != 0 and "num_stepz" in proc.stderr
+
+
+def test_unknown_names_list_valid_ones(tiny, tmp_path):
+  with pytest.raises(ValueError, match="valid weightings: uniform"):
+    train.train(tiny(**{"training.weighting": "p3"}), str(tmp_path))
+  with pytest.raises(ValueError, match="valid optimizers: adam, adamw"):
+    train.train(tiny(**{"optim.optimizer": "sgdd"}), str(tmp_path))
+  with pytest.raises(ValueError, match="valid targets: eps, x0, v"):
+    train.train(tiny(**{"diffusion.prediction": "score"}), str(tmp_path))
