@@ -73,7 +73,7 @@ def make_train_step(config, model, schedule, tx):
     decay = jnp.minimum(config.training.ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     new = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-    return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
   return train_step
 
 

@@ -8,6 +8,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from diffusion_jax.xla_flags import set_cpu_flags  # noqa: E402
+
+set_cpu_flags()  # the same XLA flags as the CLI, so in-process and subprocess runs agree bit for bit
+# XLA compilation dominates the tiny tests (flax init alone compiles for ~15 s): share compiled programs
+# between tests and their subprocesses through JAX's persistent cache.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 
 def tiny_config(**overrides):
   from configs.digits import get_config
@@ -42,7 +50,7 @@ def tiny():
 
 def run_python(code_or_args, env_extra=None, timeout=600, check=True):
   """Runs `python -c code` (str) or `python args...` (list) from the repo root; returns CompletedProcess."""
-  env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]), **(env_extra or {}))
   args = [sys.executable] + (["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args)
   proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
