@@ -29,13 +29,16 @@ def save(mngr, step, state, config):
                                           config=ocp.args.JsonSave(json.loads(config.to_json()))))
 
 
-def check_compatible(saved, config, sections=("model", "data")):
-  """Raises with the differing fields when the checkpoint's model or data shape differs from `config`."""
+SHAPE_FIELDS = ("data.image_size", "data.channels")  # besides every model.* field but dropout
+
+
+def check_compatible(saved, config):
+  """Raises with the differing fields when the checkpoint's model or input shape differs from `config`."""
   now = _flat(json.loads(config.to_json()))
   then = _flat(saved)
+  shape_field = lambda k: (k.startswith("model.") and k != "model.dropout") or k in SHAPE_FIELDS
   diffs = [f"{k}: checkpoint has {then.get(k)!r}, config has {now.get(k)!r}"
-           for k in sorted(set(now) | set(then))
-           if k.split(".")[0] in sections and k != "model.dropout" and now.get(k) != then.get(k)]
+           for k in sorted(set(now) | set(then)) if shape_field(k) and now.get(k) != then.get(k)]
   if diffs:
     raise ValueError("The config does not match the checkpoint's model:\n  " + "\n  ".join(diffs))
 
