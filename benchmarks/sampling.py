@@ -26,7 +26,7 @@ def main(_):
   mesh = parallel.make_mesh()
   model, schedule = setup(config)
   params = init_state(config, model, make_optimizer(config.optim), jax.random.PRNGKey(0)).params
-  _, _, seconds = generate_samples(config, model, schedule, params, mesh, "ddim", _STEPS.value, _BATCH.value,
+  _, _, seconds, _ = generate_samples(config, model, schedule, params, mesh, "ddim", _STEPS.value, _BATCH.value,
                                    jax.random.PRNGKey(1))
   print(json.dumps({"benchmark": "sampling", "config": config.data.name, "batch_size": _BATCH.value,
                     "ms_per_nfe": round(1000 * seconds / _STEPS.value, 2),

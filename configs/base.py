@@ -59,7 +59,8 @@ def get_base_config():
   ))
 
   c.sample = ml_collections.ConfigDict(dict(
-      runs="ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100",   # name:num_steps[:key=value...]
+      runs="ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100",   # name:num_steps[:key=value...], e.g. ode:20:solver=heun
+      sde="vp",              # vp | subvp | ve: the SDE of the pc / ode samplers
       num_samples=1000,
       batch_size=500,
       spacing="leading",     # leading | trailing | linspace

@@ -13,24 +13,44 @@ from diffusion_jax import parallel
 from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
 from diffusion_jax.samplers import get_sampler, parse_runs
+from diffusion_jax.sde import get_sde
 
 
 def run_label(name, steps, kwargs):
   return "_".join([name, str(steps)] + [f"{k}{v}" for k, v in sorted(kwargs.items())])
 
 
+SDE_SAMPLERS = ("pc", "ode")
+
+
+def nfe_of(name, num_steps, kwargs):
+  """Network evaluations of a fixed-step run (the adaptive ODE solver reports its own)."""
+  if name == "pc":
+    return num_steps * (1 + (kwargs.get("n_corrector_steps", 1) if kwargs.get("corrector", "langevin") != "none" else 0))
+  if name == "ode":
+    return num_steps * {"euler": 1, "heun": 2}[kwargs["solver"]] + 1
+  return num_steps
+
+
 def make_generate(config, model, schedule, mesh, name, num_steps, batch_size, **kwargs):
-  """A jitted (params, rng, y) -> images function for one sampler run; y may be None for unconditional models."""
+  """A jitted (params, rng, y) -> (images, nfe) function for one sampler run; y may be None for unconditional models.
+  ddpm / ddim run on the training schedule, pc / ode on the SDE config.sample.sde (vp for DDPM-trained models)."""
   sampler = get_sampler(name)
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.channels)
-  if name == "ddpm":
-    kwargs.setdefault("variance", config.sample.ddpm_variance)
+  if name in SDE_SAMPLERS:
+    process = get_sde(config.sample.sde, N=config.diffusion.num_timesteps)
+  else:
+    process = schedule
+    kwargs = dict(clip_x0=config.sample.clip_x0, spacing=config.sample.spacing, **kwargs)
+    if name == "ddpm":
+      kwargs.setdefault("variance", config.sample.ddpm_variance)
+  adaptive = name == "ode" and kwargs.get("solver", "dopri5") == "dopri5"
 
   def generate(params, rng, y):
-    return sampler(make_model_fn(model, params, schedule), schedule, shape, rng, num_steps=num_steps, y=y,
-                   prediction=config.diffusion.prediction, clip_x0=config.sample.clip_x0,
-                   spacing=config.sample.spacing, **kwargs)
-  return jax.jit(generate, out_shardings=parallel.batch_sharded(mesh))
+    out = sampler(make_model_fn(model, params, schedule), process, shape, rng, num_steps=num_steps, y=y,
+                  prediction=config.diffusion.prediction, **({"return_nfe": True} if adaptive else {}), **kwargs)
+    return out if adaptive else (out, jnp.asarray(nfe_of(name, num_steps, kwargs)))
+  return jax.jit(generate, out_shardings=(parallel.batch_sharded(mesh), parallel.replicated(mesh)))
 
 
 def sample_labels(config, num):
@@ -41,7 +61,7 @@ def sample_labels(config, num):
 
 def generate_samples(config, model, schedule, params, mesh, name, num_steps, num, rng, **kwargs):
   """`num` samples in batches of config.sample.batch_size.
-  Returns (images [num, H, W, C], labels or None, seconds excluding compilation)."""
+  Returns (images [num, H, W, C], labels or None, seconds excluding compilation, mean NFE per batch)."""
   bs = min(config.sample.batch_size, num)
   bs = -(-bs // mesh.devices.size) * mesh.devices.size
   parallel.check_batch(bs, mesh, "sample batch size")
@@ -51,9 +71,10 @@ def generate_samples(config, model, schedule, params, mesh, name, num_steps, num
         for b in range(nb)]
   gen = make_generate(config, model, schedule, mesh, name, num_steps, bs, **kwargs).lower(params, rng, ys[0]).compile()
   start = time.time()
-  out = [np.asarray(gen(params, jax.random.fold_in(rng, b), ys[b])) for b in range(nb)]
+  out = [gen(params, jax.random.fold_in(rng, b), ys[b]) for b in range(nb)]
+  images = np.concatenate([np.asarray(o[0]) for o in out])[:num]
   seconds = time.time() - start
-  return np.concatenate(out)[:num], None if labels is None else labels[:num], seconds
+  return images, None if labels is None else labels[:num], seconds, float(np.mean([o[1] for o in out]))
 
 
 def sample(config, workdir, params, model, schedule, mesh):
@@ -64,12 +85,12 @@ def sample(config, workdir, params, model, schedule, mesh):
   for name, steps, kwargs in parse_runs(config.sample.runs):
     label = run_label(name, steps, kwargs)
     rng = jax.random.PRNGKey(config.seed + 1)
-    images, labels, seconds = generate_samples(config, model, schedule, params, mesh, name, steps,
+    images, labels, seconds, nfe = generate_samples(config, model, schedule, params, mesh, name, steps,
                                                config.sample.num_samples, rng, **kwargs)
     if jax.process_index() == 0:
       np.savez(os.path.join(outdir, f"{label}.npz"), images=images, labels=labels if labels is not None else [])
       save_grid(images[:100], os.path.join(outdir, f"{label}.png"))
-    records.append(dict(run=label, sampler=name, steps=steps, nfe=steps, seconds=round(seconds, 2),
+    records.append(dict(run=label, sampler=name, steps=steps, nfe=int(round(nfe)), seconds=round(seconds, 2),
                         num_samples=len(images), **kwargs))
     logging.info("sampled %s: %d images in %.1f s", label, len(images), seconds)
   if jax.process_index() == 0:

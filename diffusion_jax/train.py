@@ -98,7 +98,7 @@ def create_or_restore(config, workdir, model, tx, mesh):
 
 
 def write_training_grid(config, model, schedule, state, mesh, path):
-  images, _, _ = generate_samples(config, model, schedule, state.ema_params, mesh, "ddim", 50, 100,
+  images, _, _, _ = generate_samples(config, model, schedule, state.ema_params, mesh, "ddim", 50, 100,
                                   jax.random.PRNGKey(config.seed + 2))
   if jax.process_index() == 0:
     save_grid(images, path)

@@ -90,3 +90,11 @@ def test_blocked_attention_matches_einsum_and_grads(n, block):
   g = lambda f: jax.grad(lambda *a: jnp.sum(w * f(*a)), argnums=(0, 1, 2))(q, kk, v)
   for a, b in zip(g(ours), g(ref)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_scale_shift_conditioning_shapes(tiny):
+  c = tiny(**{"model.scale_shift": True})
+  shapes = jax.eval_shape(get_model(c).init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)),
+                          jnp.zeros((1,), jnp.int32))["params"]
+  assert shapes["down_0_resnet_0"]["time_emb_proj"]["kernel"].shape == (64, 32)  # 2 x 16 channels: scale and shift
+  assert shapes["class_embedding"]["embedding"].shape == (11, 64)  # 10 classes + the null label

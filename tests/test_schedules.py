@@ -46,3 +46,12 @@ def test_log_snr_interpolates_between_grid_points():
 def test_unknown_schedule_lists_valid_names():
   with pytest.raises(ValueError, match="cosine, linear, sigmoid"):
     get_schedule("quadratic", 10)
+
+
+def test_sigmoid_matches_chen_2023():
+  T, start, end, tau = 1000, -3.0, 3.0, 1.0
+  s = get_schedule("sigmoid", T)
+  sig = lambda z: 1 / (1 + np.exp(-z))
+  t = (np.arange(T - 5) + 1) / T
+  f = (sig(end / tau) - sig((t * (end - start) + start) / tau)) / (sig(end / tau) - sig(start / tau))
+  np.testing.assert_allclose(s.alphas_cumprod[: T - 5], f, rtol=1e-4, atol=1e-6)

@@ -1,5 +1,6 @@
 """Samplers by name. Every sampler has the signature
-`sampler(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False, spacing="leading", ...)`
-and its whole loop compiles into one XLA program."""
+`sampler(model_fn, schedule_or_sde, shape, rng, *, num_steps, y=None, prediction="eps", ...) -> x_0`
+and its whole loop compiles into one XLA program. ddpm / ddim take a discrete Schedule (and clip_x0, spacing);
+pc / ode take an SDE (vp, subvp, ve)."""
 from diffusion_jax.samplers.common import SAMPLERS, get_sampler, parse_runs  # noqa: F401
-from diffusion_jax.samplers import ddim, ddpm  # noqa: F401  (registers the samplers)
+from diffusion_jax.samplers import ddim, ddpm, ode, pc  # noqa: F401  (registers the samplers)

@@ -54,23 +54,31 @@ def eps_x0(model_fn, x, t, abar, y, prediction, clip_x0):
   return eps, x0
 
 
+def _value(v):
+  for cast in (int, float):
+    try:
+      return cast(v)
+    except ValueError:
+      pass
+  return {"true": True, "false": False}.get(v.lower(), v)
+
+
 def parse_runs(spec):
-  """'ddpm:1000,ddim:50:eta=1.0' -> [('ddpm', 1000, {}), ('ddim', 50, {'eta': 1.0})]."""
+  """'ddpm:1000,ddim:50:eta=0.5,ode:20:solver=heun' ->
+  [('ddpm', 1000, {}), ('ddim', 50, {'eta': 0.5}), ('ode', 20, {'solver': 'heun'})]."""
   runs = []
   for item in [s.strip() for s in spec.split(",") if s.strip()]:
     parts = item.split(":")
-    if len(parts) < 2:
+    if len(parts) < 2 or not parts[1].isdigit():
       raise ValueError(f"Sampler run {item!r} must look like name:num_steps[:key=value...], e.g. ddim:50:eta=0.5")
-    name, steps = parts[0], int(parts[1])
-    get_sampler(name)
+    get_sampler(parts[0])
     kwargs = {}
     for kv in parts[2:]:
-      k, _, v = kv.partition("=")
-      try:
-        kwargs[k] = float(v) if k == "eta" else v
-      except ValueError as e:
-        raise ValueError(f"Bad value in sampler run {item!r}: {kv!r}") from e
-    runs.append((name, steps, kwargs))
+      k, sep, v = kv.partition("=")
+      if not sep:
+        raise ValueError(f"Bad option {kv!r} in sampler run {item!r}: options look like key=value")
+      kwargs[k] = _value(v)
+    runs.append((parts[0], int(parts[1]), kwargs))
   return runs
 
 

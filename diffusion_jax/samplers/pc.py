@@ -1,0 +1,94 @@
+"""Predictor-corrector sampling of score SDEs (Song et al. 2021, Alg. 1-3): a predictor step of the reverse SDE,
+then Langevin corrector steps, from t = 1 down to t = eps; the whole loop is one lax.scan."""
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax.registry import Registry
+from diffusion_jax.samplers.common import SAMPLERS
+from diffusion_jax.sde import SDE, VESDE, SubVPSDE, VPSDE, _b, score_fn
+
+PREDICTORS = Registry("predictor")
+CORRECTORS = Registry("corrector")
+
+
+@PREDICTORS.register("euler_maruyama")
+def euler_maruyama(sde, score, x, t, dt, z):
+  drift, g = sde.reverse(score).sde(x, t)
+  x_mean = x + drift * dt
+  return x_mean + _b(g, x) * jnp.sqrt(-dt) * z, x_mean
+
+
+@PREDICTORS.register("reverse_diffusion")
+def reverse_diffusion(sde, score, x, t, dt, z):
+  """The reverse of the SDE's own discretisation (Song et al. 2021, eq. 46)."""
+  f, g = sde.reverse(score).discretize(x, t)
+  x_mean = x - f
+  return x_mean + _b(g, x) * z, x_mean
+
+
+@PREDICTORS.register("ancestral")
+def ancestral(sde, score, x, t, dt, z):
+  """Ancestral sampling of the DDPM (VP) or SMLD (VE) discretisation (Song et al. 2021, eqs. 47 and 48)."""
+  i = sde.index(t)
+  if isinstance(sde, VESDE):
+    sigma = sde.discrete_sigmas[i]
+    adjacent = jnp.where(i == 0, 0.0, sde.discrete_sigmas[jnp.maximum(i - 1, 0)])
+    x_mean = x + _b(sigma**2 - adjacent**2, x) * score(x, t)
+    std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
+    return x_mean + _b(std, x) * z, x_mean
+  if isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE):
+    beta = sde.discrete_betas[i]
+    x_mean = (x + _b(beta, x) * score(x, t)) / _b(jnp.sqrt(1.0 - beta), x)
+    return x_mean + _b(jnp.sqrt(beta), x) * z, x_mean
+  raise ValueError(f"The ancestral predictor supports the VP and VE SDEs, not {type(sde).__name__}")
+
+
+@PREDICTORS.register("none")
+def no_predictor(sde, score, x, t, dt, z):
+  return x, x
+
+
+@CORRECTORS.register("langevin")
+def langevin(sde, score, x, t, rng, snr, n_steps):
+  """Annealed Langevin dynamics with step size 2 alpha (snr ||z|| / ||score||)^2 (Song et al. 2021, Alg. 4)."""
+  alpha = sde.alphas[sde.index(t)] if isinstance(sde, VPSDE) else jnp.ones_like(t)
+  norm = lambda a: jnp.mean(jnp.sqrt(jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=-1)))
+  x_mean = x
+  for key in jax.random.split(rng, n_steps):
+    grad = score(x, t)
+    z = jax.random.normal(key, x.shape)
+    step = (snr * norm(z) / norm(grad)) ** 2 * 2.0 * alpha
+    x_mean = x + _b(step, x) * grad
+    x = x_mean + _b(jnp.sqrt(2.0 * step), x) * z
+  return x, x_mean
+
+
+@CORRECTORS.register("none")
+def no_corrector(sde, score, x, t, rng, snr, n_steps):
+  return x, x
+
+
+@SAMPLERS.register("pc")
+def pc_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps", predictor="reverse_diffusion",
+              corrector="langevin", snr=0.16, n_corrector_steps=1, denoise=True, eps=1e-3):
+  """Returns x_0; with `denoise` the last step returns the predictor's mean (no noise), as Song et al. do."""
+  if not isinstance(sde, SDE):
+    raise ValueError(f"The pc sampler needs an SDE (vp, subvp, ve), got {type(sde).__name__}")
+  predict, correct = PREDICTORS.get(predictor), CORRECTORS.get(corrector)
+  score = score_fn(model_fn, sde, y, prediction)
+  k0, k = jax.random.split(rng)
+  x = sde.prior_sampling(k0, shape)
+  ts = jnp.linspace(1.0, eps, num_steps)
+  dt = -(1.0 - eps) / num_steps
+
+  def step(carry, xs):
+    x, _ = carry
+    t, key = xs
+    k_c, k_p = jax.random.split(key)
+    tb = jnp.full((shape[0],), t)
+    x, _ = correct(sde, score, x, tb, k_c, snr, n_corrector_steps)
+    x, x_mean = predict(sde, score, x, tb, dt, jax.random.normal(k_p, shape))
+    return (x, x_mean), None
+
+  (x, x_mean), _ = jax.lax.scan(step, (x, x), (ts, jax.random.split(k, num_steps)))
+  return x_mean if denoise else x

@@ -1,0 +1,183 @@
+"""Score SDEs of Song et al. (2021): VP, sub-VP and VE, each with its forward SDE, marginals, prior, the
+discretisation used by the reverse-diffusion / ancestral predictors, and the reverse SDE / probability-flow ODE."""
+import abc
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.losses import to_eps_x0
+
+
+def _b(a, x):
+  """Broadcasts a per-example [B] array against x [B, ...]."""
+  return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
+
+
+class SDE(abc.ABC):
+  """dx = f(x, t) dt + g(t) dw on t in [0, T=1], discretised into N steps."""
+
+  def __init__(self, N):
+    self.N = N
+
+  @abc.abstractmethod
+  def sde(self, x, t):
+    """(drift f(x, t), diffusion g(t))."""
+
+  @abc.abstractmethod
+  def marginal_prob(self, x0, t):
+    """(mean, std) of p_t(x | x0): mean = alpha_t x0 (alpha_t = 1 for VE), std = sigma_t."""
+
+  @abc.abstractmethod
+  def prior_sampling(self, rng, shape):
+    """x_T ~ p_T."""
+
+  @abc.abstractmethod
+  def prior_logp(self, z):
+    """log p_T(z), summed over all but the batch axis."""
+
+  def alpha_sigma(self, t):
+    """Scale and std of the marginal: x_t = alpha_t x_0 + sigma_t eps."""
+    t = jnp.asarray(t, jnp.float32)
+    return self.marginal_prob(jnp.ones_like(t), t)
+
+  def discretize(self, x, t):
+    """Euler-Maruyama discretisation x_{i+1} = x_i + f_i + G_i z with dt = 1/N (subclasses override with the
+    DDPM / SMLD discretisations)."""
+    drift, g = self.sde(x, t)
+    return drift / self.N, g * jnp.sqrt(1.0 / self.N)
+
+  def reverse(self, score_fn, probability_flow=False):
+    """The reverse-time SDE dx = [f - g^2 score] dt + g dw_bar, or with probability_flow the ODE
+    dx = [f - 1/2 g^2 score] dt (Song et al. 2021, eqs. 6 and 13)."""
+    fwd = self
+    w = 0.5 if probability_flow else 1.0
+
+    class ReverseSDE:
+      N = fwd.N
+
+      def sde(self, x, t):
+        drift, g = fwd.sde(x, t)
+        drift = drift - _b(g**2, x) * score_fn(x, t) * w
+        return drift, jnp.zeros_like(g) if probability_flow else g
+
+      def discretize(self, x, t):
+        f, G = fwd.discretize(x, t)
+        rev_f = f - _b(G**2, x) * score_fn(x, t) * w
+        return rev_f, jnp.zeros_like(G) if probability_flow else G
+
+    return ReverseSDE()
+
+
+class VPSDE(SDE):
+  """Variance preserving: dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max - beta_min);
+  its N-step discretisation is DDPM with betas beta_i = beta(t_i) / N (Ho et al.: 1e-4 ... 0.02 for N = 1000)."""
+
+  def __init__(self, beta_min=0.1, beta_max=20.0, N=1000):
+    super().__init__(N)
+    self.beta_0, self.beta_1 = beta_min, beta_max
+    self.discrete_betas = jnp.asarray(np.linspace(beta_min / N, beta_max / N, N), jnp.float32)
+    self.alphas = 1.0 - self.discrete_betas
+
+  def beta(self, t):
+    return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+  def sde(self, x, t):
+    beta_t = self.beta(t)
+    return -0.5 * _b(beta_t, x) * x, jnp.sqrt(beta_t)
+
+  def log_mean_coeff(self, t):
+    return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+  def marginal_prob(self, x0, t):
+    lmc = self.log_mean_coeff(t)
+    return _b(jnp.exp(lmc), x0) * x0, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape)
+
+  def prior_logp(self, z):
+    n = np.prod(z.shape[1:])
+    return -0.5 * n * np.log(2 * np.pi) - 0.5 * jnp.sum(z**2, axis=tuple(range(1, z.ndim)))
+
+  def index(self, t):
+    return jnp.clip(jnp.round(t * (self.N - 1)).astype(jnp.int32), 0, self.N - 1)
+
+  def discretize(self, x, t):
+    """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
+    i = self.index(t)
+    beta, alpha = self.discrete_betas[i], self.alphas[i]
+    return _b(jnp.sqrt(alpha), x) * x - x, jnp.sqrt(beta)
+
+
+class SubVPSDE(VPSDE):
+  """sub-VP: the VP drift with diffusion sqrt(beta(t) (1 - exp(-2 int_0^t beta(s) ds))); its marginal variance is
+  (1 - exp(int ... ))^2, always below the VP one."""
+
+  def sde(self, x, t):
+    drift, _ = super().sde(x, t)
+    discount = 1.0 - jnp.exp(-2.0 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t**2)
+    return drift, jnp.sqrt(self.beta(t) * discount)
+
+  def marginal_prob(self, x0, t):
+    lmc = self.log_mean_coeff(t)
+    return _b(jnp.exp(lmc), x0) * x0, 1.0 - jnp.exp(2.0 * lmc)
+
+  def discretize(self, x, t):
+    return SDE.discretize(self, x, t)
+
+
+class VESDE(SDE):
+  """Variance exploding: dx = sqrt(d sigma^2(t) / dt) dw, sigma(t) = sigma_min (sigma_max / sigma_min)^t;
+  its N-step discretisation is SMLD / NCSN (Song & Ermon 2019)."""
+
+  def __init__(self, sigma_min=0.01, sigma_max=50.0, N=1000):
+    super().__init__(N)
+    self.sigma_min, self.sigma_max = sigma_min, sigma_max
+    self.discrete_sigmas = jnp.asarray(np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), N)), jnp.float32)
+
+  def sigma(self, t):
+    return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  def sde(self, x, t):
+    g = self.sigma(t) * np.sqrt(2.0 * (np.log(self.sigma_max) - np.log(self.sigma_min)))
+    return jnp.zeros_like(x), g
+
+  def marginal_prob(self, x0, t):
+    return x0, self.sigma(t)
+
+  def prior_sampling(self, rng, shape):
+    return jax.random.normal(rng, shape) * self.sigma_max
+
+  def prior_logp(self, z):
+    n = np.prod(z.shape[1:])
+    return (-0.5 * n * np.log(2 * np.pi * self.sigma_max**2)
+            - jnp.sum(z**2, axis=tuple(range(1, z.ndim))) / (2 * self.sigma_max**2))
+
+  def index(self, t):
+    return jnp.clip(jnp.round(t * (self.N - 1)).astype(jnp.int32), 0, self.N - 1)
+
+  def discretize(self, x, t):
+    """SMLD: x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z."""
+    i = self.index(t)
+    sigma = self.discrete_sigmas[i]
+    adjacent = jnp.where(i == 0, 0.0, self.discrete_sigmas[jnp.maximum(i - 1, 0)])
+    return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)
+
+
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+
+
+def get_sde(name, **kwargs):
+  if name not in SDES:
+    raise ValueError(f"Unknown SDE {name!r}; valid SDEs: {', '.join(sorted(SDES))}")
+  return SDES[name](**kwargs)
+
+
+def score_fn(model_fn, sde, y=None, prediction="eps"):
+  """score(x, t) = -eps_hat / sigma_t (Song et al. 2021), from any prediction type, with sigma_t from the SDE."""
+  def score(x, t):
+    alpha, sigma = sde.alpha_sigma(t)
+    eps, _ = to_eps_x0(model_fn(x, t, y), x, _b(alpha, x), _b(sigma, x), prediction)
+    return -eps / _b(sigma, x)
+  return score
