@@ -1,5 +1,6 @@
 """Draws samples from a trained model with the samplers named in `config.sample.runs`, sharded over the mesh;
 writes one PNG grid and one .npz of samples per run, with the wall-clock time."""
+import inspect
 import json
 import os
 import time
@@ -25,6 +26,8 @@ SDE_SAMPLERS = ("pc", "ode")
 
 def nfe_of(name, num_steps, kwargs):
   """Network evaluations of a fixed-step run (the adaptive ODE solver reports its own)."""
+  if name == "edm":
+    return 2 * num_steps - 1
   if name == "pc":
     return num_steps * (1 + (kwargs.get("n_corrector_steps", 1) if kwargs.get("corrector", "langevin") != "none" else 0))
   if name == "ode":
@@ -41,9 +44,9 @@ def make_generate(config, model, schedule, mesh, name, num_steps, batch_size, **
     process = get_sde(config.sample.sde, N=config.diffusion.num_timesteps)
   else:
     process = schedule
-    kwargs = dict(clip_x0=config.sample.clip_x0, spacing=config.sample.spacing, **kwargs)
-    if name == "ddpm":
-      kwargs.setdefault("variance", config.sample.ddpm_variance)
+    generic = dict(clip_x0=config.sample.clip_x0, spacing=config.sample.spacing, variance=config.sample.ddpm_variance)
+    accepted = inspect.signature(sampler).parameters
+    kwargs = {**{k: v for k, v in generic.items() if k in accepted}, **kwargs}
   adaptive = name == "ode" and kwargs.get("solver", "dopri5") == "dopri5"
 
   def generate(params, rng, y):

@@ -43,6 +43,11 @@ class Schedule:
     frac = i - lo
     return (1.0 - frac) * grid[lo] + frac * grid[hi]
 
+  def t_from_log_snr(self, lam):
+    """Inverse of log_snr on [1/T, 1] (piecewise linear in log-SNR, clamped at the ends)."""
+    grid = jnp.log(self.alphas_cumprod) - jnp.log1p(-self.alphas_cumprod)
+    return jnp.interp(-lam, -grid, self.index_to_t(jnp.arange(self.num_timesteps)))
+
   def alpha_sigma(self, t):
     """(alpha_t, sigma_t) with alpha_t^2 = sigmoid(log_snr), sigma_t^2 = sigmoid(-log_snr) (VP)."""
     lam = self.log_snr(t)

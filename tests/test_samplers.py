@@ -91,3 +91,44 @@ def test_parse_runs_and_errors():
     parse_runs("euler:10")
   with pytest.raises(ValueError, match="name:num_steps"):
     parse_runs("ddim")
+
+
+@pytest.mark.parametrize("name,steps,kwargs,prediction", [
+    ("dpm_solver++", 20, {}, "eps"),
+    ("dpm_solver++", 60, {"spacing": "linspace"}, "v"),
+    ("edm", 40, {}, "eps"),
+    ("edm", 40, {"s_churn": 10.0}, "x0"),
+])
+def test_fast_solvers_recover_gaussian(schedule, name, steps, kwargs, prediction):
+  fn = jax.jit(functools.partial(get_sampler(name), gaussian_model_fn(schedule, prediction), schedule, (8000, 2),
+                                 num_steps=steps, prediction=prediction, **kwargs))
+  x = np.asarray(fn(jax.random.PRNGKey(0)))
+  np.testing.assert_allclose(x.mean(0), MU, atol=0.04)
+  np.testing.assert_allclose(np.cov(x, rowvar=False), COV, atol=0.04)
+
+
+def test_karras_sigmas_follow_rho_schedule():
+  from diffusion_jax.samplers.edm import karras_sigmas
+  s = np.asarray(karras_sigmas(0.002, 80.0, 18))
+  assert s[0] == pytest.approx(80.0, rel=1e-5) and s[17] == pytest.approx(0.002, rel=1e-4) and s[18] == 0
+  np.testing.assert_allclose(s[:18] ** (1 / 7), np.linspace(80 ** (1 / 7), 0.002 ** (1 / 7), 18), rtol=1e-5)
+
+
+def test_t_from_log_snr_inverts_log_snr(schedule):
+  t = jnp.linspace(0.01, 1.0, 37)
+  np.testing.assert_allclose(schedule.t_from_log_snr(schedule.log_snr(t)), t, atol=1e-5)
+
+
+def test_convergence_order(schedule):
+  """Against a 1000-step DDIM reference from the same x_T: DDIM is first order, DPM-Solver++(2M) and EDM-Heun second."""
+  model = gaussian_model_fn(schedule)
+
+  def run(name, n, **kw):
+    fn = functools.partial(get_sampler(name), model, schedule, (512, 2), num_steps=n, **kw)
+    return np.asarray(jax.jit(fn)(jax.random.PRNGKey(5)))
+
+  ref = run("ddim", 1000)
+  ratio = lambda name, **kw: np.abs(run(name, 24, **kw) - ref).mean() / np.abs(run(name, 48, **kw) - ref).mean()
+  assert 1.5 < ratio("ddim", spacing="linspace") < 2.6
+  assert ratio("dpm_solver++", spacing="linspace") > 3.0
+  assert ratio("edm") > 3.0

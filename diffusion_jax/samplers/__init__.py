@@ -3,4 +3,4 @@
 and its whole loop compiles into one XLA program. ddpm / ddim take a discrete Schedule (and clip_x0, spacing);
 pc / ode take an SDE (vp, subvp, ve)."""
 from diffusion_jax.samplers.common import SAMPLERS, get_sampler, parse_runs  # noqa: F401
-from diffusion_jax.samplers import ddim, ddpm, ode, pc  # noqa: F401  (registers the samplers)
+from diffusion_jax.samplers import ddim, ddpm, dpm_solver, edm, ode, pc  # noqa: F401  (registers the samplers)

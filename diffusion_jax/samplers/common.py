@@ -82,11 +82,16 @@ def parse_runs(spec):
   return runs
 
 
+def initial_noise(rng, shape):
+  """x_T ~ N(0, I) and a key for the rest: the same x_T for every discrete sampler given the same rng."""
+  k0, k = jax.random.split(rng)
+  return jax.random.normal(k0, shape), k
+
+
 def scan_sampler(step_fn, schedule, shape, rng, num_steps, spacing):
   """Runs x_T ~ N(0, I) through `step_fn(x, (t, abar, abar_prev, key)) -> x` over the grid in one lax.scan."""
   ts, abar, abar_prev = grid(schedule, num_steps, spacing)
-  k0, k = jax.random.split(rng)
-  x = jax.random.normal(k0, shape)
+  x, k = initial_noise(rng, shape)
   keys = jax.random.split(k, num_steps)
   x, _ = jax.lax.scan(lambda x, xs: (step_fn(x, xs), None), x, (ts, abar, abar_prev, keys))
   return x
