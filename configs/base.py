@@ -71,5 +71,9 @@ def get_base_config():
 
   c.eval = ml_collections.ConfigDict(dict(
       classifier_steps=600,   # training steps of the digits evaluation classifier
+      enable_bpd=False,       # bits/dim of held-out images through the probability-flow ODE of config.sample.sde
+      bpd_num_images=100,
+      bpd_num_bins=256,       # pixel levels of the data (17 for the digits: values 0..16)
+      bpd_probe="rademacher",  # rademacher | gaussian (Hutchinson) | exact
   ))
   return c

@@ -14,6 +14,7 @@ def get_config():
   c.training.checkpoint_every = 400
   c.training.sample_every = 400
   c.optim.lr = 2e-3
+  c.eval.bpd_num_bins = 17
   c.sample.num_samples = 500   # 50 per class
   c.sample.runs = "ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,dpm_solver++:10,dpm_solver++:20,edm:10,ode:20"
   c.optim.warmup_steps = 100

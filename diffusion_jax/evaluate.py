@@ -3,10 +3,15 @@
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax import parallel
 from diffusion_jax.data import get_dataset
 from diffusion_jax.evaluation import digits_classifier, metrics
+from diffusion_jax.likelihood import bits_per_dim
+from diffusion_jax.sde import get_sde
 
 COLUMNS = ("run", "sampler", "steps", "nfe", "fid_digits", "is_digits", "is_digits_std", "class_accuracy", "seconds")
 
@@ -21,26 +26,48 @@ def score(params, ref_features, images, labels):
   return row
 
 
-def evaluate(config, workdir):
+def held_out_bpd(config, workdir, params, mesh):
+  """Bits/dim of the first eval.bpd_num_images held-out images (mean, standard error, mean NFE)."""
+  from diffusion_jax import train
+  from diffusion_jax.models import make_model_fn
+  model, schedule = train.setup(config)
+  params = train.load_params(config, workdir, mesh) if params is None else params
+  sde = get_sde(config.sample.sde, N=config.diffusion.num_timesteps)
+  held = get_dataset(config, "eval")
+  x = jnp.asarray(held.images[:config.eval.bpd_num_images])
+  y = jnp.asarray(held.labels[:config.eval.bpd_num_images]) if config.model.num_classes else None
+  fn = jax.jit(lambda p, x, y, rng: bits_per_dim(make_model_fn(model, p, schedule), sde, x, rng, y=y,
+                                                 prediction=config.diffusion.prediction,
+                                                 num_bins=config.eval.bpd_num_bins, probe=config.eval.bpd_probe))
+  bpd, nfe = fn(params, x, y, jax.random.PRNGKey(config.seed + 3))
+  bpd = np.asarray(bpd, np.float64)
+  return dict(bpd=round(float(bpd.mean()), 4), bpd_stderr=round(float(bpd.std() / np.sqrt(len(bpd))), 4),
+              nfe=int(nfe), num_images=len(bpd), sde=config.sample.sde, conditional=y is not None)
+
+
+def evaluate(config, workdir, params=None, mesh=None):
+  """Scores the workdir's sample runs; `params` (the diffusion model's, loaded when None) serve the likelihood."""
   if config.data.name != "digits":
     raise ValueError(f"--mode=eval scores with the digits classifier, which needs data.name='digits' "
                      f"(got {config.data.name!r}); Inception FID/IS for other datasets comes with evaluation/inception")
   runs_path = os.path.join(workdir, "samples", "runs.json")
   if not os.path.exists(runs_path):
     raise FileNotFoundError(f"No samples in {os.path.dirname(runs_path)}; run --mode=sample first")
-  params, acc = digits_classifier.load_or_train(config.data, workdir, config.eval.classifier_steps)
+  clf, acc = digits_classifier.load_or_train(config.data, workdir, config.eval.classifier_steps)
   train, held = get_dataset(config, "train"), get_dataset(config, "eval")
-  _, ref = digits_classifier.apply(params, train.images)
-  rows = [dict(run="real held-out digits", **score(params, ref, held.images, held.labels))]
+  _, ref = digits_classifier.apply(clf, train.images)
+  rows = [dict(run="real held-out digits", **score(clf, ref, held.images, held.labels))]
   noise = np.clip(np.random.default_rng(config.seed).standard_normal((config.sample.num_samples,) + train.images.shape[1:]),
                   -1, 1).astype(np.float32)
-  rows.append(dict(run="gaussian noise", **score(params, ref, noise, None)))
+  rows.append(dict(run="gaussian noise", **score(clf, ref, noise, None)))
   with open(runs_path) as f:
     runs = json.load(f)
   for r in runs:
     data = np.load(os.path.join(workdir, "samples", f"{r['run']}.npz"))
-    rows.append({**r, **score(params, ref, data["images"], data["labels"])})
+    rows.append({**r, **score(clf, ref, data["images"], data["labels"])})
   results = dict(classifier_heldout_accuracy=acc, rows=rows)
+  if config.eval.enable_bpd:
+    results["likelihood"] = held_out_bpd(config, workdir, params, mesh or parallel.make_mesh())
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   write_report(workdir, results, runs)
@@ -60,6 +87,11 @@ def write_report(workdir, results, runs):
            "FID-digits is computed on its 128-d penultimate features against the training split; IS-digits on its "
            "softmax (10 splits); class accuracy is the share of conditional samples classified as their label.", "",
            markdown_table(results["rows"], COLUMNS), ""]
+  if "likelihood" in results:
+    lk = results["likelihood"]
+    lines += [f"Likelihood ({lk['sde']} probability-flow ODE, {lk['num_images']} held-out images, "
+              f"{'class-conditional' if lk['conditional'] else 'unconditional'}): "
+              f"{lk['bpd']:.3f} ± {lk['bpd_stderr']:.3f} bits/dim, {lk['nfe']} network evaluations.", ""]
   for r in runs:
     lines += [f"## {r['run']}", "", f"![{r['run']}](samples/{r['run']}.png)", ""]
   with open(os.path.join(workdir, "report.md"), "w") as f:

@@ -36,7 +36,7 @@ def run(config, workdir, mode):
       params = train.load_params(config, workdir, mesh)
     sample.sample(config, workdir, params, model, schedule, mesh)
   if mode in ("eval", "all"):
-    results = evaluate.evaluate(config, workdir)
+    results = evaluate.evaluate(config, workdir, params if mode == "all" else None, mesh)
     logging.info("Wrote %s", os.path.join(workdir, "report.md"))
     return results
 

@@ -14,7 +14,8 @@ def test_cli_all_modes(tmp_path):
   for name in ("ddpm_10", "ddim_5"):
     assert os.path.exists(os.path.join(wd, "samples", f"{name}.png"))
     assert os.path.exists(os.path.join(wd, "samples", f"{name}.npz"))
-  run_python(base + ["--mode=eval", "--config.training.num_steps=4"])
+  run_python(base + ["--mode=eval", "--config.training.num_steps=4", "--config.eval.enable_bpd=True",
+                     "--config.eval.bpd_num_images=4", "--config.eval.bpd_num_bins=17"])
   with open(os.path.join(wd, "results.json")) as f:
     results = json.load(f)
   runs = {r["run"]: r for r in results["rows"]}
@@ -24,7 +25,9 @@ def test_cli_all_modes(tmp_path):
   assert runs["ddpm_10"]["nfe"] == 10 and runs["ddim_5"]["steps"] == 5
   assert runs["pc_4_correctornone"]["nfe"] == 4 and runs["ode_3_solverheun"]["nfe"] == 7
   assert 0.0 <= runs["ddpm_10"]["class_accuracy"] <= 1.0
+  assert results["likelihood"]["num_images"] == 4 and 0 < results["likelihood"]["bpd"] < 20
   report = open(os.path.join(wd, "report.md")).read()
+  assert "bits/dim" in report
   assert "| ddim_5 | ddim | 5 | 5 |" in report and "samples/ddpm_10.png" in report
 
 
