@@ -90,11 +90,15 @@ def sample(config, workdir, params, model, schedule, mesh):
     rng = jax.random.PRNGKey(config.seed + 1)
     images, labels, seconds, nfe = generate_samples(config, model, schedule, params, mesh, name, steps,
                                                config.sample.num_samples, rng, **kwargs)
+    bad = float(np.mean(~np.isfinite(images).all(axis=(1, 2, 3))))
+    if bad:
+      logging.error("%s: %.1f%% of the samples contain NaN or Inf; they are kept in the .npz and reported in runs.json",
+                    label, 100 * bad)
     if jax.process_index() == 0:
       np.savez(os.path.join(outdir, f"{label}.npz"), images=images, labels=labels if labels is not None else [])
       save_grid(images[:100], os.path.join(outdir, f"{label}.png"))
     records.append(dict(run=label, sampler=name, steps=steps, nfe=int(round(nfe)), seconds=round(seconds, 2),
-                        num_samples=len(images), **kwargs))
+                        num_samples=len(images), nonfinite_fraction=bad, **kwargs))
     logging.info("sampled %s: %d images in %.1f s", label, len(images), seconds)
   if jax.process_index() == 0:
     with open(os.path.join(outdir, "runs.json"), "w") as f:

@@ -174,6 +174,11 @@ def get_sde(name, **kwargs):
   return SDES[name](**kwargs)
 
 
+def default_eps(sde):
+  """Smallest sampling time of Song et al. (2021): 1e-5 for VE, 1e-3 for VP and sub-VP."""
+  return 1e-5 if isinstance(sde, VESDE) else 1e-3
+
+
 def score_fn(model_fn, sde, y=None, prediction="eps"):
   """score(x, t) = -eps_hat / sigma_t (Song et al. 2021), from any prediction type, with sigma_t from the SDE."""
   def score(x, t):

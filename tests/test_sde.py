@@ -61,7 +61,7 @@ def test_prior_logp_is_the_gaussian_density():
 ])
 def test_pc_sampler_recovers_gaussian(sde, kwargs):
   fn = jax.jit(functools.partial(get_sampler("pc"), gaussian_model_fn(sde), sde, (8000, 2), num_steps=1000,
-                                 eps=1e-3 if not isinstance(sde, VESDE) else 1e-5, **kwargs))
+                                 **kwargs))  # default eps: 1e-3 (VP, sub-VP), 1e-5 (VE)
   x = np.asarray(fn(jax.random.PRNGKey(0)))
   np.testing.assert_allclose(x.mean(0), MU, atol=0.05)
   np.testing.assert_allclose(np.cov(x, rowvar=False), COV, atol=0.05)
@@ -89,6 +89,14 @@ def test_ode_is_deterministic_map_of_the_prior():
   sde = VPSDE()
   fn = jax.jit(functools.partial(ode_sample, gaussian_model_fn(sde), sde, (16, 2), num_steps=20))
   np.testing.assert_array_equal(fn(jax.random.PRNGKey(3)), fn(jax.random.PRNGKey(3)))
+
+
+def test_ode_step_limit_raises():
+  sde = VPSDE()
+  fn = jax.jit(functools.partial(ode_sample, gaussian_model_fn(sde), sde, (16, 2), num_steps=2, rtol=1e-9, atol=1e-9,
+                                 max_steps=3))
+  with pytest.raises(Exception, match="maximum number of solver steps"):
+    jax.block_until_ready(fn(jax.random.PRNGKey(0)))
 
 
 def test_bad_names():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.losses import to_eps_x0
 from diffusion_jax.samplers.common import SAMPLERS
-from diffusion_jax.sde import SDE, _b, score_fn
+from diffusion_jax.sde import SDE, _b, default_eps, score_fn
 
 # solver -> (diffrax solver, network evaluations per step); Dopri5 is FSAL: 6 new stages per step
 SOLVERS = {"dopri5": (diffrax.Dopri5, 6), "euler": (diffrax.Euler, 1), "heun": (diffrax.Heun, 2)}
@@ -13,14 +13,16 @@ SOLVERS = {"dopri5": (diffrax.Dopri5, 6), "euler": (diffrax.Euler, 1), "heun": (
 
 @SAMPLERS.register("ode")
 def ode_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps", solver="dopri5", rtol=1e-5,
-               atol=1e-5, eps=1e-3, denoise=True, return_nfe=False, max_steps=4096):
-  """num_steps is the fixed step count of euler / heun and the first trial step (1 - eps) / num_steps of dopri5.
-  With return_nfe, returns (x_0, number of network evaluations)."""
+               atol=1e-5, eps=None, denoise=True, return_nfe=False, max_steps=4096):
+  """num_steps is the fixed step count of euler / heun and the first trial step (1 - eps) / num_steps of dopri5;
+  eps defaults to 1e-3 (VP, sub-VP) or 1e-5 (VE). With return_nfe, returns (x_0, number of network evaluations).
+  A solve that reaches max_steps raises (diffrax's default) instead of returning a partial solution."""
   if not isinstance(sde, SDE):
     raise ValueError(f"The ode sampler needs an SDE (vp, subvp, ve), got {type(sde).__name__}")
   if solver not in SOLVERS:
     raise ValueError(f"Unknown ODE solver {solver!r}; valid solvers: {', '.join(sorted(SOLVERS))}")
   cls, evals_per_step = SOLVERS[solver]
+  eps = default_eps(sde) if eps is None else eps
   flow = sde.reverse(score_fn(model_fn, sde, y, prediction), probability_flow=True)
   term = diffrax.ODETerm(lambda t, x, args: flow.sde(x, jnp.full((shape[0],), t))[0])
   adaptive = solver == "dopri5"

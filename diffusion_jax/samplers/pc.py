@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.registry import Registry
 from diffusion_jax.samplers.common import SAMPLERS
-from diffusion_jax.sde import SDE, VESDE, SubVPSDE, VPSDE, _b, score_fn
+from diffusion_jax.sde import SDE, VESDE, SubVPSDE, VPSDE, _b, default_eps, score_fn
 
 PREDICTORS = Registry("predictor")
 CORRECTORS = Registry("corrector")
@@ -70,10 +70,11 @@ def no_corrector(sde, score, x, t, rng, snr, n_steps):
 
 @SAMPLERS.register("pc")
 def pc_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps", predictor="reverse_diffusion",
-              corrector="langevin", snr=0.16, n_corrector_steps=1, denoise=True, eps=1e-3):
+              corrector="langevin", snr=0.16, n_corrector_steps=1, denoise=True, eps=None):
   """Returns x_0; with `denoise` the last step returns the predictor's mean (no noise), as Song et al. do."""
   if not isinstance(sde, SDE):
     raise ValueError(f"The pc sampler needs an SDE (vp, subvp, ve), got {type(sde).__name__}")
+  eps = default_eps(sde) if eps is None else eps
   predict, correct = PREDICTORS.get(predictor), CORRECTORS.get(corrector)
   score = score_fn(model_fn, sde, y, prediction)
   k0, k = jax.random.split(rng)
