@@ -36,6 +36,7 @@ def uniform(log_snr, prediction):
 
 
 def bcast(a, x):
+  """Broadcasts a per-example [B] array against x [B, ...]."""
   return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
 
 

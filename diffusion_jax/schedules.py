@@ -33,10 +33,15 @@ class Schedule:
   def index_to_t(self, i):
     return (jnp.asarray(i, jnp.float32) + 1.0) / self.num_timesteps
 
+  @property
+  def log_snr_grid(self):
+    """log(alpha_bar_i / (1 - alpha_bar_i)) at the T grid points."""
+    return jnp.log(self.alphas_cumprod) - jnp.log1p(-self.alphas_cumprod)
+
   def log_snr(self, t):
     """log(alpha_bar / (1 - alpha_bar)), interpolated linearly in log-SNR between grid points;
     exact at t = (i + 1) / T, clamped outside [1/T, 1]."""
-    grid = jnp.log(self.alphas_cumprod) - jnp.log1p(-self.alphas_cumprod)
+    grid = self.log_snr_grid
     i = jnp.clip(self.t_to_index(jnp.asarray(t, jnp.float32)), 0.0, self.num_timesteps - 1.0)
     lo = jnp.floor(i).astype(jnp.int32)
     hi = jnp.minimum(lo + 1, self.num_timesteps - 1)
@@ -45,8 +50,7 @@ class Schedule:
 
   def t_from_log_snr(self, lam):
     """Inverse of log_snr on [1/T, 1] (piecewise linear in log-SNR, clamped at the ends)."""
-    grid = jnp.log(self.alphas_cumprod) - jnp.log1p(-self.alphas_cumprod)
-    return jnp.interp(-lam, -grid, self.index_to_t(jnp.arange(self.num_timesteps)))
+    return jnp.interp(-lam, -self.log_snr_grid, self.index_to_t(jnp.arange(self.num_timesteps)))
 
   def alpha_sigma(self, t):
     """(alpha_t, sigma_t) with alpha_t^2 = sigmoid(log_snr), sigma_t^2 = sigmoid(-log_snr) (VP)."""

@@ -6,12 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.losses import to_eps_x0
-
-
-def _b(a, x):
-  """Broadcasts a per-example [B] array against x [B, ...]."""
-  return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
+from diffusion_jax.losses import bcast as _b, to_eps_x0
 
 
 class SDE(abc.ABC):
