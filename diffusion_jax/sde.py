@@ -152,11 +152,14 @@ class VESDE(SDE):
   def index(self, t):
     return jnp.clip(jnp.round(t * (self.N - 1)).astype(jnp.int32), 0, self.N - 1)
 
+  def sigma_and_previous(self, t):
+    """(sigma_i, sigma_{i-1}) of the discretisation at t, with sigma_{-1} = 0."""
+    i = self.index(t)
+    return self.discrete_sigmas[i], jnp.where(i == 0, 0.0, self.discrete_sigmas[jnp.maximum(i - 1, 0)])
+
   def discretize(self, x, t):
     """SMLD: x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z."""
-    i = self.index(t)
-    sigma = self.discrete_sigmas[i]
-    adjacent = jnp.where(i == 0, 0.0, self.discrete_sigmas[jnp.maximum(i - 1, 0)])
+    sigma, adjacent = self.sigma_and_previous(t)
     return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)
 
 

@@ -29,15 +29,13 @@ def reverse_diffusion(sde, score, x, t, dt, z):
 @PREDICTORS.register("ancestral")
 def ancestral(sde, score, x, t, dt, z):
   """Ancestral sampling of the DDPM (VP) or SMLD (VE) discretisation (Song et al. 2021, eqs. 47 and 48)."""
-  i = sde.index(t)
   if isinstance(sde, VESDE):
-    sigma = sde.discrete_sigmas[i]
-    adjacent = jnp.where(i == 0, 0.0, sde.discrete_sigmas[jnp.maximum(i - 1, 0)])
+    sigma, adjacent = sde.sigma_and_previous(t)
     x_mean = x + _b(sigma**2 - adjacent**2, x) * score(x, t)
     std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
     return x_mean + _b(std, x) * z, x_mean
   if isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE):
-    beta = sde.discrete_betas[i]
+    beta = sde.discrete_betas[sde.index(t)]
     x_mean = (x + _b(beta, x) * score(x, t)) / _b(jnp.sqrt(1.0 - beta), x)
     return x_mean + _b(jnp.sqrt(beta), x) * z, x_mean
   raise ValueError(f"The ancestral predictor supports the VP and VE SDEs, not {type(sde).__name__}")
