@@ -16,9 +16,14 @@ def get_base_config():
   ))
 
   c.diffusion = ml_collections.ConfigDict(dict(
-      schedule="linear",    # linear | cosine | sigmoid
-      num_timesteps=1000,
+      schedule="linear",    # linear | cosine | sigmoid (discrete-time training)
+      num_timesteps=1000,   # T of the schedule; N of an SDE's discretisation
       prediction="eps",     # eps | x0 | v
+      sde="",               # "" (discrete schedule) | vp | subvp | ve: continuous-time training on that SDE
+      beta_min=0.1,         # vp / subvp (Song et al. 2021)
+      beta_max=20.0,
+      sigma_min=0.01,       # ve
+      sigma_max=50.0,
   ))
 
   c.model = ml_collections.ConfigDict(dict(
@@ -60,7 +65,6 @@ def get_base_config():
 
   c.sample = ml_collections.ConfigDict(dict(
       runs="ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100",   # name:num_steps[:key=value...], e.g. ode:20:solver=heun
-      sde="vp",              # vp | subvp | ve: the SDE of the pc / ode samplers
       num_samples=1000,
       batch_size=500,
       spacing="leading",     # leading | trailing | linspace
@@ -71,7 +75,7 @@ def get_base_config():
 
   c.eval = ml_collections.ConfigDict(dict(
       classifier_steps=600,   # training steps of the digits evaluation classifier
-      enable_bpd=False,       # bits/dim of held-out images through the probability-flow ODE of config.sample.sde
+      enable_bpd=False,       # bits/dim of held-out images through the probability-flow ODE (diffusion.sde or vp)
       bpd_num_images=100,
       bpd_num_bins=256,       # pixel levels of the data (17 for the digits: values 0..16)
       bpd_probe="rademacher",  # rademacher | gaussian (Hutchinson) | exact

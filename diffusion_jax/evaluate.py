@@ -11,7 +11,7 @@ from diffusion_jax import parallel
 from diffusion_jax.data import get_dataset
 from diffusion_jax.evaluation import digits_classifier, metrics
 from diffusion_jax.likelihood import bits_per_dim
-from diffusion_jax.sde import get_sde
+from diffusion_jax.sample import sampler_setup, sampling_sde
 
 COLUMNS = ("run", "sampler", "steps", "nfe", "fid_digits", "is_digits", "is_digits_std", "class_accuracy", "seconds")
 
@@ -29,20 +29,19 @@ def score(params, ref_features, images, labels):
 def held_out_bpd(config, workdir, params, mesh):
   """Bits/dim of the first eval.bpd_num_images held-out images (mean, standard error, mean NFE)."""
   from diffusion_jax import train
-  from diffusion_jax.models import make_model_fn
-  model, schedule = train.setup(config)
+  model, process = train.setup(config)
   params = train.load_params(config, workdir, mesh) if params is None else params
-  sde = get_sde(config.sample.sde, N=config.diffusion.num_timesteps)
   held = get_dataset(config, "eval")
   x = jnp.asarray(held.images[:config.eval.bpd_num_images])
   y = jnp.asarray(held.labels[:config.eval.bpd_num_images]) if config.model.num_classes else None
-  fn = jax.jit(lambda p, x, y, rng: bits_per_dim(make_model_fn(model, p, schedule), sde, x, rng, y=y,
+  sde = sampling_sde(config)
+  fn = jax.jit(lambda p, x, y, rng: bits_per_dim(sampler_setup(config, model, p, process, "ode")[0], sde, x, rng, y=y,
                                                  prediction=config.diffusion.prediction,
                                                  num_bins=config.eval.bpd_num_bins, probe=config.eval.bpd_probe))
   bpd, nfe = fn(params, x, y, jax.random.PRNGKey(config.seed + 3))
   bpd = np.asarray(bpd, np.float64)
   return dict(bpd=round(float(bpd.mean()), 4), bpd_stderr=round(float(bpd.std() / np.sqrt(len(bpd))), 4),
-              nfe=int(nfe), num_images=len(bpd), sde=config.sample.sde, conditional=y is not None)
+              nfe=int(nfe), num_images=len(bpd), sde=config.diffusion.sde or "vp", conditional=y is not None)
 
 
 def evaluate(config, workdir, params=None, mesh=None):

@@ -29,10 +29,22 @@ def to_eps_x0(pred, x_t, alpha, sigma, prediction):
   return sigma * x_t + alpha * pred, alpha * x_t - sigma * pred
 
 
+def eps_loss_factor(log_snr, prediction):
+  """||target - target_hat||^2 / ||eps - eps_hat||^2 at fixed x_t: 1 (eps), 1/SNR (x0), 1 + 1/SNR (v, VP only)."""
+  return {"eps": jnp.ones_like(log_snr), "x0": jnp.exp(-log_snr), "v": 1.0 + jnp.exp(-log_snr)}[prediction]
+
+
 @WEIGHTINGS.register("uniform")
-def uniform(log_snr, prediction):
+def uniform(log_snr, prediction, dlog_snr_dt):
   """L_simple (Ho et al. 2020): every timestep weighted 1 in the loss of the chosen target."""
   return jnp.ones_like(log_snr)
+
+
+@WEIGHTINGS.register("likelihood")
+def likelihood(log_snr, prediction, dlog_snr_dt):
+  """Continuous-time ELBO weighting: -d log_snr / dt on the eps loss (Kingma et al. 2021, eq. 17), which is
+  g(t)^2 / sigma_t^2, Song et al.'s (2021b) likelihood weighting lambda(t) = g(t)^2 of the score loss."""
+  return -dlog_snr_dt / eps_loss_factor(log_snr, prediction)
 
 
 def bcast(a, x):
@@ -40,18 +52,18 @@ def bcast(a, x):
   return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
 
 
-def diffusion_loss(apply_fn, params, schedule, x0, y, rng, *, prediction, weighting, train=True):
-  """Weighted denoising loss: t = (i + 1) / T with i ~ U{0..T-1}, x_t = alpha x0 + sigma eps (Ho et al. 2020).
+def diffusion_loss(apply_fn, params, process, x0, y, rng, *, prediction, weighting, train=True):
+  """Weighted denoising loss with x_t = alpha x0 + sigma eps: t = (i + 1) / T, i ~ U{0..T-1} on a discrete schedule
+  (Ho et al. 2020), t ~ U(1e-5, 1) on an SDE (Song et al. 2021); the network sees process.network_time(t).
   Returns (scalar loss, {"per_example": unweighted per-example loss, "t": t})."""
   k_t, k_eps, k_drop = jax.random.split(rng, 3)
-  b = x0.shape[0]
-  i = jax.random.randint(k_t, (b,), 0, schedule.num_timesteps)
-  t = schedule.index_to_t(i)
-  alpha, sigma = schedule.alpha_sigma(t)
+  t = process.sample_t(k_t, x0.shape[0])
+  alpha, sigma = process.alpha_sigma(t)
   eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
   x_t = bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
-  pred = apply_fn({"params": params}, x_t, schedule.t_to_index(t), y, train=train, rngs={"dropout": k_drop})
+  pred = apply_fn({"params": params}, x_t, process.network_time(t), y, train=train, rngs={"dropout": k_drop})
   tgt = target(x0, eps, bcast(alpha, x0), bcast(sigma, x0), prediction)
   per_example = jnp.mean(jnp.square(pred - tgt), axis=tuple(range(1, x0.ndim)))
-  w = WEIGHTINGS.get(weighting)(schedule.log_snr(t), prediction)
+  log_snr, dlog_snr_dt = jax.jvp(process.log_snr, (t,), (jnp.ones_like(t),))
+  w = WEIGHTINGS.get(weighting)(log_snr, prediction, dlog_snr_dt)
   return jnp.mean(w * per_example), {"per_example": per_example, "t": t}

@@ -31,10 +31,10 @@ def run(config, workdir, mode):
     state = train.train(config, workdir, mesh)
     params = state.ema_params if config.sample.use_ema else state.params
   if mode in ("sample", "all"):
-    model, schedule = train.setup(config)
+    model, process = train.setup(config)
     if mode == "sample":
       params = train.load_params(config, workdir, mesh)
-    sample.sample(config, workdir, params, model, schedule, mesh)
+    sample.sample(config, workdir, params, model, process, mesh)
   if mode in ("eval", "all"):
     results = evaluate.evaluate(config, workdir, params if mode == "all" else None, mesh)
     logging.info("Wrote %s", os.path.join(workdir, "report.md"))

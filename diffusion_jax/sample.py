@@ -14,7 +14,8 @@ from diffusion_jax import parallel
 from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
 from diffusion_jax.samplers import get_sampler, parse_runs
-from diffusion_jax.sde import get_sde
+from diffusion_jax.schedules import Schedule
+from diffusion_jax.sde import VPSDE, on_sde, sde_from_config
 
 
 def run_label(name, steps, kwargs):
@@ -35,22 +36,40 @@ def nfe_of(name, num_steps, kwargs):
   return num_steps
 
 
-def make_generate(config, model, schedule, mesh, name, num_steps, batch_size, **kwargs):
-  """A jitted (params, rng, y) -> (images, nfe) function for one sampler run; y may be None for unconditional models.
-  ddpm / ddim run on the training schedule, pc / ode on the SDE config.sample.sde (vp for DDPM-trained models)."""
+def sampling_sde(config):
+  """The SDE of the pc / ode samplers and of the likelihood: the training SDE, or VP for a discrete-schedule model."""
+  return sde_from_config(config.diffusion, config.diffusion.sde or "vp")
+
+
+def sampler_setup(config, model, params, process, name):
+  """(model_fn, process the sampler runs on) for sampler `name` and a model trained on `process`.
+  Discrete samplers run on the training schedule (a VP SDE's DDPM discretisation); pc / ode on sampling_sde(config)."""
+  model_fn = make_model_fn(model, params, process)
+  if name in SDE_SAMPLERS:
+    sde = sampling_sde(config)
+    return (on_sde(model_fn, process, sde) if isinstance(process, Schedule) else model_fn), sde
+  if isinstance(process, Schedule):
+    return model_fn, process
+  if type(process) is VPSDE:
+    return model_fn, process.discrete_schedule()
+  raise ValueError(f"Sampler {name!r} needs a discrete VP schedule; a model trained on the {config.diffusion.sde!r} "
+                   f"SDE samples with: {', '.join(SDE_SAMPLERS)}")
+
+
+def make_generate(config, model, process, mesh, name, num_steps, batch_size, **kwargs):
+  """A jitted (params, rng, y) -> (images, nfe) function for one sampler run; y may be None for unconditional models."""
   sampler = get_sampler(name)
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.channels)
-  if name in SDE_SAMPLERS:
-    process = get_sde(config.sample.sde, N=config.diffusion.num_timesteps)
-  else:
-    process = schedule
+  sampler_setup(config, model, None, process, name)  # fails early if the sampler does not apply
+  if name not in SDE_SAMPLERS:
     generic = dict(clip_x0=config.sample.clip_x0, spacing=config.sample.spacing, variance=config.sample.ddpm_variance)
     accepted = inspect.signature(sampler).parameters
     kwargs = {**{k: v for k, v in generic.items() if k in accepted}, **kwargs}
   adaptive = name == "ode" and kwargs.get("solver", "dopri5") == "dopri5"
 
   def generate(params, rng, y):
-    out = sampler(make_model_fn(model, params, schedule), process, shape, rng, num_steps=num_steps, y=y,
+    model_fn, on = sampler_setup(config, model, params, process, name)
+    out = sampler(model_fn, on, shape, rng, num_steps=num_steps, y=y,
                   prediction=config.diffusion.prediction, **({"return_nfe": True} if adaptive else {}), **kwargs)
     return out if adaptive else (out, jnp.asarray(nfe_of(name, num_steps, kwargs)))
   return jax.jit(generate, out_shardings=(parallel.batch_sharded(mesh), parallel.replicated(mesh)))
@@ -62,7 +81,7 @@ def sample_labels(config, num):
   return (np.arange(num) % k).astype(np.int32) if k else None
 
 
-def generate_samples(config, model, schedule, params, mesh, name, num_steps, num, rng, **kwargs):
+def generate_samples(config, model, process, params, mesh, name, num_steps, num, rng, **kwargs):
   """`num` samples in batches of config.sample.batch_size.
   Returns (images [num, H, W, C], labels or None, seconds excluding compilation, mean NFE per batch)."""
   bs = min(config.sample.batch_size, num)
@@ -72,7 +91,7 @@ def generate_samples(config, model, schedule, params, mesh, name, num_steps, num
   labels = sample_labels(config, nb * bs)
   ys = [None if labels is None else parallel.shard_batch(jnp.asarray(labels[b * bs:(b + 1) * bs]), mesh)
         for b in range(nb)]
-  gen = make_generate(config, model, schedule, mesh, name, num_steps, bs, **kwargs).lower(params, rng, ys[0]).compile()
+  gen = make_generate(config, model, process, mesh, name, num_steps, bs, **kwargs).lower(params, rng, ys[0]).compile()
   start = time.time()
   out = [gen(params, jax.random.fold_in(rng, b), ys[b]) for b in range(nb)]
   images = np.concatenate([np.asarray(o[0]) for o in out])[:num]
@@ -80,7 +99,7 @@ def generate_samples(config, model, schedule, params, mesh, name, num_steps, num
   return images, None if labels is None else labels[:num], seconds, float(np.mean([o[1] for o in out]))
 
 
-def sample(config, workdir, params, model, schedule, mesh):
+def sample(config, workdir, params, model, process, mesh):
   """Runs every sampler of config.sample.runs; returns a list of run records (also written to samples/runs.json)."""
   outdir = os.path.join(workdir, "samples")
   os.makedirs(outdir, exist_ok=True)
@@ -88,7 +107,7 @@ def sample(config, workdir, params, model, schedule, mesh):
   for name, steps, kwargs in parse_runs(config.sample.runs):
     label = run_label(name, steps, kwargs)
     rng = jax.random.PRNGKey(config.seed + 1)
-    images, labels, seconds, nfe = generate_samples(config, model, schedule, params, mesh, name, steps,
+    images, labels, seconds, nfe = generate_samples(config, model, process, params, mesh, name, steps,
                                                config.sample.num_samples, rng, **kwargs)
     bad = float(np.mean(~np.isfinite(images).all(axis=(1, 2, 3))))
     if bad:

@@ -30,6 +30,12 @@ class Schedule:
     """Continuous t in (0, 1] -> fractional 0-based index i = t T - 1."""
     return t * self.num_timesteps - 1.0
 
+  network_time = t_to_index  # a DDPM network sees the 0-based index
+
+  def sample_t(self, rng, batch):
+    """Training times t = (i + 1) / T, i ~ U{0, ..., T - 1} (Ho et al. 2020)."""
+    return self.index_to_t(jax.random.randint(rng, (batch,), 0, self.num_timesteps))
+
   def index_to_t(self, i):
     return (jnp.asarray(i, jnp.float32) + 1.0) / self.num_timesteps
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.losses import bcast as _b, to_eps_x0
+from diffusion_jax.schedules import Schedule
 
 
 class SDE(abc.ABC):
@@ -31,10 +32,22 @@ class SDE(abc.ABC):
   def prior_logp(self, z):
     """log p_T(z), summed over all but the batch axis."""
 
+  @abc.abstractmethod
+  def network_time(self, t):
+    """The time input of a network trained on this SDE (score_sde's convention)."""
+
   def alpha_sigma(self, t):
     """Scale and std of the marginal: x_t = alpha_t x_0 + sigma_t eps."""
     t = jnp.asarray(t, jnp.float32)
     return self.marginal_prob(jnp.ones_like(t), t)
+
+  def log_snr(self, t):
+    alpha, sigma = self.alpha_sigma(t)
+    return 2.0 * (jnp.log(alpha) - jnp.log(sigma))
+
+  def sample_t(self, rng, batch):
+    """Training times t ~ U(1e-5, 1) (continuous-time training, Song et al. 2021)."""
+    return jax.random.uniform(rng, (batch,), minval=1e-5, maxval=1.0)
 
   def discretize(self, x, t):
     """Euler-Maruyama discretisation x_{i+1} = x_i + f_i + G_i z with dt = 1/N (subclasses override with the
@@ -80,6 +93,14 @@ class VPSDE(SDE):
   def sde(self, x, t):
     beta_t = self.beta(t)
     return -0.5 * _b(beta_t, x) * x, jnp.sqrt(beta_t)
+
+  def network_time(self, t):
+    return (self.N - 1) * t
+
+  def discrete_schedule(self):
+    """The DDPM schedule of this SDE's discretisation (alpha_bar_i = prod_j (1 - beta_j)), for the discrete samplers."""
+    return Schedule(alphas_cumprod=jnp.asarray(np.cumprod(1.0 - np.asarray(self.discrete_betas, np.float64)),
+                                               jnp.float32))
 
   def log_mean_coeff(self, t):
     return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
@@ -134,6 +155,9 @@ class VESDE(SDE):
   def sigma(self, t):
     return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
 
+  def network_time(self, t):
+    return self.sigma(t)
+
   def sde(self, x, t):
     g = self.sigma(t) * np.sqrt(2.0 * (np.log(self.sigma_max) - np.log(self.sigma_min)))
     return jnp.zeros_like(x), g
@@ -170,6 +194,19 @@ def get_sde(name, **kwargs):
   if name not in SDES:
     raise ValueError(f"Unknown SDE {name!r}; valid SDEs: {', '.join(sorted(SDES))}")
   return SDES[name](**kwargs)
+
+
+def sde_from_config(d, name=None):
+  """The SDE `name` (default d.sde) with the parameters of a `config.diffusion` block and N = d.num_timesteps."""
+  name = name or d.sde
+  kw = dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max) if name == "ve" else dict(beta_min=d.beta_min, beta_max=d.beta_max)
+  return get_sde(name, N=d.num_timesteps, **kw)
+
+
+def on_sde(model_fn, schedule, sde):
+  """A model trained on a discrete schedule, queried at SDE time t: at the schedule time of equal log-SNR, so its
+  eps prediction is for the noise level the SDE has at t (the usual t <-> index map when they are the same process)."""
+  return lambda x, t, y=None: model_fn(x, schedule.t_from_log_snr(sde.log_snr(t)), y)
 
 
 def default_eps(sde):

@@ -19,6 +19,7 @@ from diffusion_jax.losses import WEIGHTINGS, check_prediction, diffusion_loss
 from diffusion_jax.models import get_model
 from diffusion_jax.sample import generate_samples
 from diffusion_jax.schedules import get_schedule
+from diffusion_jax.sde import VPSDE, sde_from_config
 
 OPTIMIZERS = ("adam", "adamw")
 
@@ -45,11 +46,18 @@ def make_optimizer(optim):
 
 
 def setup(config):
-  """(model, schedule) for a config, validating the names it uses."""
-  check_prediction(config.diffusion.prediction)
+  """(model, process) for a config, validating the names it uses: the process is the discrete schedule
+  diffusion.schedule, or with diffusion.sde set the SDE of continuous-time training."""
+  d = config.diffusion
+  check_prediction(d.prediction)
   WEIGHTINGS.get(config.training.weighting)
-  schedule = get_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
-  return get_model(config), schedule
+  if not d.sde:
+    return get_model(config), get_schedule(d.schedule, d.num_timesteps)
+  process = sde_from_config(d)
+  if d.prediction == "v" and type(process) is not VPSDE:
+    raise ValueError(f"prediction 'v' assumes alpha^2 + sigma^2 = 1, which only the vp SDE has (got {d.sde!r}); "
+                     "use eps or x0")
+  return get_model(config), process
 
 
 def init_state(config, model, tx, rng):
@@ -62,10 +70,10 @@ def init_state(config, model, tx, rng):
                     rng=k_train)
 
 
-def make_train_step(config, model, schedule, tx):
+def make_train_step(config, model, process, tx):
   def train_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    loss_fn = lambda p: diffusion_loss(model.apply, p, schedule, batch["image"], batch.get("label"), rng,
+    loss_fn = lambda p: diffusion_loss(model.apply, p, process, batch["image"], batch.get("label"), rng,
                                        prediction=config.diffusion.prediction, weighting=config.training.weighting)
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -97,9 +105,11 @@ def create_or_restore(config, workdir, model, tx, mesh):
   return state, mngr
 
 
-def write_training_grid(config, model, schedule, state, mesh, path):
-  images, _, _, _ = generate_samples(config, model, schedule, state.ema_params, mesh, "ddim", 50, 100,
-                                  jax.random.PRNGKey(config.seed + 2))
+def write_training_grid(config, model, process, state, mesh, path):
+  """100 samples from the EMA parameters: DDIM-50 on discrete / VP models, probability-flow Heun-25 otherwise."""
+  name, steps, kw = ("ddim", 50, {}) if config.diffusion.sde in ("", "vp") else ("ode", 25, {"solver": "heun"})
+  images, _, _, _ = generate_samples(config, model, process, state.ema_params, mesh, name, steps, 100,
+                                     jax.random.PRNGKey(config.seed + 2), **kw)
   if jax.process_index() == 0:
     save_grid(images, path)
 
@@ -108,12 +118,12 @@ def train(config, workdir, mesh=None):
   """Trains to config.training.num_steps, resuming from the workdir; returns the final TrainState."""
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch(config.training.batch_size, mesh)
-  model, schedule = setup(config)
+  model, process = setup(config)
   tx = make_optimizer(config.optim)
   dataset = get_dataset(config, "train")
   state, mngr = create_or_restore(config, workdir, model, tx, mesh)
   rep = parallel.replicated(mesh)
-  step_fn = jax.jit(make_train_step(config, model, schedule, tx), in_shardings=(rep, parallel.batch_sharded(mesh)),
+  step_fn = jax.jit(make_train_step(config, model, process, tx), in_shardings=(rep, parallel.batch_sharded(mesh)),
                     out_shardings=(rep, rep), donate_argnums=0)
   writer = metric_writers.create_default_writer(os.path.join(workdir, "logs"), just_logging=jax.process_index() > 0)
   tcfg = config.training
@@ -141,7 +151,7 @@ def train(config, workdir, mesh=None):
         checkpoint.save(mngr, done, state, config)
         last_save = done
       if tcfg.sample_every and done % tcfg.sample_every == 0:
-        write_training_grid(config, model, schedule, state, mesh, os.path.join(workdir, "samples", f"train_{done:07d}.png"))
+        write_training_grid(config, model, process, state, mesh, os.path.join(workdir, "samples", f"train_{done:07d}.png"))
   finally:  # also on Ctrl-C or an error: keep the progress made, unless the state diverged
     pbar.close()
     if not diverged and int(state.step) > last_save:

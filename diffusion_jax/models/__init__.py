@@ -1,11 +1,13 @@
 """Networks by name, and the bridge from a network to the `model_fn(x_t, t, y=None)` contract of the samplers."""
 import dataclasses
 
+from diffusion_jax.models.ncsnpp import NCSNpp
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.registry import Registry
 
 MODELS = Registry("model")
 MODELS.register("unet")(UNet)
+MODELS.register("ncsnpp")(NCSNpp)
 
 
 def get_model(config):
@@ -19,8 +21,9 @@ def get_model(config):
   return cls(out_channels=config.data.channels, **kwargs)
 
 
-def make_model_fn(model, params, schedule):
-  """model_fn(x_t, t, y) for continuous t in (0, 1]: the network sees the schedule's index t T - 1."""
+def make_model_fn(model, params, process):
+  """model_fn(x_t, t, y) for continuous t in (0, 1]: the network sees process.network_time(t) (the index t T - 1 for a
+  discrete schedule, (N - 1) t or sigma_t for an SDE)."""
   def model_fn(x, t, y=None):
-    return model.apply({"params": params}, x, schedule.t_to_index(t), y, train=False)
+    return model.apply({"params": params}, x, process.network_time(t), y, train=False)
   return model_fn
