@@ -12,8 +12,20 @@ from diffusion_jax.data import get_dataset
 from diffusion_jax.evaluation import digits_classifier, metrics
 from diffusion_jax.likelihood import bits_per_dim
 from diffusion_jax.sample import sampler_setup, sampling_sde
+from diffusion_jax.tables import markdown_table, pivot_by_nfe, plot_by_nfe
 
 COLUMNS = ("run", "sampler", "steps", "nfe", "fid_digits", "is_digits", "is_digits_std", "class_accuracy", "seconds")
+
+
+def digits_scorer(config, workdir):
+  """(score(images, labels) -> FID-digits / IS-digits / class-accuracy row, evaluation classifier's held-out
+  accuracy); the classifier is trained once and cached in the workdir."""
+  if config.data.name != "digits":
+    raise ValueError(f"Scoring uses the digits classifier, which needs data.name='digits' "
+                     f"(got {config.data.name!r}); Inception FID/IS for other datasets comes with evaluation/inception")
+  clf, acc = digits_classifier.load_or_train(config.data, workdir, config.eval.classifier_steps)
+  _, ref = digits_classifier.apply(clf, get_dataset(config, "train").images)
+  return (lambda images, labels: score(clf, ref, images, labels)), acc
 
 
 def score(params, ref_features, images, labels):
@@ -46,24 +58,20 @@ def held_out_bpd(config, workdir, params, mesh):
 
 def evaluate(config, workdir, params=None, mesh=None):
   """Scores the workdir's sample runs; `params` (the diffusion model's, loaded when None) serve the likelihood."""
-  if config.data.name != "digits":
-    raise ValueError(f"--mode=eval scores with the digits classifier, which needs data.name='digits' "
-                     f"(got {config.data.name!r}); Inception FID/IS for other datasets comes with evaluation/inception")
   runs_path = os.path.join(workdir, "samples", "runs.json")
   if not os.path.exists(runs_path):
     raise FileNotFoundError(f"No samples in {os.path.dirname(runs_path)}; run --mode=sample first")
-  clf, acc = digits_classifier.load_or_train(config.data, workdir, config.eval.classifier_steps)
-  train, held = get_dataset(config, "train"), get_dataset(config, "eval")
-  _, ref = digits_classifier.apply(clf, train.images)
-  rows = [dict(run="real held-out digits", **score(clf, ref, held.images, held.labels))]
-  noise = np.clip(np.random.default_rng(config.seed).standard_normal((config.sample.num_samples,) + train.images.shape[1:]),
+  scorer, acc = digits_scorer(config, workdir)
+  held = get_dataset(config, "eval")
+  rows = [dict(run="real held-out digits", **scorer(held.images, held.labels))]
+  noise = np.clip(np.random.default_rng(config.seed).standard_normal((config.sample.num_samples,) + held.images.shape[1:]),
                   -1, 1).astype(np.float32)
-  rows.append(dict(run="gaussian noise", **score(clf, ref, noise, None)))
+  rows.append(dict(run="gaussian noise", **scorer(noise, None)))
   with open(runs_path) as f:
     runs = json.load(f)
   for r in runs:
     data = np.load(os.path.join(workdir, "samples", f"{r['run']}.npz"))
-    rows.append({**r, **score(clf, ref, data["images"], data["labels"])})
+    rows.append({**r, **scorer(data["images"], data["labels"])})
   results = dict(classifier_heldout_accuracy=acc, rows=rows)
   if config.eval.enable_bpd:
     results["likelihood"] = held_out_bpd(config, workdir, params, mesh or parallel.make_mesh())
@@ -73,19 +81,16 @@ def evaluate(config, workdir, params=None, mesh=None):
   return results
 
 
-def markdown_table(rows, columns):
-  fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-  lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-  return "\n".join(lines)
-
-
 def write_report(workdir, results, runs):
   lines = ["# diffusion_jax report", "",
            f"Evaluation classifier held-out accuracy: {results['classifier_heldout_accuracy']:.4f}. "
            "FID-digits is computed on its 128-d penultimate features against the training split; IS-digits on its "
            "softmax (10 splits); class accuracy is the share of conditional samples classified as their label.", "",
            markdown_table(results["rows"], COLUMNS), ""]
+  options = {k for r in runs for k in r} - set(COLUMNS) - {"num_samples", "nonfinite_fraction"}
+  table, curves = pivot_by_nfe([r for r in results["rows"] if "sampler" in r], "fid_digits", options)
+  plot_by_nfe(curves, "FID-digits", os.path.join(workdir, "fid_vs_nfe.png"), "FID-digits against NFE")
+  lines += ["## FID-digits against network evaluations", "", table, "", "![FID against NFE](fid_vs_nfe.png)", ""]
   if "likelihood" in results:
     lk = results["likelihood"]
     lines += [f"Likelihood ({lk['sde']} probability-flow ODE, {lk['num_images']} held-out images, "

@@ -110,7 +110,7 @@ def test_unknown_config_key_is_rejected(tmp_path):
 
 
 def test_unknown_names_list_valid_ones(tiny, tmp_path):
-  with pytest.raises(ValueError, match="valid weightings: uniform"):
+  with pytest.raises(ValueError, match="valid weightings: likelihood, uniform"):
     train.train(tiny(**{"training.weighting": "p3"}), str(tmp_path))
   with pytest.raises(ValueError, match="valid optimizers: adam, adamw"):
     train.train(tiny(**{"optim.optimizer": "sgdd"}), str(tmp_path))

@@ -1,0 +1,63 @@
+"""Result tables and plots shared by the reports and experiments: Markdown and CSV tables, a metric-against-NFE
+pivot and its plot (one line per sampler)."""
+import csv
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ADAPTIVE_OPTIONS = ("rtol", "atol")  # options that change the NFE of a run, not the sampler it belongs to
+
+
+def fmt(v):
+  return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def markdown_table(rows, columns):
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def write_csv(rows, columns, path):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+
+
+def family(row, option_keys):
+  """The sampler a run belongs to: its name and options, without tolerances (e.g. 'pc predictor=ancestral')."""
+  opts = [f"{k}={row[k]}" for k in sorted(option_keys) if k in row and k not in ADAPTIVE_OPTIONS]
+  return " ".join([row["sampler"]] + opts)
+
+
+def pivot_by_nfe(rows, metric, option_keys):
+  """(Markdown table with one row per sampler family and one column per NFE, {family: [(nfe, value)]})."""
+  curves = {}
+  for r in rows:
+    if r.get(metric) is not None and r.get("nfe"):
+      curves.setdefault(family(r, option_keys), []).append((int(r["nfe"]), r[metric]))
+  nfes = sorted({n for pts in curves.values() for n, _ in pts})
+  table = [{"sampler": f, **{str(n): v for n, v in pts}} for f, pts in sorted(curves.items())]
+  return markdown_table(table, ["sampler"] + [str(n) for n in nfes]), curves
+
+
+def plot_by_nfe(curves, metric, path, title=""):
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for name, pts in sorted(curves.items()):
+    pts = sorted(pts)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name, ms=4)
+  ax.set_xscale("log")
+  ax.set_xlabel("network evaluations (NFE)")
+  ax.set_ylabel(metric)
+  ax.set_title(title)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
