@@ -33,6 +33,10 @@ class SDE(abc.ABC):
     """log p_T(z), summed over all but the batch axis."""
 
   @abc.abstractmethod
+  def with_steps(self, N):
+    """The same SDE discretised into N steps (the discretisation-based predictors and correctors take N steps)."""
+
+  @abc.abstractmethod
   def network_time(self, t):
     """The time input of a network trained on this SDE (score_sde's convention)."""
 
@@ -94,6 +98,9 @@ class VPSDE(SDE):
     beta_t = self.beta(t)
     return -0.5 * _b(beta_t, x) * x, jnp.sqrt(beta_t)
 
+  def with_steps(self, N):
+    return type(self)(self.beta_0, self.beta_1, N)
+
   def network_time(self, t):
     return (self.N - 1) * t
 
@@ -154,6 +161,9 @@ class VESDE(SDE):
 
   def sigma(self, t):
     return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  def with_steps(self, N):
+    return VESDE(self.sigma_min, self.sigma_max, N)
 
   def network_time(self, t):
     return self.sigma(t)

@@ -35,15 +35,18 @@ def family(row, option_keys):
   return " ".join([row["sampler"]] + opts)
 
 
-def pivot_by_nfe(rows, metric, option_keys):
-  """(Markdown table with one row per sampler family and one column per NFE, {family: [(nfe, value)]})."""
-  curves = {}
+def pivot_by_nfe(rows, metric, option_keys, column="nfe"):
+  """(Markdown table with one row per sampler family and one column per value of `column` (the NFE, or a target
+  NFE), {family: [(actual nfe, value)]} for plot_by_nfe). Rows without `column` or `metric` are left out."""
+  cells, curves = {}, {}
   for r in rows:
-    if r.get(metric) is not None and r.get("nfe"):
-      curves.setdefault(family(r, option_keys), []).append((int(r["nfe"]), r[metric]))
-  nfes = sorted({n for pts in curves.values() for n, _ in pts})
-  table = [{"sampler": f, **{str(n): v for n, v in pts}} for f, pts in sorted(curves.items())]
-  return markdown_table(table, ["sampler"] + [str(n) for n in nfes]), curves
+    if r.get(metric) is not None and r.get(column):
+      f = family(r, option_keys)
+      cells.setdefault(f, {})[str(r[column])] = r[metric]
+      curves.setdefault(f, []).append((int(r["nfe"]), r[metric]))
+  cols = sorted({c for row in cells.values() for c in row}, key=int)
+  table = [{"sampler": f, **row} for f, row in sorted(cells.items())]
+  return markdown_table(table, ["sampler"] + cols), curves
 
 
 def plot_by_nfe(curves, metric, path, title=""):

@@ -30,7 +30,7 @@ def test_compare_samplers_grid_tables_plot_and_resume(trained, monkeypatch):
   md = open(os.path.join(out, "results.md")).read()
   assert "| sampler | 3 | 5 |" in md and "| ode solver=heun |" in md
   assert os.path.getsize(os.path.join(out, "fid_vs_nfe.png")) > 1000
-  assert open(os.path.join(out, "results.csv")).readline().startswith("run,sampler,steps,nfe,fid_digits")
+  assert open(os.path.join(out, "results.csv")).readline().startswith("run,sampler,steps,target_nfe,nfe,fid_digits")
   # resumable: finished runs are skipped, only new ones are sampled
   calls = []
   real = cs.generate_samples

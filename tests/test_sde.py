@@ -117,3 +117,24 @@ def test_bad_names():
     get_sampler("pc")(gaussian_model_fn(VPSDE()), VPSDE(), (2, 2), jax.random.PRNGKey(0), num_steps=2, predictor="x")
   with pytest.raises(ValueError, match="needs an SDE"):
     get_sampler("pc")(None, get_schedule("linear", 10), (2, 2), jax.random.PRNGKey(0), num_steps=2)
+
+
+@pytest.mark.parametrize("sde,kwargs", [
+    (VPSDE(), dict(predictor="reverse_diffusion", corrector="none")),
+    (VPSDE(), dict(predictor="ancestral", corrector="langevin", snr=0.01)),
+    (VESDE(), dict(predictor="reverse_diffusion", corrector="langevin", snr=0.16)),
+])
+def test_pc_with_fewer_steps_than_the_training_discretisation(sde, kwargs):
+  """With num_steps < N the discretisation-based predictors use the SDE discretised into num_steps steps."""
+  fn = jax.jit(functools.partial(get_sampler("pc"), gaussian_model_fn(sde), sde, (8000, 2), num_steps=100, **kwargs))
+  x = np.asarray(fn(jax.random.PRNGKey(0)))
+  np.testing.assert_allclose(x.mean(0), MU, atol=0.05)
+  np.testing.assert_allclose(np.cov(x, rowvar=False), COV, atol=0.05)
+
+
+def test_pc_vp_discretisation_needs_enough_steps():
+  sde = VPSDE()
+  with pytest.raises(ValueError, match="needs num_steps > beta_max = 20"):
+    get_sampler("pc")(gaussian_model_fn(sde), sde, (8, 2), jax.random.PRNGKey(0), num_steps=20)
+  get_sampler("pc")(gaussian_model_fn(sde), sde, (8, 2), jax.random.PRNGKey(0), num_steps=20,
+                    predictor="euler_maruyama", corrector="none")

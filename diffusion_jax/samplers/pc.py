@@ -69,10 +69,18 @@ def no_corrector(sde, score, x, t, rng, snr, n_steps):
 @SAMPLERS.register("pc")
 def pc_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps", predictor="reverse_diffusion",
               corrector="langevin", snr=0.16, n_corrector_steps=1, denoise=True, eps=None):
-  """Returns x_0; with `denoise` the last step returns the predictor's mean (no noise), as Song et al. do."""
+  """num_steps predictor steps from t = 1 to eps, each after n_corrector_steps Langevin steps; the reverse-diffusion
+  and ancestral predictors and the corrector use the SDE discretised into num_steps steps (score_sde's sde.N).
+  Returns x_0; with `denoise` the last step returns the predictor's mean (no noise), as Song et al. do."""
   if not isinstance(sde, SDE):
     raise ValueError(f"The pc sampler needs an SDE (vp, subvp, ve), got {type(sde).__name__}")
   eps = default_eps(sde) if eps is None else eps
+  uses_discretisation = predictor in ("reverse_diffusion", "ancestral") or corrector == "langevin"
+  if isinstance(sde, VPSDE) and uses_discretisation and sde.beta_1 / num_steps >= 1:
+    raise ValueError(f"predictor={predictor!r} / corrector={corrector!r} use the DDPM discretisation beta_i = "
+                     f"beta(t_i) / N, which needs num_steps > beta_max = {sde.beta_1:g} (got {num_steps}); "
+                     "use predictor='euler_maruyama', corrector='none' for fewer steps")
+  sde = sde.with_steps(num_steps)
   predict, correct = PREDICTORS.get(predictor), CORRECTORS.get(corrector)
   score = score_fn(model_fn, sde, y, prediction)
   k0, k = jax.random.split(rng)
