@@ -12,7 +12,9 @@ ADAPTIVE_OPTIONS = ("rtol", "atol")  # options that change the NFE of a run, not
 
 
 def fmt(v):
-  return "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+  if isinstance(v, float):
+    return f"{v:.3f}" if v == 0 or abs(v) >= 0.01 else f"{v:.0e}"
+  return "" if v is None else str(v)
 
 
 def markdown_table(rows, columns):
@@ -50,11 +52,13 @@ def pivot_by_nfe(rows, metric, option_keys, column="nfe"):
 
 
 def plot_by_nfe(curves, metric, path, title=""):
+  """One line per sampler family, log-log: FID spans orders of magnitude between too few and enough steps."""
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for name, pts in sorted(curves.items()):
     pts = sorted(pts)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name, ms=4)
   ax.set_xscale("log")
+  ax.set_yscale("log")
   ax.set_xlabel("network evaluations (NFE)")
   ax.set_ylabel(metric)
   ax.set_title(title)
