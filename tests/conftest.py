@@ -30,7 +30,7 @@ def tiny_config(**overrides):
   c.training.sample_every = 0
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 2
-  c.sample.runs = "ddpm:10,ddim:5,dpm_solver++:4,edm:3,pc:4:corrector=none,ode:3:solver=heun"
+  c.sample.runs = "ddpm:10,ddim:5,dpm_solver++:4,edm:3,pc:4:predictor=euler_maruyama:corrector=none,ode:3:solver=heun"
   c.sample.num_samples = 40
   c.sample.batch_size = 40
   c.eval.classifier_steps = 100

@@ -20,10 +20,10 @@ def test_cli_all_modes(tmp_path):
     results = json.load(f)
   runs = {r["run"]: r for r in results["rows"]}
   assert set(runs) == {"real held-out digits", "gaussian noise", "ddpm_10", "ddim_5", "dpm_solver++_4", "edm_3",
-                       "pc_4_correctornone", "ode_3_solverheun"}
+                       "pc_4_correctornone_predictoreuler_maruyama", "ode_3_solverheun"}
   assert runs["edm_3"]["nfe"] == 5
   assert runs["ddpm_10"]["nfe"] == 10 and runs["ddim_5"]["steps"] == 5
-  assert runs["pc_4_correctornone"]["nfe"] == 4 and runs["ode_3_solverheun"]["nfe"] == 7
+  assert runs["pc_4_correctornone_predictoreuler_maruyama"]["nfe"] == 4 and runs["ode_3_solverheun"]["nfe"] == 7
   assert 0.0 <= runs["ddpm_10"]["class_accuracy"] <= 1.0
   assert results["likelihood"]["num_images"] == 4 and 0 < results["likelihood"]["bpd"] < 20
   report = open(os.path.join(wd, "report.md")).read()

@@ -75,13 +75,13 @@ def pc_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps",
   if not isinstance(sde, SDE):
     raise ValueError(f"The pc sampler needs an SDE (vp, subvp, ve), got {type(sde).__name__}")
   eps = default_eps(sde) if eps is None else eps
+  predict, correct = PREDICTORS.get(predictor), CORRECTORS.get(corrector)
   uses_discretisation = predictor in ("reverse_diffusion", "ancestral") or corrector == "langevin"
   if isinstance(sde, VPSDE) and uses_discretisation and sde.beta_1 / num_steps >= 1:
     raise ValueError(f"predictor={predictor!r} / corrector={corrector!r} use the DDPM discretisation beta_i = "
                      f"beta(t_i) / N, which needs num_steps > beta_max = {sde.beta_1:g} (got {num_steps}); "
                      "use predictor='euler_maruyama', corrector='none' for fewer steps")
   sde = sde.with_steps(num_steps)
-  predict, correct = PREDICTORS.get(predictor), CORRECTORS.get(corrector)
   score = score_fn(model_fn, sde, y, prediction)
   k0, k = jax.random.split(rng)
   x = sde.prior_sampling(k0, shape)
