@@ -45,6 +45,7 @@ def get_base_config():
       num_steps=1000,
       batch_size=128,
       weighting="uniform",
+      p_uncond=0.0,          # label dropout to the null label (classifier-free guidance; Ho & Salimans use 0.1-0.2)
       ema_decay=0.9999,
       log_every=50,
       checkpoint_every=500,

@@ -11,6 +11,7 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax import parallel
+from diffusion_jax.guidance import classifier_free
 from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
 from diffusion_jax.samplers import get_sampler, parse_runs
@@ -56,9 +57,23 @@ def sampler_setup(config, model, params, process, name):
                    f"SDE samples with: {', '.join(SDE_SAMPLERS)}")
 
 
+def guidance_scale(config, kwargs):
+  """Pops the classifier-free guidance strength `w` of a run's options, checking that the model can be guided."""
+  w = kwargs.pop("w", 0.0)
+  if w and not config.model.get("num_classes", 0):
+    raise ValueError(f"Classifier-free guidance (w={w}) needs a class-conditional model (model.num_classes > 0)")
+  if w and not config.training.p_uncond:
+    logging.warning("Classifier-free guidance with w=%s on a model trained without label dropout "
+                    "(training.p_uncond = 0): it has no trained unconditional mode", w)
+  return w
+
+
 def make_generate(config, model, process, mesh, name, num_steps, batch_size, **kwargs):
-  """A jitted (params, rng, y) -> (images, nfe) function for one sampler run; y may be None for unconditional models."""
+  """A jitted (params, rng, y) -> (images, nfe) function for one sampler run; y may be None for unconditional models.
+  The run option `w` applies classifier-free guidance (one batched network call for both passes per evaluation)."""
   sampler = get_sampler(name)
+  kwargs = dict(kwargs)
+  w = guidance_scale(config, kwargs)
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.channels)
   sampler_setup(config, model, None, process, name)  # fails early if the sampler does not apply
   if name not in SDE_SAMPLERS:
@@ -69,6 +84,7 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, **k
 
   def generate(params, rng, y):
     model_fn, on = sampler_setup(config, model, params, process, name)
+    model_fn = classifier_free(model_fn, w, config.model.get("num_classes", 0))
     out = sampler(model_fn, on, shape, rng, num_steps=num_steps, y=y,
                   prediction=config.diffusion.prediction, **({"return_nfe": True} if adaptive else {}), **kwargs)
     return out if adaptive else (out, jnp.asarray(nfe_of(name, num_steps, kwargs)))

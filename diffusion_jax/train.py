@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from diffusion_jax import checkpoint, parallel
 from diffusion_jax.data import get_dataset
+from diffusion_jax.guidance import drop_labels
 from diffusion_jax.images import save_grid
 from diffusion_jax.losses import WEIGHTINGS, check_prediction, diffusion_loss
 from diffusion_jax.models import get_model
@@ -73,7 +74,10 @@ def init_state(config, model, tx, rng):
 def make_train_step(config, model, process, tx):
   def train_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    loss_fn = lambda p: diffusion_loss(model.apply, p, process, batch["image"], batch.get("label"), rng,
+    y = batch.get("label")
+    if y is not None and config.training.p_uncond:
+      y = drop_labels(jax.random.fold_in(rng, 7), y, config.training.p_uncond, config.model.num_classes)
+    loss_fn = lambda p: diffusion_loss(model.apply, p, process, batch["image"], y, rng,
                                        prediction=config.diffusion.prediction, weighting=config.training.weighting)
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
