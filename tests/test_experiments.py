@@ -20,24 +20,24 @@ def test_compare_samplers_grid_tables_plot_and_resume(trained, monkeypatch):
   from experiments import compare_samplers as cs
   config, wd = trained
   out = os.path.join(wd, "cmp")
-  rows = cs.compare(config, wd, out, ["edm", "ode_heun"], [3, 5], ["1e-2"], 20)
+  rows = cs.compare(config, wd, out, ["edm", "ode_heun"], [5], ["1e-2"], 20)
   by_run = {r["run"]: r for r in rows}
-  # edm: 2 S - 1 with S = (n + 1) // 2; heun: 2 S + 1 with S = (n - 1) // 2; plus one RK45 run
-  assert {r: by_run[r]["nfe"] for r in ("edm_2", "edm_3", "ode_1_solverheun", "ode_2_solverheun")} \
-      == {"edm_2": 3, "edm_3": 5, "ode_1_solverheun": 3, "ode_2_solverheun": 5}
-  assert "ode_20_atol0.01_rtol0.01" in by_run and len(rows) == 5
+  # edm: 2 S - 1 NFE with S = (n + 1) // 2; heun: 2 S + 1 with S = (n - 1) // 2; plus one RK45 run
+  assert {r: (by_run[r]["nfe"], by_run[r]["target_nfe"]) for r in ("edm_3", "ode_2_solverheun")} \
+      == {"edm_3": (5, 5), "ode_2_solverheun": (5, 5)}
+  assert "ode_20_atol0.01_rtol0.01" in by_run and len(rows) == 3
   assert all(r["fid_digits"] > 0 and r["seconds"] > 0 for r in rows)
   md = open(os.path.join(out, "results.md")).read()
-  assert "| sampler | 3 | 5 |" in md and "| ode solver=heun |" in md
+  assert "| sampler | 5 |" in md and "| ode solver=heun |" in md
   assert os.path.getsize(os.path.join(out, "fid_vs_nfe.png")) > 1000
   assert open(os.path.join(out, "results.csv")).readline().startswith("run,sampler,steps,target_nfe,nfe,fid_digits")
   # resumable: finished runs are skipped, only new ones are sampled
   calls = []
   real = cs.generate_samples
   monkeypatch.setattr(cs, "generate_samples", lambda *a, **k: calls.append(a[5:7]) or real(*a, **k))
-  rows = cs.compare(config, wd, out, ["edm", "ddim"], [5, 4], [], 20)
-  assert calls == [("ddim", 5), ("ddim", 4)] and len(rows) == 7  # edm_3 and edm_2 were done
-  assert json.load(open(os.path.join(out, "rows.json")))[-1]["run"] == "ddim_4"
+  rows = cs.compare(config, wd, out, ["edm", "ddim"], [5], [], 20)
+  assert calls == [("ddim", 5)] and len(rows) == 4  # edm_3 was done
+  assert json.load(open(os.path.join(out, "rows.json")))[-1]["run"] == "ddim_5"
 
 
 def test_compare_samplers_bad_family(trained):
