@@ -74,6 +74,18 @@ def get_base_config():
       use_ema=True,
   ))
 
+  # The noise-conditional classifier of classifier guidance (--mode=train_classifier), trained on x_t of the same
+  # diffusion process; ADM's classifier settings (Dhariwal & Nichol 2021, App. C) scaled down to the digits.
+  c.classifier = ml_collections.ConfigDict(dict(
+      workdir="",            # "" -> <workdir>/classifier
+      model=dict(num_classes=10, block_out_channels=(32, 64), layers_per_block=1, attn_resolutions=(4,),
+                 num_heads=1, norm_groups=8, dropout=0.0),
+      training=dict(num_steps=1500, batch_size=128, ema_decay=0.999, log_every=50, checkpoint_every=500,
+                    eval_every=500, keep_checkpoints=2),
+      optim=dict(optimizer="adamw", lr=6e-4, warmup_steps=0, grad_clip=1.0, weight_decay=0.05, b1=0.9, b2=0.999,
+                 eps=1e-8),
+  ))
+
   c.eval = ml_collections.ConfigDict(dict(
       classifier_steps=600,   # training steps of the digits evaluation classifier
       enable_bpd=False,       # bits/dim of held-out images through the probability-flow ODE (diffusion.sde or vp)

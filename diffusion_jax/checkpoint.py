@@ -29,21 +29,21 @@ def save(mngr, step, state, config):
                                           config=ocp.args.JsonSave(json.loads(config.to_json()))))
 
 
-SHAPE_FIELDS = ("data.image_size", "data.channels")  # besides every model.* field but dropout
+SHAPE_FIELDS = ("data.image_size", "data.channels")  # besides every field of the network's section but dropout
 
 
-def check_compatible(saved, config):
-  """Raises with the differing fields when the checkpoint's model or input shape differs from `config`."""
+def check_compatible(saved, config, section="model"):
+  """Raises with the differing fields when the checkpoint's network (config.`section`) or input shape differs."""
   now = _flat(json.loads(config.to_json()))
   then = _flat(saved)
-  shape_field = lambda k: (k.startswith("model.") and k != "model.dropout") or k in SHAPE_FIELDS
+  shape_field = lambda k: (k.startswith(section + ".") and k != section + ".dropout") or k in SHAPE_FIELDS
   diffs = [f"{k}: checkpoint has {then.get(k)!r}, config has {now.get(k)!r}"
            for k in sorted(set(now) | set(then)) if shape_field(k) and now.get(k) != then.get(k)]
   if diffs:
     raise ValueError("The config does not match the checkpoint's model:\n  " + "\n  ".join(diffs))
 
 
-def restore(mngr, abstract_state, config, step=None):
+def restore(mngr, abstract_state, config, step=None, section="model"):
   """Restores the latest (or given) step onto the shardings of `abstract_state`; None when there is none."""
   step = mngr.latest_step() if step is None else step
   if step is None:
@@ -53,7 +53,7 @@ def restore(mngr, abstract_state, config, step=None):
     saved_config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   except Exception as e:
     raise RuntimeError(f"Checkpoint {path} is corrupt or incomplete (cannot read its config): {e}") from e
-  check_compatible(saved_config, config)
+  check_compatible(saved_config, config, section)
   try:
     return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
   except Exception as e:

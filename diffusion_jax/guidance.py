@@ -25,9 +25,12 @@ def check_labels(y, num_classes):
 def classifier_free(model_fn, w, null_label):
   """eps~ = (1 + w) eps(x, y) - w eps(x, null) (Ho & Salimans 2022, eq. 6), both passes in one batched call. Valid for
   eps, x0 and v outputs alike: weights summing to 1 commute with the affine maps between them at fixed x_t.
-  w = 0 returns model_fn itself, so unguided sampling is unchanged bit for bit."""
+  w = 0 returns model_fn itself, so unguided sampling is unchanged bit for bit; w = -1 is the unconditional model,
+  eps(x, null), in one pass."""
   if w == 0:
     return model_fn
+  if w == -1:
+    return lambda x, t, y=None: model_fn(x, t, None if y is None else jnp.full_like(y, null_label))
 
   def guided(x, t, y=None):
     if y is None:

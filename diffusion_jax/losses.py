@@ -52,6 +52,12 @@ def bcast(a, x):
   return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
 
 
+def q_sample(process, x0, t, eps):
+  """x_t = alpha_t x0 + sigma_t eps, the forward process at time t (Ho et al. 2020, eq. 4; Kingma et al. 2021, eq. 1)."""
+  alpha, sigma = process.alpha_sigma(t)
+  return bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
+
+
 def diffusion_loss(apply_fn, params, process, x0, y, rng, *, prediction, weighting, train=True):
   """Weighted denoising loss with x_t = alpha x0 + sigma eps: t = (i + 1) / T, i ~ U{0..T-1} on a discrete schedule
   (Ho et al. 2020), t ~ U(1e-5, 1) on an SDE (Song et al. 2021); the network sees process.network_time(t).
@@ -60,7 +66,7 @@ def diffusion_loss(apply_fn, params, process, x0, y, rng, *, prediction, weighti
   t = process.sample_t(k_t, x0.shape[0])
   alpha, sigma = process.alpha_sigma(t)
   eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-  x_t = bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
+  x_t = q_sample(process, x0, t, eps)
   pred = apply_fn({"params": params}, x_t, process.network_time(t), y, train=train, rngs={"dropout": k_drop})
   tgt = target(x0, eps, bcast(alpha, x0), bcast(sigma, x0), prediction)
   per_example = jnp.mean(jnp.square(pred - tgt), axis=tuple(range(1, x0.ndim)))

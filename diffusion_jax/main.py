@@ -1,5 +1,5 @@
-"""Command line: python -m diffusion_jax.main --config=configs/digits.py --workdir=runs/x --mode=train|sample|eval|all
-[--config.training.num_steps=2000 ...]."""
+"""Command line: python -m diffusion_jax.main --config=configs/digits.py --workdir=runs/x
+--mode=train|sample|eval|all|train_classifier [--config.training.num_steps=2000 ...]."""
 from diffusion_jax.xla_flags import set_cpu_flags
 
 set_cpu_flags()
@@ -10,9 +10,9 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion_jax import evaluate, parallel, sample, train  # noqa: E402
+from diffusion_jax import evaluate, parallel, sample, train, train_classifier  # noqa: E402
 
-MODES = ("train", "sample", "eval", "all")
+MODES = ("train", "sample", "eval", "all", "train_classifier")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and reports.")
 _MODE = flags.DEFINE_string("mode", "all", f"One of {', '.join(MODES)}.")
@@ -27,6 +27,8 @@ def run(config, workdir, mode):
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1))
   mesh = parallel.make_mesh()
+  if mode == "train_classifier":
+    return train_classifier.train_classifier(config, workdir, mesh)
   if mode in ("train", "all"):
     state = train.train(config, workdir, mesh)
     params = state.ema_params if config.sample.use_ema else state.params

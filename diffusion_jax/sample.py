@@ -11,9 +11,10 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax import parallel
-from diffusion_jax.guidance import classifier_free
+from diffusion_jax.guidance import classifier_free, classifier_grad, classifier_guided
 from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
+from diffusion_jax.models.classifier import make_log_prob_fn
 from diffusion_jax.samplers import get_sampler, parse_runs
 from diffusion_jax.schedules import Schedule
 from diffusion_jax.sde import VPSDE, on_sde, sde_from_config
@@ -42,38 +43,56 @@ def sampling_sde(config):
   return sde_from_config(config.diffusion, config.diffusion.sde or "vp")
 
 
-def sampler_setup(config, model, params, process, name):
-  """(model_fn, process the sampler runs on) for sampler `name` and a model trained on `process`.
-  Discrete samplers run on the training schedule (a VP SDE's DDPM discretisation); pc / ode on sampling_sde(config)."""
-  model_fn = make_model_fn(model, params, process)
+def on_sampler_process(config, fn, process, name):
+  """(fn, process the sampler runs on) for a function fn(x_t, t, y) of a model trained on `process` (a network's
+  prediction, or a noisy classifier's log-probability). Discrete samplers run on the training schedule (a VP SDE's
+  DDPM discretisation); pc / ode on sampling_sde(config), where a discrete model is queried at equal log-SNR."""
   if name in SDE_SAMPLERS:
     sde = sampling_sde(config)
-    return (on_sde(model_fn, process, sde) if isinstance(process, Schedule) else model_fn), sde
+    return (on_sde(fn, process, sde) if isinstance(process, Schedule) else fn), sde
   if isinstance(process, Schedule):
-    return model_fn, process
+    return fn, process
   if type(process) is VPSDE:
-    return model_fn, process.discrete_schedule()
+    return fn, process.discrete_schedule()
   raise ValueError(f"Sampler {name!r} needs a discrete VP schedule; a model trained on the {config.diffusion.sde!r} "
                    f"SDE samples with: {', '.join(SDE_SAMPLERS)}")
 
 
-def guidance_scale(config, kwargs):
-  """Pops the classifier-free guidance strength `w` of a run's options, checking that the model can be guided."""
-  w = kwargs.pop("w", 0.0)
+def sampler_setup(config, model, params, process, name):
+  """(model_fn, process the sampler runs on) for sampler `name` and a network trained on `process`."""
+  return on_sampler_process(config, make_model_fn(model, params, process), process, name)
+
+
+def guidance_scales(config, kwargs, classifier):
+  """Pops the guidance strengths of a run's options: `w` of classifier-free guidance (w = -1 is the model's
+  unconditional mode) and `s` of classifier guidance; checks that the model and the classifier allow them."""
+  w, s = kwargs.pop("w", 0.0), kwargs.pop("s", 0.0)
   if w and not config.model.get("num_classes", 0):
     raise ValueError(f"Classifier-free guidance (w={w}) needs a class-conditional model (model.num_classes > 0)")
+  if w < -1:
+    raise ValueError(f"Classifier-free guidance strength w={w} is below -1 (w = -1 is the unconditional model); "
+                     "valid: w >= -1")
   if w and not config.training.p_uncond:
     logging.warning("Classifier-free guidance with w=%s on a model trained without label dropout "
                     "(training.p_uncond = 0): it has no trained unconditional mode", w)
-  return w
+  if s and classifier is None:
+    raise ValueError(f"Classifier guidance (s={s}) needs a trained noise-conditional classifier "
+                     "(--mode=train_classifier)")
+  return w, s
 
 
-def make_generate(config, model, process, mesh, name, num_steps, batch_size, **kwargs):
-  """A jitted (params, rng, y) -> (images, nfe) function for one sampler run; y may be None for unconditional models.
-  The run option `w` applies classifier-free guidance (one batched network call for both passes per evaluation)."""
+def num_label_classes(config, classifier=None):
+  """Classes of the sampled labels: the model's, or for an unconditional model guided by a classifier, the classifier's."""
+  return config.model.get("num_classes", 0) or (classifier.num_classes if classifier is not None else 0)
+
+
+def make_generate(config, model, process, mesh, name, num_steps, batch_size, classifier=None, **kwargs):
+  """A jitted (params, rng, y, classifier_params=None) -> (images, nfe) function for one sampler run; y may be None
+  for unconditional models. Run options `w` (classifier-free guidance; both passes in one batched network call)
+  and `s` (classifier guidance by jax.grad through the flax module `classifier`) combine."""
   sampler = get_sampler(name)
   kwargs = dict(kwargs)
-  w = guidance_scale(config, kwargs)
+  w, s = guidance_scales(config, kwargs, classifier)
   shape = (batch_size, config.data.image_size, config.data.image_size, config.data.channels)
   sampler_setup(config, model, None, process, name)  # fails early if the sampler does not apply
   if name not in SDE_SAMPLERS:
@@ -81,42 +100,61 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, **k
     accepted = inspect.signature(sampler).parameters
     kwargs = {**{k: v for k, v in generic.items() if k in accepted}, **kwargs}
   adaptive = name == "ode" and kwargs.get("solver", "dopri5") == "dopri5"
+  num_classes = config.model.get("num_classes", 0)
 
-  def generate(params, rng, y):
+  def generate(params, rng, y, classifier_params=None):
     model_fn, on = sampler_setup(config, model, params, process, name)
-    model_fn = classifier_free(model_fn, w, config.model.get("num_classes", 0))
-    out = sampler(model_fn, on, shape, rng, num_steps=num_steps, y=y,
-                  prediction=config.diffusion.prediction, **({"return_nfe": True} if adaptive else {}), **kwargs)
+    if not num_classes:  # labels only steer the classifier
+      model_fn = (lambda f: lambda x, t, y=None: f(x, t, None))(model_fn)
+    model_fn = classifier_free(model_fn, w, num_classes)
+    extra = {}
+    if s:
+      log_prob, _ = on_sampler_process(config, make_log_prob_fn(classifier, classifier_params, process), process, name)
+      grad = classifier_grad(log_prob)
+      if name == "ddpm":  # Dhariwal & Nichol's Alg. 1: the mean moves by s Sigma grad
+        extra["classifier_grad"] = lambda x, t, y: s * grad(x, t, y)
+      else:  # Alg. 2: eps - s sigma grad, i.e. score + s grad
+        model_fn = classifier_guided(model_fn, on, grad, s, config.diffusion.prediction)
+    out = sampler(model_fn, on, shape, rng, num_steps=num_steps, y=y, prediction=config.diffusion.prediction,
+                  **({"return_nfe": True} if adaptive else {}), **kwargs, **extra)
     return out if adaptive else (out, jnp.asarray(nfe_of(name, num_steps, kwargs)))
   return jax.jit(generate, out_shardings=(parallel.batch_sharded(mesh), parallel.replicated(mesh)))
 
 
-def sample_labels(config, num):
-  """Labels 0, 1, ..., K-1, 0, 1, ... for class-conditional models; None for unconditional ones."""
-  k = config.model.get("num_classes", 0)
-  return (np.arange(num) % k).astype(np.int32) if k else None
+def sample_labels(num_classes, num):
+  """Labels 0, 1, ..., K-1, 0, 1, ... (None without classes)."""
+  return (np.arange(num) % num_classes).astype(np.int32) if num_classes else None
 
 
-def generate_samples(config, model, process, params, mesh, name, num_steps, num, rng, **kwargs):
-  """`num` samples in batches of config.sample.batch_size.
+def generate_samples(config, model, process, params, mesh, name, num_steps, num, rng, classifier=None, **kwargs):
+  """`num` samples in batches of config.sample.batch_size; `classifier` = (module, params) for run option `s`.
   Returns (images [num, H, W, C], labels or None, seconds excluding compilation, mean NFE per batch)."""
+  clf, clf_params = classifier or (None, None)
   bs = min(config.sample.batch_size, num)
   bs = -(-bs // mesh.devices.size) * mesh.devices.size
   parallel.check_batch(bs, mesh, "sample batch size")
   nb = -(-num // bs)
-  labels = sample_labels(config, nb * bs)
+  labels = sample_labels(num_label_classes(config, clf), nb * bs)
   ys = [None if labels is None else parallel.shard_batch(jnp.asarray(labels[b * bs:(b + 1) * bs]), mesh)
         for b in range(nb)]
-  gen = make_generate(config, model, process, mesh, name, num_steps, bs, **kwargs).lower(params, rng, ys[0]).compile()
+  gen = make_generate(config, model, process, mesh, name, num_steps, bs, clf, **kwargs)
+  gen = gen.lower(params, rng, ys[0], clf_params).compile()
   start = time.time()
-  out = [gen(params, jax.random.fold_in(rng, b), ys[b]) for b in range(nb)]
+  out = [gen(params, jax.random.fold_in(rng, b), ys[b], clf_params) for b in range(nb)]
   images = np.concatenate([np.asarray(o[0]) for o in out])[:num]
   seconds = time.time() - start
   return images, None if labels is None else labels[:num], seconds, float(np.mean([o[1] for o in out]))
 
 
+def needs_classifier(runs):
+  return any(kwargs.get("s", 0) for _, _, kwargs in parse_runs(runs))
+
+
 def sample(config, workdir, params, model, process, mesh):
-  """Runs every sampler of config.sample.runs; returns a list of run records (also written to samples/runs.json)."""
+  """Runs every sampler of config.sample.runs; returns a list of run records (also written to samples/runs.json).
+  Runs with classifier guidance (`s=`) use the classifier trained by --mode=train_classifier."""
+  from diffusion_jax.train_classifier import load_classifier  # it imports train, which imports this module
+  classifier = load_classifier(config, workdir, mesh) if needs_classifier(config.sample.runs) else None
   outdir = os.path.join(workdir, "samples")
   os.makedirs(outdir, exist_ok=True)
   records = []
@@ -124,7 +162,7 @@ def sample(config, workdir, params, model, process, mesh):
     label = run_label(name, steps, kwargs)
     rng = jax.random.PRNGKey(config.seed + 1)
     images, labels, seconds, nfe = generate_samples(config, model, process, params, mesh, name, steps,
-                                               config.sample.num_samples, rng, **kwargs)
+                                                    config.sample.num_samples, rng, classifier, **kwargs)
     bad = float(np.mean(~np.isfinite(images).all(axis=(1, 2, 3))))
     if bad:
       logging.error("%s: %.1f%% of the samples contain NaN or Inf; they are kept in the .npz and reported in runs.json",

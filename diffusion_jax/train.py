@@ -66,9 +66,20 @@ def init_state(config, model, tx, rng):
   s = config.data.image_size
   x = jnp.zeros((1, s, s, config.data.channels))
   y = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
-  params = model.init(k_init, x, jnp.zeros((1,)), y)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params),
-                    rng=k_train)
+  return new_state(model.init(k_init, x, jnp.zeros((1,)), y)["params"], tx, k_train)
+
+
+def new_state(params, tx, rng):
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params), rng=rng)
+
+
+def apply_gradients(state, grads, tx, ema_decay):
+  """One optimizer step, then the EMA of the parameters with warm-up decay min(ema_decay, (1 + step) / (10 + step))."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+  return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
 
 
 def make_train_step(config, model, process, tx):
@@ -80,12 +91,7 @@ def make_train_step(config, model, process, tx):
     loss_fn = lambda p: diffusion_loss(model.apply, p, process, batch["image"], y, rng,
                                        prediction=config.diffusion.prediction, weighting=config.training.weighting)
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    decay = jnp.minimum(config.training.ema_decay, (1.0 + state.step) / (10.0 + state.step))
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    new = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return apply_gradients(state, grads, tx, config.training.ema_decay), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
   return train_step
 
 
@@ -94,18 +100,19 @@ def host_batch(config, dataset, step):
   return {"image": x, "label": y} if config.model.num_classes else {"image": x}
 
 
-def create_or_restore(config, workdir, model, tx, mesh):
-  """The train state from the workdir's latest checkpoint, or a fresh one; placed replicated on the mesh."""
+def create_or_restore(config, directory, init, mesh, keep=2, section="model"):
+  """The train state from the latest checkpoint in `directory` (whose config.`section` must match), or init(rng);
+  placed replicated on the mesh. Returns (state, checkpoint manager)."""
   rep = parallel.replicated(mesh)
-  init = jax.jit(lambda rng: init_state(config, model, tx, rng), out_shardings=rep)
+  init = jax.jit(init, out_shardings=rep)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
-  mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.training.keep_checkpoints)
-  state = checkpoint.restore(mngr, abstract, config)
+  mngr = checkpoint.manager(directory, keep)
+  state = checkpoint.restore(mngr, abstract, config, section=section)
   if state is None:
     state = init(jax.random.PRNGKey(config.seed))
   else:
-    logging.info("Resumed from step %d in %s", int(state.step), workdir)
+    logging.info("Resumed from step %d in %s", int(state.step), directory)
   return state, mngr
 
 
@@ -118,44 +125,39 @@ def write_training_grid(config, model, process, state, mesh, path):
     save_grid(images, path)
 
 
-def train(config, workdir, mesh=None):
-  """Trains to config.training.num_steps, resuming from the workdir; returns the final TrainState."""
-  mesh = mesh or parallel.make_mesh()
-  parallel.check_batch(config.training.batch_size, mesh)
-  model, process = setup(config)
-  tx = make_optimizer(config.optim)
-  dataset = get_dataset(config, "train")
-  state, mngr = create_or_restore(config, workdir, model, tx, mesh)
-  rep = parallel.replicated(mesh)
-  step_fn = jax.jit(make_train_step(config, model, process, tx), in_shardings=(rep, parallel.batch_sharded(mesh)),
-                    out_shardings=(rep, rep), donate_argnums=0)
-  writer = metric_writers.create_default_writer(os.path.join(workdir, "logs"), just_logging=jax.process_index() > 0)
-  tcfg = config.training
+def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=None, desc="train"):
+  """The training loop: runs step_fn(state, batch_fn(step)) up to tcfg.num_steps, logs every metric every
+  tcfg.log_every steps, checkpoints every tcfg.checkpoint_every steps and on exit (Ctrl-C, errors), stops on a
+  non-finite loss without saving it, and calls after_step(done, state). Returns the final state."""
+  writer = metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
+  step_fn = jax.jit(step_fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                    out_shardings=parallel.replicated(mesh), donate_argnums=0)
   start = int(state.step)
-  pbar = tqdm(total=tcfg.num_steps, initial=start, desc="train", mininterval=2.0, disable=jax.process_index() > 0)
+  pbar = tqdm(total=tcfg.num_steps, initial=start, desc=desc, mininterval=2.0, disable=jax.process_index() > 0)
   last_save, t0, seen, diverged = start, time.time(), 0, False
   try:
     for step in range(start, tcfg.num_steps):
-      state, metrics = step_fn(state, parallel.shard_batch(host_batch(config, dataset, step), mesh))
+      state, metrics = step_fn(state, parallel.shard_batch(batch_fn(step), mesh))
       loss = float(metrics["loss"])
       if not np.isfinite(loss):
         diverged = True
         raise FloatingPointError(
             f"Training loss became {loss} at step {step}; stopped without saving this state. The last good "
-            f"checkpoint (step {mngr.latest_step()}) is in {mngr.directory}; lower optim.lr or enable optim.grad_clip.")
+            f"checkpoint (step {mngr.latest_step()}) is in {mngr.directory}; lower the learning rate or enable "
+            "gradient clipping (grad_clip).")
       seen += tcfg.batch_size
       done = step + 1
       if done % tcfg.log_every == 0 or done == tcfg.num_steps:
         ips = seen / (time.time() - t0)
-        writer.write_scalars(done, {"loss": loss, "grad_norm": float(metrics["grad_norm"]), "images_per_sec": ips})
+        writer.write_scalars(done, {**{k: float(v) for k, v in metrics.items()}, "images_per_sec": ips})
         pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
         t0, seen = time.time(), 0
       pbar.update(1)
       if done % tcfg.checkpoint_every == 0:
         checkpoint.save(mngr, done, state, config)
         last_save = done
-      if tcfg.sample_every and done % tcfg.sample_every == 0:
-        write_training_grid(config, model, process, state, mesh, os.path.join(workdir, "samples", f"train_{done:07d}.png"))
+      if after_step:
+        after_step(done, state, writer)
   finally:  # also on Ctrl-C or an error: keep the progress made, unless the state diverged
     pbar.close()
     if not diverged and int(state.step) > last_save:
@@ -165,6 +167,24 @@ def train(config, workdir, mesh=None):
   return state
 
 
+def train(config, workdir, mesh=None):
+  """Trains to config.training.num_steps, resuming from the workdir; returns the final TrainState."""
+  mesh = mesh or parallel.make_mesh()
+  parallel.check_batch(config.training.batch_size, mesh)
+  model, process = setup(config)
+  tx = make_optimizer(config.optim)
+  dataset = get_dataset(config, "train")
+  state, mngr = create_or_restore(config, os.path.join(workdir, "checkpoints"),
+                                  lambda rng: init_state(config, model, tx, rng), mesh, config.training.keep_checkpoints)
+  every = config.training.sample_every
+
+  def sample_grid(done, state, _):
+    if every and done % every == 0:
+      write_training_grid(config, model, process, state, mesh, os.path.join(workdir, "samples", f"train_{done:07d}.png"))
+  return fit(config, config.training, state, mngr, make_train_step(config, model, process, tx),
+             lambda step: host_batch(config, dataset, step), mesh, os.path.join(workdir, "logs"), sample_grid)
+
+
 def load_params(config, workdir, mesh):
   """The (EMA, if config.sample.use_ema) parameters of the workdir's latest checkpoint."""
   model, _ = setup(config)
@@ -172,5 +192,5 @@ def load_params(config, workdir, mesh):
   path = os.path.join(workdir, "checkpoints")
   if checkpoint.manager(path).latest_step() is None:
     raise FileNotFoundError(f"No checkpoint found in {path}; train first with --mode=train")
-  state, _ = create_or_restore(config, workdir, model, tx, mesh)
+  state, _ = create_or_restore(config, path, lambda rng: init_state(config, model, tx, rng), mesh)
   return state.ema_params if config.sample.use_ema else state.params

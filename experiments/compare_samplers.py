@@ -8,18 +8,14 @@ from diffusion_jax.xla_flags import set_cpu_flags
 
 set_cpu_flags()
 
-import json  # noqa: E402
 import os  # noqa: E402
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from diffusion_jax import parallel, tables, train  # noqa: E402
-from diffusion_jax.evaluate import digits_scorer  # noqa: E402
-from diffusion_jax.sample import generate_samples, run_label, sampler_setup  # noqa: E402
+from diffusion_jax import tables, train  # noqa: E402
+from diffusion_jax.sample import run_label, sampler_setup  # noqa: E402
+from experiments.scoring import score_runs  # noqa: E402
 
 # family -> (sampler, options, steps for a target NFE); each run reports the NFE it actually used
 FAMILIES = {
@@ -35,13 +31,19 @@ FAMILIES = {
 }
 COLUMNS = ("run", "sampler", "steps", "target_nfe", "nfe", "fid_digits", "is_digits", "class_accuracy", "seconds", "nonfinite_fraction")
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Config the model was trained with.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/digits", "Workdir holding the trained checkpoint.")
-_NFE = flags.DEFINE_list("nfe", ["10", "20", "50", "100", "1000"], "Target network evaluations per sample.")
-_SAMPLERS = flags.DEFINE_list("samplers", list(FAMILIES), f"Sampler families: {', '.join(FAMILIES)}.")
-_TOL = flags.DEFINE_list("tolerances", ["1e-2", "1e-3", "1e-4"], "rtol = atol of the adaptive RK45 ODE runs.")
-_NUM = flags.DEFINE_integer("num_samples", None, "Samples per run (default config.sample.num_samples).")
-_OUT = flags.DEFINE_string("out", None, "Output directory (default WORKDIR/compare_samplers).")
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command-line flags (defined only when run as a script, so that experiments can be imported together)."""
+  config_flags.DEFINE_config_file("config", "configs/digits.py", "Config the model was trained with.")
+  flags.DEFINE_string("workdir", "runs/digits", "Workdir holding the trained checkpoint.")
+  flags.DEFINE_list("nfe", ["10", "20", "50", "100", "1000"], "Target network evaluations per sample.")
+  flags.DEFINE_list("samplers", list(FAMILIES), f"Sampler families: {', '.join(FAMILIES)}.")
+  flags.DEFINE_list("tolerances", ["1e-2", "1e-3", "1e-4"], "rtol = atol of the adaptive RK45 ODE runs.")
+  flags.DEFINE_integer("num_samples", None, "Samples per run (default config.sample.num_samples).")
+  flags.DEFINE_string("out", None, "Output directory (default WORKDIR/compare_samplers).")
 
 
 def plan(config, model, process, families, nfes, tolerances):
@@ -69,28 +71,10 @@ def plan(config, model, process, families, nfes, tolerances):
 
 
 def compare(config, workdir, out, families, nfes, tolerances, num_samples):
-  mesh = parallel.make_mesh()
   model, process = train.setup(config)
-  params = train.load_params(config, workdir, mesh)
-  scorer, _ = digits_scorer(config, workdir)
-  os.makedirs(out, exist_ok=True)
-  rows_path = os.path.join(out, "rows.json")
-  rows = json.load(open(rows_path)) if os.path.exists(rows_path) else []
-  done = {r["run"] for r in rows}
-  todo = [r for r in plan(config, model, process, families, nfes, tolerances) if run_label(*r[:3]) not in done]
-  for name, steps, opts, target in tqdm(todo, desc="sampler runs"):
-    try:
-      images, labels, seconds, nfe = generate_samples(config, model, process, params, mesh, name, steps, num_samples,
-                                                      jax.random.PRNGKey(config.seed + 1), **opts)
-    except ValueError as e:  # a step count the sampler does not support (e.g. PC-Langevin on VP below 21 steps)
-      logging.warning("skipping %s: %s", run_label(name, steps, opts), e)
-      continue
-    bad = float((~np.isfinite(images).all(axis=(1, 2, 3))).mean())
-    rows.append(dict(run=run_label(name, steps, opts), sampler=name, steps=steps, target_nfe=target, nfe=int(round(nfe)),
-                     seconds=round(seconds, 2), nonfinite_fraction=bad, **opts, **scorer(images, labels)))
-    with open(rows_path + ".tmp", "w") as f:
-      json.dump(rows, f, indent=1)
-    os.replace(rows_path + ".tmp", rows_path)
+  runs = [(run_label(name, steps, opts), name, steps, opts, {"target_nfe": target})
+          for name, steps, opts, target in plan(config, model, process, families, nfes, tolerances)]
+  rows = score_runs(config, workdir, out, runs, num_samples)
   write_results(rows, out, num_samples)
   return rows
 
@@ -121,12 +105,13 @@ def write_results(rows, out, num_samples):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
-  out = _OUT.value or os.path.join(_WORKDIR.value, "compare_samplers")
-  compare(config, _WORKDIR.value, out, _SAMPLERS.value, [int(n) for n in _NFE.value], _TOL.value,
-          _NUM.value or config.sample.num_samples)
+  config = FLAGS.config
+  out = FLAGS.out or os.path.join(FLAGS.workdir, "compare_samplers")
+  compare(config, FLAGS.workdir, out, FLAGS.samplers, [int(n) for n in FLAGS.nfe], FLAGS.tolerances,
+          FLAGS.num_samples or config.sample.num_samples)
   logging.info("Wrote %s", os.path.join(out, "results.md"))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -34,6 +34,12 @@ def tiny_config(**overrides):
   c.sample.num_samples = 40
   c.sample.batch_size = 40
   c.eval.classifier_steps = 100
+  c.classifier.model.block_out_channels = (16, 32)
+  c.classifier.model.norm_groups = 4
+  c.classifier.training.num_steps = 100
+  c.classifier.training.batch_size = 64
+  c.classifier.training.eval_every = 50
+  c.classifier.optim.lr = 2e-3
   for k, v in overrides.items():
     node = c
     *path, last = k.split(".")
@@ -46,6 +52,25 @@ def tiny_config(**overrides):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+  """(config, workdir, final state): the tiny config trained for its 6 steps, shared by the tests that need a
+  checkpoint (they must not write into its checkpoints)."""
+  from diffusion_jax import train
+  wd = str(tmp_path_factory.mktemp("trained_tiny"))
+  config = tiny_config()
+  return config, wd, train.train(config, wd)
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(tmp_path_factory):
+  """(config, classifier directory, state): the tiny noise-conditional classifier trained for 100 steps."""
+  from diffusion_jax.train_classifier import train_classifier
+  d = str(tmp_path_factory.mktemp("classifier"))
+  config = tiny_config(**{"classifier.workdir": d})
+  return config, d, train_classifier(config, "unused")
 
 
 def run_python(code_or_args, env_extra=None, timeout=600, check=True):

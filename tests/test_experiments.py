@@ -4,20 +4,16 @@ import os
 
 import pytest
 
-from diffusion_jax import train
 
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  from conftest import tiny_config
-  wd = str(tmp_path_factory.mktemp("trained"))
-  config = tiny_config(**{"training.num_steps": 2})
-  train.train(config, wd)
+@pytest.fixture
+def trained(trained_tiny):
+  config, wd, _ = trained_tiny
   return config, wd
 
 
 def test_compare_samplers_grid_tables_plot_and_resume(trained, monkeypatch):
   from experiments import compare_samplers as cs
+  from experiments import scoring
   config, wd = trained
   out = os.path.join(wd, "cmp")
   rows = cs.compare(config, wd, out, ["edm", "ode_heun"], [5], ["1e-2"], 20)
@@ -33,8 +29,8 @@ def test_compare_samplers_grid_tables_plot_and_resume(trained, monkeypatch):
   assert open(os.path.join(out, "results.csv")).readline().startswith("run,sampler,steps,target_nfe,nfe,fid_digits")
   # resumable: finished runs are skipped, only new ones are sampled
   calls = []
-  real = cs.generate_samples
-  monkeypatch.setattr(cs, "generate_samples", lambda *a, **k: calls.append(a[5:7]) or real(*a, **k))
+  real = scoring.generate_samples
+  monkeypatch.setattr(scoring, "generate_samples", lambda *a, **k: calls.append(a[5:7]) or real(*a, **k))
   rows = cs.compare(config, wd, out, ["edm", "ddim"], [5], [], 20)
   assert calls == [("ddim", 5)] and len(rows) == 4  # edm_3 was done
   assert json.load(open(os.path.join(out, "rows.json")))[-1]["run"] == "ddim_5"
@@ -45,3 +41,31 @@ def test_compare_samplers_bad_family(trained):
   config, wd = trained
   with pytest.raises(ValueError, match="valid: ddpm, ddim"):
     cs.compare(config, wd, os.path.join(wd, "bad"), ["dpm2"], [3], [], 20)
+
+
+def test_guidance_sweep_tables_plot_and_resume(trained, trained_classifier, monkeypatch):
+  """Both methods on one model: classifier-free (w) and classifier guidance of the unconditional mode (w = -1, s);
+  scored by the evaluation classifier; CSV, Markdown and the FID-IS figure; finished runs are skipped."""
+  from experiments import guidance_sweep as gs
+  from experiments import scoring
+  config, wd = trained
+  config = config.copy_and_resolve_references()
+  config.classifier.workdir = trained_classifier[1]
+  out = os.path.join(wd, "sweep")
+  rows = gs.sweep(config, wd, out, ["cfg", "classifier"], ["1"], ["2"], "ddim:3", 2)
+  by = {(r["method"], r["w"], r["s"]): r for r in rows}
+  assert set(by) == {("cfg", 1.0, 0.0), ("classifier", -1.0, 2.0)}
+  assert by[("classifier", -1.0, 2.0)]["run"] == "ddim_3_s2.0_w-1.0"
+  assert all(0.0 <= r["class_accuracy"] <= 1.0 and r["fid_digits"] > 0 and r["nfe"] == 3 for r in rows)
+  assert open(os.path.join(out, "results.csv")).readline().startswith("method,w,s,fid_digits,is_digits")
+  assert "| classifier | -1.000 | 2.000 |" in open(os.path.join(out, "results.md")).read()
+  assert os.path.getsize(os.path.join(out, "fid_vs_is.png")) > 1000
+  calls = []
+  real = scoring.generate_samples
+  monkeypatch.setattr(scoring, "generate_samples", lambda *a, **k: calls.append(a[5:7]) or real(*a, **k))
+  gs.sweep(config, wd, out, ["cfg"], ["1"], [], "ddim:3", 2)
+  assert calls == []
+  with pytest.raises(ValueError, match="valid: cfg, classifier, cond_classifier"):
+    gs.plan(config, ["clf"], [], ["1"], "ddim:3")
+  with pytest.raises(ValueError, match="must not set w or s"):
+    gs.plan(config, ["cfg"], ["1"], [], "ddim:3:w=2")

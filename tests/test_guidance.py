@@ -1,6 +1,8 @@
 """Guidance against closed forms: classifier guidance with the exact noisy classifier of a mixture samples each class's
 component; classifier-free guidance of two equal-covariance Gaussians samples N((1 + w) mu_c - w mu_u, S)."""
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +94,8 @@ def test_zero_guidance_is_the_unguided_sampler_bit_for_bit():
   grad = classifier_grad(lambda x, t, y: -jnp.sum(x**2, -1))
   np.testing.assert_array_equal(run(model), run(classifier_free(model, 0.0, 10)))
   np.testing.assert_array_equal(run(model), run(classifier_guided(model, LINEAR, grad, 0.0, "eps")))
+  null_only = lambda x, t, y: model(x, t, jnp.full_like(y, 10))
+  np.testing.assert_array_equal(run(null_only), run(classifier_free(model, -1.0, 10)))  # w = -1: unconditional
   assert not np.array_equal(run(model), run(classifier_free(model, 0.5, 10)))
 
 
@@ -112,43 +116,66 @@ def perturbed(params, scale=0.1):
   return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
 
 
-def test_guided_sampling_of_a_network_and_bad_input(tiny, caplog):
-  """`w` as a run option guides a real network (one batched call); a model without label dropout warns, an
-  unconditional model refuses."""
-  from diffusion_jax import train
-  from diffusion_jax.sample import generate_samples
+def test_noisy_classifier_trains_on_x_t_with_accuracy_by_noise_level(trained_classifier, tiny, tmp_path):
+  """The classifier trained on x_t of the diffusion process reads nearly clean digits and is at chance on pure
+  noise; it keeps its own checkpoints, resumes, and refuses a config whose classifier differs from its checkpoint."""
+  from diffusion_jax.train_classifier import load_classifier, train_classifier
+  config, clf_dir, state = trained_classifier
+  assert int(state.step) == 100 and os.listdir(os.path.join(clf_dir, "checkpoints")) == ["100"]
+  result = json.load(open(os.path.join(clf_dir, "accuracy_by_noise.json")))
+  rows = result["rows"]
+  assert result["num_images"] == 297 and len(rows) == 8
+  assert [r["t"] for r in rows] == sorted(r["t"] for r in rows)
+  assert rows[0]["accuracy"] > 0.6, rows  # t = 1/16: nearly clean
+  assert rows[-1]["accuracy"] < 0.3, rows  # t = 15/16: alpha ~ 0.01, chance is 0.1
+  assert "| t | log_snr | accuracy |" in open(os.path.join(clf_dir, "accuracy_by_noise.md")).read()
+  again = train_classifier(config, "unused")  # resumes at its last step: nothing left to do
+  assert int(again.step) == 100
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  config = tiny()  # trained without label dropout: guidance works but warns
-  model, process = train.setup(config)
-  params = train.init_state(config, model, train.make_optimizer(config.optim), jax.random.PRNGKey(0)).params
-  params = perturbed(params)  # the zero-initialised output layer would make cond == uncond
-  gen = lambda c, **kw: generate_samples(c, model, process, params, mesh, "ddim", 3, 8, jax.random.PRNGKey(1), **kw)[0]
-  plain = gen(config)
-  with caplog.at_level("WARNING"):
-    guided = gen(config, w=3.0)
-  assert "no trained unconditional mode" in caplog.text
-  assert np.isfinite(guided).all() and not np.array_equal(plain, guided)
+  with pytest.raises(ValueError, match=r"classifier.model.block_out_channels: checkpoint has \[16, 32\], config has"):
+    load_classifier(tiny(**{"classifier.workdir": clf_dir, "classifier.model.block_out_channels": (16, 48)}), "", mesh)
+  with pytest.raises(FileNotFoundError, match="--mode=train_classifier"):
+    load_classifier(tiny(), str(tmp_path), mesh)
+  with pytest.raises(ValueError, match="num_classes is 5 but the 'digits' data has 10"):
+    train_classifier(tiny(**{"classifier.model.num_classes": 5}), str(tmp_path))
+
+
+def test_classifier_guidance_of_a_network_and_both_guidances_at_once(trained_classifier, tiny, tmp_path, caplog):
+  """Run options `s` and `w` guide real networks: the trained classifier's gradient steers an unconditional model
+  toward the requested classes (its own log p(y | x) of the samples rises); DDPM combines both guidances through
+  the command-line path (classifier loaded from its checkpoint); bad strengths and a missing classifier are refused."""
+  from diffusion_jax import sample, train
+  from diffusion_jax.models.classifier import make_log_prob_fn
+  from diffusion_jax.train_classifier import load_classifier
+  config, clf_dir, _ = trained_classifier
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  clf, clf_params = load_classifier(config, "", mesh)
+  uncond = tiny(**{"model.num_classes": 0})
+  model, process = train.setup(uncond)
+  params = perturbed(train.init_state(uncond, model, train.make_optimizer(uncond.optim), jax.random.PRNGKey(0)).params)
+  gen = lambda c, **kw: sample.generate_samples(c, model, process, params, mesh, "ddim", 3, 40, jax.random.PRNGKey(1),
+                                                (clf, clf_params), **kw)
+  plain, labels, _, _ = gen(uncond)
+  guided, labels_g, _, _ = gen(uncond, s=20.0)
+  assert list(labels) == list(labels_g) == [i % 10 for i in range(40)]  # the classifier's classes
+  log_p = make_log_prob_fn(clf, clf_params, process)
+  t = jnp.full((40,), 1.0 / process.num_timesteps)
+  score = lambda x: float(jnp.mean(log_p(jnp.asarray(x), t, jnp.asarray(labels))))
+  assert score(guided) > score(plain) + 0.5, (score(guided), score(plain))
   with pytest.raises(ValueError, match="needs a class-conditional model"):
-    gen(tiny(**{"model.num_classes": 0}), w=1.0)
+    gen(uncond, w=1.0)
+  with pytest.raises(ValueError, match="valid: w >= -1"):
+    gen(config, w=-2.0)
+  with pytest.raises(ValueError, match="needs a trained noise-conditional classifier"):
+    sample.generate_samples(uncond, model, process, params, mesh, "ddim", 3, 8, jax.random.PRNGKey(1), s=1.0)
 
-
-def test_noisy_classifier_gradient_guides_a_sampler():
-  """The ADM-style classifier gives per-example logits that depend on t; its jax.grad log p(y | x_t) runs inside a
-  compiled sampling loop (classifier guidance through a network, untrained)."""
-  from diffusion_jax.models.classifier import NoisyClassifier
-  clf = NoisyClassifier(num_classes=10, block_out_channels=(16, 32), norm_groups=4)
-  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
-  params = perturbed(clf.init(jax.random.PRNGKey(1), x, jnp.zeros((4,)))["params"])
-  logits = clf.apply({"params": params}, x, jnp.array([0.0, 10.0, 500.0, 999.0]))
-  assert logits.shape == (4, 10)
-  np.testing.assert_allclose(clf.apply({"params": params}, x[1:2], jnp.array([10.0])), logits[1:2], rtol=1e-4, atol=1e-5)
-  assert not np.allclose(logits[0], clf.apply({"params": params}, x[:1], jnp.array([999.0]))[0])
-  log_prob = lambda x, t, y: jnp.take_along_axis(
-      jax.nn.log_softmax(clf.apply({"params": params}, x, LINEAR.network_time(t))), y[:, None], 1)[:, 0]
-  y = jnp.arange(4) % 10
-  model = lambda x, t, y: jnp.zeros_like(x)
-  guided = classifier_guided(model, LINEAR, classifier_grad(log_prob), 5.0, "eps")
-  out = jax.jit(lambda rng: get_sampler("ddim")(guided, LINEAR, (4, 8, 8, 1), rng, num_steps=3, y=y))(
-      jax.random.PRNGKey(2))
-  plain = get_sampler("ddim")(model, LINEAR, (4, 8, 8, 1), jax.random.PRNGKey(2), num_steps=3, y=y)
-  assert np.isfinite(out).all() and not np.allclose(out, plain)
+  both = tiny(**{"classifier.workdir": clf_dir, "sample.runs": "ddpm:4:w=1:s=2", "sample.num_samples": 8})
+  model, process = train.setup(both)
+  params = perturbed(train.init_state(both, model, train.make_optimizer(both.optim), jax.random.PRNGKey(0)).params)
+  with caplog.at_level("WARNING"):
+    records = sample.sample(both, str(tmp_path), params, model, process, mesh)
+  assert "no trained unconditional mode" in caplog.text  # tiny() trains without label dropout
+  assert records[0]["run"] == "ddpm_4_s2_w1" and records[0]["nonfinite_fraction"] == 0.0
+  assert np.load(os.path.join(tmp_path, "samples", "ddpm_4_s2_w1.npz"))["images"].shape == (8, 8, 8, 1)
+  with pytest.raises(FileNotFoundError, match="--mode=train_classifier"):
+    sample.sample(tiny(**{"sample.runs": "ddim:3:s=1"}), str(tmp_path / "none"), params, model, process, mesh)

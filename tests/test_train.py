@@ -17,12 +17,11 @@ def params_of(state):
   return jax.tree.map(np.asarray, state.params)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+@pytest.fixture
+def uninterrupted(trained_tiny):
   """6 steps of the tiny config, in one go."""
-  from conftest import tiny_config
-  wd = str(tmp_path_factory.mktemp("full"))
-  return wd, train.train(tiny_config(), wd)
+  _, wd, state = trained_tiny
+  return wd, state
 
 
 def test_training_writes_checkpoints_and_logs(uninterrupted):

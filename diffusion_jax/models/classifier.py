@@ -3,8 +3,8 @@ half of the U-Net, conditioned on the time step, followed by attention pooling; 
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
-
 from diffusion_jax.models.layers import GroupNorm, blocked_attention
 from diffusion_jax.models.unet import AttentionBlock, ResnetBlock, timestep_embedding
 
@@ -64,3 +64,11 @@ class NoisyClassifier(nn.Module):
     h = res(ch, "mid_resnet_1")(h, temb, train)
     h = nn.silu(GroupNorm(self.norm_groups, 1e-6, name="norm_out")(h))
     return AttentionPool(self.num_classes, self.num_heads, name="pool")(h)
+
+
+def make_log_prob_fn(classifier, params, process):
+  """log_prob(x_t, t, y) -> log p(y | x_t) [B] for continuous t of `process`, as make_model_fn is for the denoiser."""
+  def log_prob(x, t, y):
+    logits = classifier.apply({"params": params}, x, process.network_time(t))
+    return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), y[:, None], 1)[:, 0]
+  return log_prob
