@@ -132,3 +132,10 @@ def test_convergence_order(schedule):
   assert 1.5 < ratio("ddim", spacing="linspace") < 2.6
   assert ratio("dpm_solver++", spacing="linspace") > 3.0
   assert ratio("edm") > 3.0
+
+
+def test_nfe_of_fixed_step_runs():
+  from diffusion_jax.sample import nfe_of
+  assert nfe_of("ddpm", 10, {}) == 10 and nfe_of("edm", 3, {}) == 5
+  assert nfe_of("pc", 4, {"corrector": "none"}) == 4 and nfe_of("pc", 4, {"n_corrector_steps": 2}) == 12
+  assert nfe_of("ode", 3, {"solver": "heun"}) == 7 and nfe_of("ode", 3, {"solver": "euler"}) == 4

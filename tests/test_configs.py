@@ -1,0 +1,31 @@
+"""Every shipped config builds: its model, process, classifier and sampler runs are valid (nothing is initialised)."""
+import glob
+import importlib
+import os
+
+import pytest
+
+from conftest import ROOT
+from diffusion_jax import train
+from diffusion_jax.sample import guidance_scales
+from diffusion_jax.samplers import parse_runs
+from diffusion_jax.train_classifier import get_classifier
+
+CONFIGS = sorted(os.path.relpath(p, ROOT)[:-3].replace(os.sep, ".")
+                 for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
+                 if os.path.basename(p) not in ("__init__.py", "base.py", "score_sde.py"))
+
+
+def test_all_configs_are_listed():
+  assert {"configs.digits", "configs.digits_cfg", "configs.digits_classifier", "configs.imagenet64_cfg",
+          "configs.cifar10_cfg", "configs.ve.cifar10_ncsnpp_continuous"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds(name):
+  config = importlib.import_module(name).get_config()
+  model, process = train.setup(config)
+  assert model.out_channels == config.data.channels
+  assert get_classifier(config).num_classes == config.classifier.model.num_classes
+  for _, _, kwargs in parse_runs(config.sample.runs):
+    guidance_scales(config, dict(kwargs), classifier=get_classifier(config))
