@@ -67,6 +67,7 @@ def get_base_config():
   c.sample = ml_collections.ConfigDict(dict(
       runs="ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100",   # name:num_steps[:key=value...], e.g. ode:20:solver=heun
       num_samples=1000,
+      classes="",            # labels to sample, cycled: "" = every class, "3" or "0,5,7"
       batch_size=500,
       spacing="leading",     # leading | trailing | linspace
       clip_x0=True,

@@ -19,7 +19,7 @@ def check_labels(y, num_classes):
     return
   bad = (y < 0) | (y >= num_classes)
   if bool(jnp.any(bad)):
-    raise ValueError(f"Guidance labels must be in 0..{num_classes - 1}; got {sorted(set(y[bad].tolist()))[:5]}")
+    raise ValueError(f"Class labels must be in 0..{num_classes - 1}; got {sorted(set(y[bad].tolist()))[:5]}")
 
 
 def classifier_free(model_fn, w, null_label):

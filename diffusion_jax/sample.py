@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax import parallel
-from diffusion_jax.guidance import classifier_free, classifier_grad, classifier_guided
+from diffusion_jax.guidance import check_labels, classifier_free, classifier_grad, classifier_guided
 from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
 from diffusion_jax.models.classifier import make_log_prob_fn
@@ -121,9 +121,16 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
   return jax.jit(generate, out_shardings=(parallel.batch_sharded(mesh), parallel.replicated(mesh)))
 
 
-def sample_labels(num_classes, num):
-  """Labels 0, 1, ..., K-1, 0, 1, ... (None without classes)."""
-  return (np.arange(num) % num_classes).astype(np.int32) if num_classes else None
+def sample_labels(num_classes, num, classes=""):
+  """Labels cycling through `classes` ("3" or "0,5,7"; "" is 0, 1, ..., K-1), checked against the K classes;
+  None without classes."""
+  if not num_classes:
+    if classes:
+      raise ValueError(f"sample.classes={classes!r} needs class labels: a class-conditional model or a classifier (s=)")
+    return None
+  chosen = np.array([int(c) for c in str(classes).split(",")] if classes else np.arange(num_classes), np.int32)
+  check_labels(chosen, num_classes)
+  return chosen[np.arange(num) % len(chosen)]
 
 
 def generate_samples(config, model, process, params, mesh, name, num_steps, num, rng, classifier=None, **kwargs):
@@ -134,7 +141,7 @@ def generate_samples(config, model, process, params, mesh, name, num_steps, num,
   bs = -(-bs // mesh.devices.size) * mesh.devices.size
   parallel.check_batch(bs, mesh, "sample batch size")
   nb = -(-num // bs)
-  labels = sample_labels(num_label_classes(config, clf), nb * bs)
+  labels = sample_labels(num_label_classes(config, clf), nb * bs, config.sample.classes)
   ys = [None if labels is None else parallel.shard_batch(jnp.asarray(labels[b * bs:(b + 1) * bs]), mesh)
         for b in range(nb)]
   gen = make_generate(config, model, process, mesh, name, num_steps, bs, clf, **kwargs)

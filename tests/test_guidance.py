@@ -107,6 +107,13 @@ def test_label_dropout_and_label_checks():
   check_labels(jnp.array([0, 9]), 10)
   with pytest.raises(ValueError, match="must be in 0..9; got \\[10, 12\\]"):
     check_labels(jnp.array([0, 10, 12]), 10)
+  from diffusion_jax.sample import sample_labels
+  np.testing.assert_array_equal(sample_labels(10, 5, "3,7"), [3, 7, 3, 7, 3])
+  np.testing.assert_array_equal(sample_labels(3, 4), [0, 1, 2, 0])
+  with pytest.raises(ValueError, match="must be in 0..9; got \\[12\\]"):
+    sample_labels(10, 4, "3,12")
+  with pytest.raises(ValueError, match="needs class labels"):
+    sample_labels(0, 4, "3")
 
 
 def perturbed(params, scale=0.1):

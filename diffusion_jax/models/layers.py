@@ -1,5 +1,5 @@
 """Fast building blocks for the U-Net on CPU and accelerators: NHWC GroupNorm and row-blocked attention with a
-memory-light custom VJP (never materialises the full [N, N] score matrix for the whole batch)."""
+memory-light custom VJP (never materialises the full [N, N] score matrix for the whole batch); class conditioning."""
 import functools
 import math
 
@@ -87,3 +87,15 @@ def _attn_bwd(block, res, dout):
 
 
 blocked_attention.defvjp(_attn_fwd, _attn_bwd)
+
+
+def class_conditioning(temb, y, num_classes, network):
+  """temb plus a learned embedding of the labels y (call inside a compact method); labels 0..K-1 and the null label K
+  of classifier-free guidance, which y=None also selects. An unconditional network (K = 0) refuses labels."""
+  if not num_classes:
+    if y is not None:
+      raise ValueError(f"labels y were given to an unconditional {network} (set model.num_classes)")
+    return temb
+  if y is None:
+    y = jnp.full((temb.shape[0],), num_classes, jnp.int32)
+  return temb + nn.Embed(num_classes + 1, temb.shape[-1], name="class_embedding")(y)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.models.layers import GroupNorm, blocked_attention
+from diffusion_jax.models.layers import GroupNorm, blocked_attention, class_conditioning
 from diffusion_jax.models.unet import timestep_embedding
 
 PROGRESSIVE = ("none", "output_skip")
@@ -169,12 +169,7 @@ class NCSNpp(nn.Module):
       temb = timestep_embedding(timesteps, nf)
     temb = nn.Dense(4 * nf, kernel_init=_init(1.0), name="temb_0")(temb)
     temb = nn.Dense(4 * nf, kernel_init=_init(1.0), name="temb_1")(nn.silu(temb))
-    if self.num_classes:
-      if y is None:
-        y = jnp.full((x.shape[0],), self.num_classes, jnp.int32)
-      temb = temb + nn.Embed(self.num_classes + 1, 4 * nf, name="class_embedding")(y)
-    elif y is not None:
-      raise ValueError("labels y were given to an unconditional NCSN++ (set model.num_classes)")
+    temb = class_conditioning(temb, y, self.num_classes, "NCSN++")
 
     biggan = self.resblock_type == "biggan"
     res = lambda out_ch, name, resample=None: ResBlock(

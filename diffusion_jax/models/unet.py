@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import GroupNorm, blocked_attention
+from diffusion_jax.models.layers import GroupNorm, blocked_attention, class_conditioning
 
 zero_init = nn.initializers.zeros
 
@@ -84,12 +84,7 @@ class UNet(nn.Module):
     temb = timestep_embedding(timesteps, ch0, self.flip_sin_to_cos, self.freq_shift)
     temb = nn.Dense(4 * ch0, name="time_embedding_1")(temb)
     temb = nn.Dense(4 * ch0, name="time_embedding_2")(nn.silu(temb))
-    if self.num_classes:
-      if y is None:
-        y = jnp.full((x.shape[0],), self.num_classes, jnp.int32)
-      temb = temb + nn.Embed(self.num_classes + 1, 4 * ch0, name="class_embedding")(y)
-    elif y is not None:
-      raise ValueError("labels y were given to an unconditional U-Net (set model.num_classes)")
+    temb = class_conditioning(temb, y, self.num_classes, "U-Net")
 
     res = lambda **kw: ResnetBlock(dropout=self.dropout, groups=self.norm_groups, eps=self.norm_eps,
                                    scale_shift=self.scale_shift, **kw)
