@@ -10,7 +10,11 @@ sys.path.insert(0, ROOT)
 
 from diffusion_jax.xla_flags import set_cpu_flags  # noqa: E402
 
-set_cpu_flags()  # the same XLA flags as the CLI, so in-process and subprocess runs agree bit for bit
+# Tests compile far more than they compute: XLA's backend optimisations off roughly halves compile time of the tiny
+# networks (the CLI and benchmarks keep them on). Subprocesses inherit the flags, so in-process and subprocess runs
+# still agree bit for bit.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+set_cpu_flags()  # plus the CLI's own flags
 # XLA compilation dominates the tiny tests (flax init alone compiles for ~15 s): share compiled programs
 # between tests and their subprocesses through JAX's persistent cache.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".cache", "jax"))
@@ -52,6 +56,16 @@ def tiny_config(**overrides):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+def random_params(module, *inputs, scale=0.1, seed=0):
+  """Parameters of `module` drawn N(0, scale^2) on the host: no compilation (eager or jitted flax init compiles for
+  15-30 s), and no zero-initialised layer hides the inputs' effect."""
+  import jax
+  import numpy as np
+  shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *inputs)["params"])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: (scale * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from diffusion_jax.losses import target
 from diffusion_jax.samplers import get_sampler
 from diffusion_jax.schedules import get_schedule
 from diffusion_jax.sde import VESDE, VPSDE
+from conftest import random_params
 from test_mixture import MEANS, STD, mixture_model_fn
 
 LINEAR = get_schedule("linear", 1000)
@@ -55,6 +56,20 @@ def test_classifier_guidance_at_scale_one_samples_the_class_component(name, proc
                            num_steps=steps, y=y, **kwargs)
   x = np.asarray(jax.jit(fn)(jax.random.PRNGKey(0)), np.float64)
   np.testing.assert_allclose(x.mean(0), MEANS[1], atol=0.03)
+  np.testing.assert_allclose(np.cov(x, rowvar=False), STD**2 * np.eye(2), atol=0.02)
+
+
+def test_unconditional_mode_plus_classifier_samples_the_class_component():
+  """Both guidances composed as the sweep's `classifier` method runs them: w = -1 sends the null label to the model
+  (here the exact mixture eps; any other label gets a wrong answer, so a leak would show), then s = 1 with the exact
+  noisy classifier is Bayes' rule: DDIM must sample component y."""
+  null, mixture = 3, mixture_model_fn(LINEAR)
+  model = lambda x, t, y: jnp.where((y == null)[:, None], mixture(x, t), 0.0)
+  guided = classifier_guided(classifier_free(model, -1.0, null), LINEAR, classifier_grad(mixture_log_prob(LINEAR)),
+                             1.0, "eps")
+  fn = functools.partial(get_sampler("ddim"), guided, LINEAR, (N, 2), num_steps=200, y=jnp.full((N,), 2, jnp.int32))
+  x = np.asarray(jax.jit(fn)(jax.random.PRNGKey(0)), np.float64)
+  np.testing.assert_allclose(x.mean(0), MEANS[2], atol=0.03)
   np.testing.assert_allclose(np.cov(x, rowvar=False), STD**2 * np.eye(2), atol=0.02)
 
 
@@ -116,13 +131,6 @@ def test_label_dropout_and_label_checks():
     sample_labels(0, 4, "3")
 
 
-def perturbed(params, scale=0.1):
-  """Parameters plus noise: zero-initialised layers would hide the inputs' (labels', times') effect at init."""
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-  return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
 def test_noisy_classifier_trains_on_x_t_with_accuracy_by_noise_level(trained_classifier, tiny, tmp_path):
   """The classifier trained on x_t of the diffusion process reads nearly clean digits and is at chance on pure
   noise; it keeps its own checkpoints, resumes, and refuses a config whose classifier differs from its checkpoint."""
@@ -147,42 +155,43 @@ def test_noisy_classifier_trains_on_x_t_with_accuracy_by_noise_level(trained_cla
     train_classifier(tiny(**{"classifier.model.num_classes": 5}), str(tmp_path))
 
 
-def test_classifier_guidance_of_a_network_and_both_guidances_at_once(trained_classifier, tiny, tmp_path, caplog):
-  """Run options `s` and `w` guide real networks: the trained classifier's gradient steers an unconditional model
-  toward the requested classes (its own log p(y | x) of the samples rises); DDPM combines both guidances through
-  the command-line path (classifier loaded from its checkpoint); bad strengths and a missing classifier are refused."""
+def test_classifier_guidance_of_a_network_from_a_run_option(trained_classifier, tiny, tmp_path):
+  """Run option `s` guides a real network through the command-line path (the classifier loaded from its checkpoint,
+  labels from the classifier for an unconditional model, DDPM's mean shift): the trained classifier's own log p(y | x)
+  of the samples rises; bad strengths and a missing classifier are refused."""
   from diffusion_jax import sample, train
   from diffusion_jax.models.classifier import make_log_prob_fn
   from diffusion_jax.train_classifier import load_classifier
   config, clf_dir, _ = trained_classifier
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  clf, clf_params = load_classifier(config, "", mesh)
-  uncond = tiny(**{"model.num_classes": 0})
+  uncond = tiny(**{"model.num_classes": 0, "classifier.workdir": clf_dir, "sample.runs": "ddpm:4:s=20",
+                   "sample.num_samples": 40})
   model, process = train.setup(uncond)
-  params = perturbed(train.init_state(uncond, model, train.make_optimizer(uncond.optim), jax.random.PRNGKey(0)).params)
-  gen = lambda c, **kw: sample.generate_samples(c, model, process, params, mesh, "ddim", 3, 40, jax.random.PRNGKey(1),
-                                                (clf, clf_params), **kw)
-  plain, labels, _, _ = gen(uncond)
-  guided, labels_g, _, _ = gen(uncond, s=20.0)
-  assert list(labels) == list(labels_g) == [i % 10 for i in range(40)]  # the classifier's classes
+  params = random_params(model, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)))
+  plain, _, _, _ = sample.generate_samples(uncond, model, process, params, mesh, "ddpm", 4, 40, jax.random.PRNGKey(1))
+  assert sample.sample(uncond, str(tmp_path), params, model, process, mesh)[0]["run"] == "ddpm_4_s20"
+  out = np.load(os.path.join(tmp_path, "samples", "ddpm_4_s20.npz"))
+  guided, labels = out["images"], out["labels"]
+  assert list(labels) == [i % 10 for i in range(40)]  # the classifier's classes
+  clf, clf_params = load_classifier(config, "", mesh)
   log_p = make_log_prob_fn(clf, clf_params, process)
   t = jnp.full((40,), 1.0 / process.num_timesteps)
   score = lambda x: float(jnp.mean(log_p(jnp.asarray(x), t, jnp.asarray(labels))))
   assert score(guided) > score(plain) + 0.5, (score(guided), score(plain))
+  gen = lambda c, **kw: sample.generate_samples(c, model, process, params, mesh, "ddim", 3, 8, jax.random.PRNGKey(1),
+                                                (clf, clf_params), **kw)
   with pytest.raises(ValueError, match="needs a class-conditional model"):
     gen(uncond, w=1.0)
   with pytest.raises(ValueError, match="valid: w >= -1"):
     gen(config, w=-2.0)
   with pytest.raises(ValueError, match="needs a trained noise-conditional classifier"):
     sample.generate_samples(uncond, model, process, params, mesh, "ddim", 3, 8, jax.random.PRNGKey(1), s=1.0)
-
-  both = tiny(**{"classifier.workdir": clf_dir, "sample.runs": "ddpm:4:w=1:s=2", "sample.num_samples": 8})
-  model, process = train.setup(both)
-  params = perturbed(train.init_state(both, model, train.make_optimizer(both.optim), jax.random.PRNGKey(0)).params)
-  with caplog.at_level("WARNING"):
-    records = sample.sample(both, str(tmp_path), params, model, process, mesh)
-  assert "no trained unconditional mode" in caplog.text  # tiny() trains without label dropout
-  assert records[0]["run"] == "ddpm_4_s2_w1" and records[0]["nonfinite_fraction"] == 0.0
-  assert np.load(os.path.join(tmp_path, "samples", "ddpm_4_s2_w1.npz"))["images"].shape == (8, 8, 8, 1)
   with pytest.raises(FileNotFoundError, match="--mode=train_classifier"):
     sample.sample(tiny(**{"sample.runs": "ddim:3:s=1"}), str(tmp_path / "none"), params, model, process, mesh)
+
+
+def test_guidance_without_label_dropout_warns(tiny, caplog):
+  from diffusion_jax.sample import guidance_scales
+  with caplog.at_level("WARNING"):
+    assert guidance_scales(tiny(), {"w": 2.0, "eta": 0.0}, None) == (2.0, 0.0)
+  assert "no trained unconditional mode" in caplog.text

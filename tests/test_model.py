@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_params
 from diffusion_jax.models import get_model, make_model_fn
 from diffusion_jax.models.layers import GroupNorm, blocked_attention
 from diffusion_jax.models.unet import timestep_embedding
@@ -30,8 +31,7 @@ def test_unet_forward_and_class_conditioning(tiny):
   model = get_model(c)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
   t = jnp.array([0.0, 10.0, 500.0, 999.0])
-  params = model.init(jax.random.PRNGKey(1), x, t, jnp.zeros((4,), jnp.int32))["params"]
-  params = jax.tree.map(lambda a: a + 0.01 * jax.random.normal(jax.random.PRNGKey(2), a.shape), params)  # undo zero init
+  params = random_params(model, x, t, jnp.zeros((4,), jnp.int32))
   y = jnp.array([0, 1, 2, 3])
   apply = jax.jit(lambda y: model.apply({"params": params}, x, t, y))
   out = apply(y)
@@ -45,8 +45,7 @@ def test_model_fn_maps_t_to_index(tiny):
   c = tiny()
   model, sched = get_model(c), get_schedule("linear", 1000)
   x = jnp.ones((2, 8, 8, 1))
-  params = model.init(jax.random.PRNGKey(0), x, jnp.zeros((2,)), jnp.zeros((2,), jnp.int32))["params"]
-  params = jax.tree.map(lambda a: a + 0.01, params)
+  params = random_params(model, x, jnp.zeros((2,)), jnp.zeros((2,), jnp.int32))
   fn = jax.jit(make_model_fn(model, params, sched))
   y = jnp.array([3, 4])
   direct = jax.jit(lambda i: model.apply({"params": params}, x, i, y))
