@@ -38,3 +38,69 @@ def test_classifier_accuracy_and_fid_separates_real_from_noise(classifier, tmp_p
   fid_real, fid_noise = metrics.fid_from_features(ref, held_f), metrics.fid_from_features(ref, noise_f)
   assert fid_real < 0.05 * fid_noise
   assert metrics.inception_score(probs)[0] > 7.0 > metrics.inception_score(noise_probs)[0]
+
+
+def test_metrics_of_a_set_against_itself_and_of_known_gaussians(tmp_path):
+  rng = np.random.default_rng(0)
+  f = rng.standard_normal((500, 8))
+  assert abs(metrics.fid_from_features(f, f)) < 1e-6
+  # FID between N(m1, diag(v1)) and N(m2, diag(v2)) from exact moments: |m1 - m2|^2 + sum (sqrt v1 - sqrt v2)^2
+  m1, m2, v1, v2 = rng.standard_normal(5), rng.standard_normal(5), rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
+  expected = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
+  assert metrics.frechet_distance(m1, np.diag(v1), m2, np.diag(v2)) == pytest.approx(expected, rel=1e-10)
+  assert metrics.precision_recall(f, f) == (1.0, 1.0)
+  far = f + 100.0
+  assert metrics.precision_recall(f, far) == (0.0, 0.0)
+  kid_same, _ = metrics.kernel_inception_distance(f, rng.standard_normal((500, 8)), num_subsets=20, subset_size=200)
+  kid_shift, _ = metrics.kernel_inception_distance(f, f + 1.0, num_subsets=20, subset_size=200)
+  assert abs(kid_same) < 0.05 < kid_shift
+  metrics.save_stats(tmp_path / "s.npz", *metrics.gaussian_stats(f))
+  mu, sigma = metrics.load_stats(tmp_path / "s.npz")
+  assert mu.shape == (8,) and sigma.shape == (8, 8) and set(np.load(tmp_path / "s.npz").files) == {"mu", "sigma"}
+
+
+def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel():
+  """KID against a direct evaluation of the unbiased MMD^2 estimator on one subset covering both sets."""
+  rng = np.random.default_rng(1)
+  x, y = rng.standard_normal((30, 4)), rng.standard_normal((30, 4)) + 0.5
+  k = lambda a, b: (a @ b.T / 4 + 1) ** 3
+  n = 30
+  direct = ((k(x, x).sum() - np.trace(k(x, x))) / (n * (n - 1)) + (k(y, y).sum() - np.trace(k(y, y))) / (n * (n - 1))
+            - 2 * k(x, y).mean())
+  assert metrics.kernel_inception_distance(x, y, num_subsets=1, subset_size=30)[0] == pytest.approx(direct, rel=1e-12)
+
+
+def test_bad_features_are_refused(tmp_path):
+  f = np.random.default_rng(0).standard_normal((20, 8))
+  f[3, 2] = np.nan
+  with pytest.raises(ValueError, match="1 of 20 feature vectors contain NaN"):
+    metrics.fid_from_features(f, f)
+  with pytest.warns(UserWarning, match="covariance is singular"):
+    metrics.gaussian_stats(np.ones((4, 8)))
+  np.savez(tmp_path / "bad.npz", mean=np.zeros(3))
+  with pytest.raises(ValueError, match="needs arrays 'mu' and 'sigma'"):
+    metrics.load_stats(tmp_path / "bad.npz")
+
+
+def pytorch_fid_function(name):
+  """A function of pytorch-fid's fid_score.py, compiled from its installed source without importing the module
+  (which imports torch and torchvision)."""
+  import ast
+  import importlib.util
+  import os
+
+  import scipy.linalg
+  path = os.path.join(os.path.dirname(importlib.util.find_spec("pytorch_fid").origin), "fid_score.py")
+  tree = ast.parse(open(path).read())
+  fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+  namespace = {"np": np, "linalg": scipy.linalg}
+  exec(compile(ast.Module([fn], []), path, "exec"), namespace)
+  return namespace[name]
+
+
+def test_frechet_distance_equals_pytorch_fid():
+  reference = pytorch_fid_function("calculate_frechet_distance")
+  rng = np.random.default_rng(3)
+  a, b = rng.standard_normal((400, 16)), rng.standard_normal((300, 16)) @ rng.uniform(0.5, 1.5, (16, 16)) + 0.3
+  stats = metrics.gaussian_stats(a) + metrics.gaussian_stats(b)
+  assert metrics.frechet_distance(*stats) == pytest.approx(float(reference(*stats)), rel=1e-6)
