@@ -48,6 +48,10 @@ def test_converted_parameters_cover_the_network(reference, tmp_path):
   np.savez(tmp_path / "w.npz", **state)
   loaded = inception.load_params(str(tmp_path / "w.npz"))
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)))
+  inception.convert(str(tmp_path / "w.npz"), str(tmp_path / "w.msgpack"))  # the Flax checkpoint loads without torch
+  restored = inception.load_params(str(tmp_path / "w.msgpack"))
+  assert jax.tree.structure(restored) == jax.tree.structure(params)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params)))
   with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
     inception.load_params(str(tmp_path / "missing.pth"))
 

@@ -172,15 +172,23 @@ def params_from_pytorch(state_dict):
 
 
 def load_params(path):
-  """FID Inception parameters from pytorch-fid's weights: the .pth (read with torch) or an .npz of the same tensors
-  (keys as in the state dict). Nothing is downloaded; a missing file says which one to fetch and where."""
+  """FID Inception parameters from pytorch-fid's weights: the .pth (read with torch), an .npz of the same tensors
+  (keys as in the state dict), or the Flax .msgpack that `convert` writes. Nothing is downloaded; a missing file
+  says which one to fetch and where."""
   import os
+
+  import flax.serialization
   import numpy as np
   if not path or not os.path.exists(path):
     raise FileNotFoundError(
         f"FID Inception weights not found at {path!r}. Download pytorch-fid's {WEIGHTS_FILE} from {WEIGHTS_URL} "
-        "and pass its path (--weights=PATH or the FID_INCEPTION_WEIGHTS environment variable; .pth, or an .npz "
-        "export of its tensors)")
+        "and pass its path (--weights=PATH or the FID_INCEPTION_WEIGHTS environment variable; .pth, an .npz export "
+        "of its tensors, or the .msgpack of python -m diffusion_jax.evaluation.inception)")
+  if path.endswith(".msgpack"):
+    template = jax.eval_shape(lambda: FIDInceptionV3().init(jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)),
+                                                            resize=False)["params"])
+    with open(path, "rb") as f:
+      return flax.serialization.from_bytes(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template), f.read())
   if path.endswith(".npz"):
     with np.load(path) as f:
       state = {k: f[k] for k in f.files}
@@ -191,3 +199,17 @@ def load_params(path):
       raise ImportError(f"Reading {path} needs torch; or export its tensors to .npz with torch elsewhere") from e
     state = {k: v.numpy() for k, v in torch.load(path, map_location="cpu").items()}
   return params_from_pytorch(state)
+
+
+def convert(src, dst):
+  """Writes pytorch-fid's weights (.pth or .npz) as a Flax checkpoint (.msgpack), which loads without torch."""
+  import flax.serialization
+  with open(dst, "wb") as f:
+    f.write(flax.serialization.to_bytes(load_params(src)))
+
+
+if __name__ == "__main__":
+  import sys
+  if len(sys.argv) != 3 or not sys.argv[2].endswith(".msgpack"):
+    raise SystemExit("usage: python -m diffusion_jax.evaluation.inception SRC.pth|SRC.npz DST.msgpack")
+  convert(sys.argv[1], sys.argv[2])
