@@ -105,7 +105,8 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
   def generate(params, rng, y, classifier_params=None):
     model_fn, on = sampler_setup(config, model, params, process, name)
     if not num_classes:  # labels only steer the classifier
-      model_fn = (lambda f: lambda x, t, y=None: f(x, t, None))(model_fn)
+      unconditional = model_fn
+      model_fn = lambda x, t, y=None: unconditional(x, t, None)
     model_fn = classifier_free(model_fn, w, num_classes)
     extra = {}
     if s:

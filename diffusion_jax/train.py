@@ -190,7 +190,13 @@ def load_params(config, workdir, mesh):
   model, _ = setup(config)
   tx = make_optimizer(config.optim)
   path = os.path.join(workdir, "checkpoints")
-  if checkpoint.manager(path).latest_step() is None:
-    raise FileNotFoundError(f"No checkpoint found in {path}; train first with --mode=train")
-  state, _ = create_or_restore(config, path, lambda rng: init_state(config, model, tx, rng), mesh)
+  state = restore_latest(config, path, lambda rng: init_state(config, model, tx, rng), mesh,
+                         f"No checkpoint found in {path}; train first with --mode=train")
   return state.ema_params if config.sample.use_ema else state.params
+
+
+def restore_latest(config, directory, init, mesh, missing_message, section="model"):
+  """The latest checkpoint's train state in `directory`; FileNotFoundError(missing_message) when there is none."""
+  if checkpoint.manager(directory).latest_step() is None:
+    raise FileNotFoundError(missing_message)
+  return create_or_restore(config, directory, init, mesh, section=section)[0]

@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_jax import checkpoint, parallel
+from diffusion_jax import parallel
 from diffusion_jax.data import get_dataset
 from diffusion_jax.losses import q_sample
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.tables import markdown_table
-from diffusion_jax.train import apply_gradients, create_or_restore, fit, make_optimizer, new_state, setup
+from diffusion_jax.train import (apply_gradients, create_or_restore, fit, make_optimizer, new_state, restore_latest,
+                                 setup)
 
 NUM_NOISE_BINS = 8
 
@@ -55,19 +56,19 @@ def noise_bins(num_bins=NUM_NOISE_BINS):
   return (np.arange(num_bins) + 0.5) / num_bins
 
 
-def accuracy_by_noise(clf, params, process, images, labels, seed=0):
-  """Held-out accuracy of the classifier on x_t at each noise_bins() time, one fixed noise draw per image."""
+def accuracy_by_noise(clf, process, images, labels, seed=0):
+  """params -> held-out accuracy of the classifier on x_t at each noise_bins() time (one fixed noise draw per image),
+  as rows {t, log_snr, accuracy}; compiled once, evaluated at every bin."""
+  x0, y = jnp.asarray(images), jnp.asarray(labels)
+  eps = jax.random.normal(jax.random.PRNGKey(seed), x0.shape)
+
   @jax.jit
-  def correct(params, x0, y, t):
+  def accuracy(params, t):
     t = jnp.full((x0.shape[0],), t)
-    x_t = q_sample(process, x0, t, jax.random.normal(jax.random.PRNGKey(seed), x0.shape))
-    return jnp.argmax(clf.apply({"params": params}, x_t, process.network_time(t)), -1) == y
-  rows = []
-  for t in noise_bins():
-    acc = float(np.mean(np.asarray(correct(params, jnp.asarray(images), jnp.asarray(labels), t))))
-    log_snr = float(process.log_snr(jnp.asarray(t)))
-    rows.append(dict(t=round(float(t), 4), log_snr=round(log_snr, 3), accuracy=round(acc, 4)))
-  return rows
+    logits = clf.apply({"params": params}, q_sample(process, x0, t, eps), process.network_time(t))
+    return jnp.mean(jnp.argmax(logits, -1) == y)
+  bins = [(round(float(t), 4), round(float(process.log_snr(jnp.asarray(t))), 3)) for t in noise_bins()]
+  return lambda params: [dict(t=t, log_snr=lam, accuracy=round(float(accuracy(params, t)), 4)) for t, lam in bins]
 
 
 def train_classifier(config, workdir, mesh=None):
@@ -85,18 +86,20 @@ def train_classifier(config, workdir, mesh=None):
   out = classifier_dir(config, workdir)
   state, mngr = create_or_restore(config, os.path.join(out, "checkpoints"), lambda rng: init_state(config, clf, tx, rng),
                                   mesh, ccfg.training.keep_checkpoints, section="classifier.model")
-  evaluate = lambda state: accuracy_by_noise(clf, state.ema_params, process, held.images, held.labels, config.seed)
+  accuracy = accuracy_by_noise(clf, process, held.images, held.labels, config.seed)
+  evaluated = {}  # step -> rows, so the final evaluation is not repeated
 
   def log_accuracy(done, state, writer):
     if done % ccfg.training.eval_every == 0 or done == ccfg.training.num_steps:
-      writer.write_scalars(done, {f"held_out_accuracy/t={r['t']}": r["accuracy"] for r in evaluate(state)})
+      evaluated[done] = accuracy(state.ema_params)
+      writer.write_scalars(done, {f"held_out_accuracy/t={r['t']}": r["accuracy"] for r in evaluated[done]})
 
   def batch(step):
     x, y = data.batch(config.seed, step, ccfg.training.batch_size)
     return {"image": x, "label": y}
   state = fit(config, ccfg.training, state, mngr, make_train_step(config, clf, process, tx), batch, mesh,
               os.path.join(out, "logs"), log_accuracy, desc="classifier")
-  rows = evaluate(state)
+  rows = evaluated.get(int(state.step)) or accuracy(state.ema_params)
   if jax.process_index() == 0:
     with open(os.path.join(out, "accuracy_by_noise.json"), "w") as f:
       json.dump(dict(step=int(state.step), num_images=len(held), rows=rows), f, indent=1)
@@ -110,9 +113,8 @@ def load_classifier(config, workdir, mesh):
   """(classifier module, its EMA parameters) from the classifier directory's latest checkpoint."""
   clf, tx = get_classifier(config), make_optimizer(config.classifier.optim)
   path = os.path.join(classifier_dir(config, workdir), "checkpoints")
-  if checkpoint.manager(path).latest_step() is None:
-    raise FileNotFoundError(f"No classifier checkpoint in {path}: classifier guidance (run option s=) needs a trained "
-                            "classifier; train one with --mode=train_classifier, or set config.classifier.workdir")
-  state, _ = create_or_restore(config, path, lambda rng: init_state(config, clf, tx, rng), mesh,
-                               section="classifier.model")
+  state = restore_latest(config, path, lambda rng: init_state(config, clf, tx, rng), mesh,
+                         f"No classifier checkpoint in {path}: classifier guidance (run option s=) needs a trained "
+                         "classifier; train one with --mode=train_classifier, or set config.classifier.workdir",
+                         section="classifier.model")
   return clf, state.ema_params

@@ -5,6 +5,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
 from diffusion_jax.models.layers import GroupNorm, blocked_attention
 from diffusion_jax.models.unet import AttentionBlock, ResnetBlock, timestep_embedding
 
