@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from diffusion_jax.evaluation import fid, inception  # noqa: E402
+from diffusion_jax.evaluation import features, inception  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from torch_fid_inception import TorchFIDInception  # noqa: E402
@@ -30,9 +30,10 @@ def main(_):
   net = TorchFIDInception().eval()
   params = inception.params_from_pytorch({k: v.numpy() for k, v in net.state_dict().items()})
   images = np.random.default_rng(0).uniform(-1, 1, (_NUM.value, _SIZE.value, _SIZE.value, 3)).astype(np.float32)
-  fid.extract(params, images[:_BATCH.value], _BATCH.value)  # compile
+  extract = features.inception_apply(params, _BATCH.value)
+  extract(images[:_BATCH.value])  # compile
   start = time.time()
-  fid.extract(params, images, _BATCH.value)
+  extract(images)
   ours = _NUM.value / (time.time() - start)
   x = torch.from_numpy((images + 1) / 2).permute(0, 3, 1, 2)
   with torch.no_grad():

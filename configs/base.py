@@ -88,7 +88,14 @@ def get_base_config():
   ))
 
   c.eval = ml_collections.ConfigDict(dict(
-      classifier_steps=600,   # training steps of the digits evaluation classifier
+      features="inception",   # inception | digits: the network behind FID / IS (evaluation/features.py)
+      inception_weights="",   # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (.pth / .npz / .msgpack);
+                              # "" -> the FID_INCEPTION_WEIGHTS environment variable
+      reference_stats="",     # mu / sigma .npz (pytorch-fid format, published files work); computed from the
+                              # training split and cached there if missing; "" -> WORKDIR/reference_stats_*.npz
+      reference_num_images=0,  # training images behind computed reference statistics (0: all)
+      batch_size=50,          # images per feature-extraction batch
+      classifier_steps=600,   # training steps of the digits evaluation classifier (features="digits")
       enable_bpd=False,       # bits/dim of held-out images through the probability-flow ODE (diffusion.sde or vp)
       bpd_num_images=100,
       bpd_num_bins=256,       # pixel levels of the data (17 for the digits: values 0..16)

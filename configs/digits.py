@@ -15,6 +15,7 @@ def get_config():
   c.training.sample_every = 400
   c.optim.lr = 2e-3
   c.eval.bpd_num_bins = 17
+  c.eval.features = "digits"   # FID-digits / IS-digits: no Inception weights needed ("inception" works too)
   c.sample.num_samples = 500   # 50 per class
   c.sample.runs = ("ddpm:1000,ddim:10,ddim:20,ddim:50,ddim:100,dpm_solver++:10,dpm_solver++:20,edm:10,"
                    "ode:20:rtol=0.001:atol=0.001")

@@ -1,5 +1,6 @@
-"""Scores every sampler run of the workdir with FID-digits / IS-digits and class accuracy, plus reference rows
-(held-out real digits, Gaussian noise), and writes results.json and report.md."""
+"""Scores the sampler runs of config.sample.runs by FID / IS (and class accuracy) with the feature network of
+config.eval.features, beside reference rows (held-out real images, Gaussian noise); writes results.json and report.md.
+Runs that --mode=sample saved are read from WORKDIR/samples; the others stream from the sampler, nothing stored."""
 import json
 import os
 
@@ -7,40 +8,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import parallel
+from diffusion_jax import parallel, train
 from diffusion_jax.data import get_dataset
-from diffusion_jax.evaluation import digits_classifier, metrics
+from diffusion_jax.evaluation.features import Scorer
+from diffusion_jax.images import save_grid
 from diffusion_jax.likelihood import bits_per_dim
-from diffusion_jax.sample import sampler_setup, sampling_sde
+from diffusion_jax.samplers import parse_runs
+from diffusion_jax.sample import needs_classifier, run_label, sample_batches, sampler_setup, sampling_sde
 from diffusion_jax.tables import markdown_table, pivot_by_nfe, plot_by_nfe
-
-COLUMNS = ("run", "sampler", "steps", "nfe", "fid_digits", "is_digits", "is_digits_std", "class_accuracy", "seconds")
-
-
-def digits_scorer(config, workdir):
-  """(score(images, labels) -> FID-digits / IS-digits / class-accuracy row, evaluation classifier's held-out
-  accuracy); the classifier is trained once and cached in the workdir."""
-  if config.data.name != "digits":
-    raise ValueError(f"Scoring uses the digits classifier, which needs data.name='digits' "
-                     f"(got {config.data.name!r}); Inception FID/IS for other datasets comes with evaluation/inception")
-  clf, acc = digits_classifier.load_or_train(config.data, workdir, config.eval.classifier_steps)
-  _, ref = digits_classifier.apply(clf, get_dataset(config, "train").images)
-  return (lambda images, labels: score(clf, ref, images, labels)), acc
+from diffusion_jax.train_classifier import load_classifier
 
 
-def score(params, ref_features, images, labels):
-  probs, feats = digits_classifier.apply(params, images)
-  is_mean, is_std = metrics.inception_score(probs)
-  row = dict(fid_digits=round(metrics.fid_from_features(ref_features, feats), 3), is_digits=round(is_mean, 3),
-             is_digits_std=round(is_std, 3))
-  if labels is not None and len(labels):
-    row["class_accuracy"] = round(float(np.mean(np.argmax(probs, -1) == labels)), 4)
-  return row
+def columns(names):
+  """The report's columns for the metric names of one feature network (features.metric_names)."""
+  return ("run", "sampler", "steps", "nfe", names.fid, names.inception_score, names.inception_score_std,
+          "class_accuracy", "num_samples", "seconds")
+
+
+def score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num, rng, classifier=None,
+                      grid_path=None, **kwargs):
+  """Streams `num` samples of one sampler run through the scorer: a row of metrics, seconds (sampling only, compiled)
+  and mean NFE; the first 100 samples go to grid_path as a PNG when given."""
+  acc, seconds, nfes = scorer.stream(), 0.0, []
+  for b, (images, labels, secs, nfe) in enumerate(sample_batches(config, model, process, params, mesh, name, steps,
+                                                                 num, rng, classifier, **kwargs)):
+    if b == 0 and grid_path and jax.process_index() == 0:
+      save_grid(images[:100], grid_path)
+    acc.add(images, labels)
+    seconds, nfes = seconds + secs, nfes + [nfe]
+  return dict(sampler=name, steps=steps, nfe=int(round(np.mean(nfes))), seconds=round(seconds, 2), **kwargs,
+              **acc.row())
 
 
 def held_out_bpd(config, workdir, params, mesh):
   """Bits/dim of the first eval.bpd_num_images held-out images (mean, standard error, mean NFE)."""
-  from diffusion_jax import train
   model, process = train.setup(config)
   params = train.load_params(config, workdir, mesh) if params is None else params
   held = get_dataset(config, "eval")
@@ -57,40 +58,55 @@ def held_out_bpd(config, workdir, params, mesh):
 
 
 def evaluate(config, workdir, params=None, mesh=None):
-  """Scores the workdir's sample runs; `params` (the diffusion model's, loaded when None) serve the likelihood."""
-  runs_path = os.path.join(workdir, "samples", "runs.json")
-  if not os.path.exists(runs_path):
-    raise FileNotFoundError(f"No samples in {os.path.dirname(runs_path)}; run --mode=sample first")
-  scorer, acc = digits_scorer(config, workdir)
+  """Scores every run of config.sample.runs; `params` (the diffusion model's, loaded when None) serve the runs not
+  sampled yet and the likelihood."""
+  mesh = mesh or parallel.make_mesh()
+  scorer = Scorer(config, workdir, mesh)
+  num = config.sample.num_samples
   held = get_dataset(config, "eval")
-  rows = [dict(run="real held-out digits", **scorer(held.images, held.labels))]
-  noise = np.clip(np.random.default_rng(config.seed).standard_normal((config.sample.num_samples,) + held.images.shape[1:]),
-                  -1, 1).astype(np.float32)
-  rows.append(dict(run="gaussian noise", **scorer(noise, None)))
-  with open(runs_path) as f:
-    runs = json.load(f)
-  for r in runs:
-    data = np.load(os.path.join(workdir, "samples", f"{r['run']}.npz"))
-    rows.append({**r, **scorer(data["images"], data["labels"])})
-  results = dict(classifier_heldout_accuracy=acc, rows=rows)
+  rows = [dict(run="real held-out images", **scorer(held.images[:num], held.labels[:num]))]
+  noise = np.random.default_rng(config.seed).standard_normal((num,) + held.images.shape[1:])
+  rows.append(dict(run="gaussian noise", **scorer(np.clip(noise, -1, 1).astype(np.float32))))
+  samples = os.path.join(workdir, "samples")
+  runs_path = os.path.join(samples, "runs.json")
+  saved = {r["run"]: r for r in json.load(open(runs_path))} if os.path.exists(runs_path) else {}
+  model, process = train.setup(config)
+  for name, steps, kwargs in parse_runs(config.sample.runs):
+    label = run_label(name, steps, kwargs)
+    if label in saved and os.path.exists(os.path.join(samples, f"{label}.npz")):
+      data = np.load(os.path.join(samples, f"{label}.npz"))
+      rows.append({**saved[label], **scorer(data["images"], data["labels"])})
+      continue
+    if params is None:
+      params = train.load_params(config, workdir, mesh)
+    classifier = load_classifier(config, workdir, mesh) if needs_classifier(config.sample.runs) else None
+    os.makedirs(samples, exist_ok=True)
+    rows.append(dict(run=label, **score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num,
+                                                    jax.random.PRNGKey(config.seed + 1), classifier,
+                                                    os.path.join(samples, f"{label}.png"), **kwargs)))
+  results = dict(metrics=scorer.describe(), features=config.eval.features, rows=rows)
   if config.eval.enable_bpd:
-    results["likelihood"] = held_out_bpd(config, workdir, params, mesh or parallel.make_mesh())
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  write_report(workdir, results, runs)
+    results["likelihood"] = held_out_bpd(config, workdir, params, mesh)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=1)
+    write_report(workdir, results, scorer.names)
   return results
 
 
-def write_report(workdir, results, runs):
+def write_report(workdir, results, names):
+  cols = columns(names)
+  runs = [r for r in results["rows"] if "sampler" in r]
   lines = ["# diffusion_jax report", "",
-           f"Evaluation classifier held-out accuracy: {results['classifier_heldout_accuracy']:.4f}. "
-           "FID-digits is computed on its 128-d penultimate features against the training split; IS-digits on its "
-           "softmax (10 splits); class accuracy is the share of conditional samples classified as their label.", "",
-           markdown_table(results["rows"], COLUMNS), ""]
-  options = {k for r in runs for k in r} - set(COLUMNS) - {"num_samples", "nonfinite_fraction"}
-  table, curves = pivot_by_nfe([r for r in results["rows"] if "sampler" in r], "fid_digits", options)
-  plot_by_nfe(curves, "FID-digits", os.path.join(workdir, "fid_vs_nfe.png"), "FID-digits against NFE")
-  lines += ["## FID-digits against network evaluations", "", table, "", "![FID against NFE](fid_vs_nfe.png)", ""]
+           f"{results['metrics']} Each row states its sample count (`num_samples`; 50,000 is the convention of "
+           "published FID, which is biased upwards at smaller counts). IS uses 10 splits; class accuracy is the share "
+           "of conditional samples classified as their label.", "",
+           markdown_table(results["rows"], cols), ""]
+  options = {k for r in runs for k in r} - set(cols) - {"nonfinite_fraction"}
+  table, curves = pivot_by_nfe(runs, names.fid, options)
+  plot_by_nfe(curves, names.fid_label, os.path.join(workdir, "fid_vs_nfe.png"), f"{names.fid_label} against NFE")
+  lines += [f"## {names.fid_label} against network evaluations", "", table, "", "![FID against NFE](fid_vs_nfe.png)",
+            ""]
   if "likelihood" in results:
     lk = results["likelihood"]
     lines += [f"Likelihood ({lk['sde']} probability-flow ODE, {lk['num_images']} held-out images, "

@@ -134,9 +134,10 @@ def sample_labels(num_classes, num, classes=""):
   return chosen[np.arange(num) % len(chosen)]
 
 
-def generate_samples(config, model, process, params, mesh, name, num_steps, num, rng, classifier=None, **kwargs):
-  """`num` samples in batches of config.sample.batch_size; `classifier` = (module, params) for run option `s`.
-  Returns (images [num, H, W, C], labels or None, seconds excluding compilation, mean NFE per batch)."""
+def sample_batches(config, model, process, params, mesh, name, num_steps, num, rng, classifier=None, **kwargs):
+  """Streams `num` samples in batches of config.sample.batch_size: yields (images clipped to [-1, 1], labels or None,
+  seconds excluding compilation, NFE) per batch, so a metric can consume 50,000 samples without holding them. `classifier` =
+  (module, params) for run option `s`."""
   clf, clf_params = classifier or (None, None)
   bs = min(config.sample.batch_size, num)
   bs = -(-bs // mesh.devices.size) * mesh.devices.size
@@ -147,11 +148,19 @@ def generate_samples(config, model, process, params, mesh, name, num_steps, num,
         for b in range(nb)]
   gen = make_generate(config, model, process, mesh, name, num_steps, bs, clf, **kwargs)
   gen = gen.lower(params, rng, ys[0], clf_params).compile()
-  start = time.time()
-  out = [gen(params, jax.random.fold_in(rng, b), ys[b], clf_params) for b in range(nb)]
-  images = np.concatenate([np.asarray(o[0]) for o in out])[:num]
-  seconds = time.time() - start
-  return images, None if labels is None else labels[:num], seconds, float(np.mean([o[1] for o in out]))
+  for b in range(nb):
+    start = time.time()
+    images, nfe = gen(params, jax.random.fold_in(rng, b), ys[b], clf_params)
+    images, keep = np.clip(np.asarray(images), -1.0, 1.0), min(bs, num - b * bs)  # the pixel range; NaN stays
+    yield images[:keep], None if labels is None else labels[b * bs:b * bs + keep], time.time() - start, float(nfe)
+
+
+def generate_samples(config, model, process, params, mesh, name, num_steps, num, rng, classifier=None, **kwargs):
+  """All `num` samples of sample_batches at once: (images [num, H, W, C], labels or None, seconds, mean NFE)."""
+  images, labels, seconds, nfe = zip(*sample_batches(config, model, process, params, mesh, name, num_steps, num, rng,
+                                                     classifier, **kwargs))
+  return (np.concatenate(images), None if labels[0] is None else np.concatenate(labels), sum(seconds),
+          float(np.mean(nfe)))
 
 
 def needs_classifier(runs):

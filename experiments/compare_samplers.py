@@ -1,6 +1,6 @@
-"""Every sampler on one trained model at a grid of network evaluations (NFE): FID / IS / class accuracy and wall
-time per run, written as CSV, Markdown (full table + FID-against-NFE pivot) and a PNG plot of FID against NFE.
-Resumable: finished runs are kept in OUT/rows.json and skipped.
+"""Every sampler on one trained model at a grid of network evaluations (NFE): FID / IS (the network of
+config.eval.features) / class accuracy and wall time per run, written as CSV, Markdown (full table + FID-against-NFE
+pivot) and a PNG plot of FID against NFE. Resumable: finished runs are kept in OUT/rows.json and skipped.
 
   python -m experiments.compare_samplers --config=configs/digits.py --workdir=runs/digits [--nfe=10,20,50,100,1000]
       [--samplers=ddim,edm,...] [--tolerances=1e-2,1e-3,1e-4] [--num_samples=500] [--out=DIR]"""
@@ -14,6 +14,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from diffusion_jax import tables, train  # noqa: E402
+from diffusion_jax.evaluation.features import metric_names  # noqa: E402
 from diffusion_jax.sample import run_label, sampler_setup  # noqa: E402
 from experiments.scoring import score_runs  # noqa: E402
 
@@ -29,7 +30,11 @@ FAMILIES = {
     "ode_euler": ("ode", {"solver": "euler"}, lambda n: n - 1),
     "ode_heun": ("ode", {"solver": "heun"}, lambda n: (n - 1) // 2),
 }
-COLUMNS = ("run", "sampler", "steps", "target_nfe", "nfe", "fid_digits", "is_digits", "class_accuracy", "seconds", "nonfinite_fraction")
+
+
+def columns(names):
+  return ("run", "sampler", "steps", "target_nfe", "nfe", names.fid, names.inception_score, "class_accuracy",
+          "num_samples", "seconds")
 
 
 FLAGS = flags.FLAGS
@@ -75,31 +80,31 @@ def compare(config, workdir, out, families, nfes, tolerances, num_samples):
   runs = [(run_label(name, steps, opts), name, steps, opts, {"target_nfe": target})
           for name, steps, opts, target in plan(config, model, process, families, nfes, tolerances)]
   rows = score_runs(config, workdir, out, runs, num_samples)
-  write_results(rows, out, num_samples)
+  write_results(rows, out, num_samples, metric_names(config.eval.features))
   return rows
 
 
-def write_results(rows, out, num_samples):
-  options = {k for r in rows for k in r} - set(COLUMNS) - {"is_digits_std"}
+def write_results(rows, out, num_samples, names):
+  options = {k for r in rows for k in r} - set(columns(names)) - {names.inception_score_std}
   rows = sorted(rows, key=lambda r: (tables.family(r, options), r["nfe"]))
-  columns = list(COLUMNS) + sorted(options)
-  tables.write_csv(rows, columns, os.path.join(out, "results.csv"))
-  fid, curves = tables.pivot_by_nfe(rows, "fid_digits", options, column="target_nfe")
+  cols = list(columns(names)) + sorted(options)
+  tables.write_csv(rows, cols, os.path.join(out, "results.csv"))
+  fid, curves = tables.pivot_by_nfe(rows, names.fid, options, column="target_nfe")
   secs, _ = tables.pivot_by_nfe(rows, "seconds", options, column="target_nfe")
   adaptive = [r for r in rows if r.get("target_nfe") is None]
   for r in adaptive:
-    curves.setdefault(tables.family(r, options) + " (RK45)", []).append((r["nfe"], r["fid_digits"]))
+    curves.setdefault(tables.family(r, options) + " (RK45)", []).append((r["nfe"], r[names.fid]))
   curves.pop(tables.family({"sampler": "ode"}, options), None)
-  tables.plot_by_nfe(curves, "FID-digits", os.path.join(out, "fid_vs_nfe.png"),
-                     f"FID-digits against NFE ({num_samples} samples per run)")
+  tables.plot_by_nfe(curves, names.fid_label, os.path.join(out, "fid_vs_nfe.png"),
+                     f"{names.fid_label} against NFE ({num_samples} samples per run)")
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write("\n".join([
-        f"# Samplers compared ({num_samples} samples per run)", "", "## FID-digits at a target NFE", "",
+        f"# Samplers compared ({num_samples} samples per run)", "", f"## {names.fid_label} at a target NFE", "",
         "Columns are the target number of network evaluations; EDM uses 2S - 1 (one fewer for even targets) and the "
         "Heun ODE 2S + 1 with its final denoising step; the NFE each run used is in the last table.", "", fid, "",
         "![FID against NFE](fid_vs_nfe.png)", "", "## Adaptive RK45 probability-flow ODE", "",
-        tables.markdown_table(adaptive, ["rtol", "nfe", "fid_digits", "is_digits", "class_accuracy", "seconds"]), "",
-        "## Seconds per run (compiled)", "", secs, "", "## All runs", "", tables.markdown_table(rows, columns), ""]))
+        tables.markdown_table(adaptive, ["rtol", "nfe", names.fid, names.inception_score, "class_accuracy", "seconds"]),
+        "", "## Seconds per run (compiled)", "", secs, "", "## All runs", "", tables.markdown_table(rows, cols), ""]))
 
 
 def main(argv):

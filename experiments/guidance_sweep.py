@@ -1,6 +1,6 @@
 """Classifier-free guidance against classifier guidance on one trained model: a sweep of each method's strength with
-one sampler, scored by FID-digits, IS-digits and the accuracy of the samples' labels by the evaluation classifier
-(the clean-image digits classifier, never the guiding one). Writes results.csv, results.md and fid_vs_is.png (both
+one sampler, scored by FID and IS with the network of config.eval.features and, with the digits classifier, by the
+accuracy of the samples' labels (a clean-image classifier, never the guiding one). Writes results.csv, results.md and fid_vs_is.png (both
 methods' FID-IS curves on one figure). Resumable: finished runs are kept in OUT/rows.json and skipped.
 
   python -m experiments.guidance_sweep --config=configs/digits_classifier.py --workdir=runs/digits_cfg
@@ -23,6 +23,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from diffusion_jax import parallel, tables  # noqa: E402
+from diffusion_jax.evaluation.features import metric_names  # noqa: E402
 from diffusion_jax.sample import run_label  # noqa: E402
 from diffusion_jax.samplers import parse_runs  # noqa: E402
 from diffusion_jax.train_classifier import load_classifier  # noqa: E402
@@ -34,7 +35,11 @@ METHODS = {
     "classifier": ("classifier, unconditional model (s)", "s", {"w": -1.0}),
     "cond_classifier": ("classifier, conditional model (s)", "s", {}),
 }
-COLUMNS = ("method", "w", "s", "fid_digits", "is_digits", "is_digits_std", "class_accuracy", "nfe", "seconds", "run")
+
+
+def columns(names):
+  return ("method", "w", "s", names.fid, names.inception_score, names.inception_score_std, "class_accuracy",
+          "num_samples", "nfe", "seconds", "run")
 
 
 FLAGS = flags.FLAGS
@@ -81,25 +86,25 @@ def sweep(config, workdir, out, methods, ws, ss, sampler, per_class):
     classifier = load_classifier(config, workdir, parallel.make_mesh())
   num_classes = config.model.get("num_classes", 0) or config.classifier.model.num_classes
   rows = score_runs(config, workdir, out, runs, per_class * num_classes, classifier)
-  write_results([r for r in rows if r["method"] in methods], out, per_class)
+  write_results([r for r in rows if r["method"] in methods], out, per_class, metric_names(config.eval.features))
   return rows
 
 
-def write_results(rows, out, per_class):
+def write_results(rows, out, per_class, names):
   rows = sorted(rows, key=lambda r: (list(METHODS).index(r["method"]), r["w"], r["s"]))
-  tables.write_csv(rows, COLUMNS, os.path.join(out, "results.csv"))
+  tables.write_csv(rows, columns(names), os.path.join(out, "results.csv"))
   fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
   for m in METHODS:
     pts = [r for r in rows if r["method"] == m]
     if not pts:
       continue
     label, key, _ = METHODS[m]
-    ax.plot([r["is_digits"] for r in pts], [r["fid_digits"] for r in pts], "o-", label=label)
+    ax.plot([r[names.inception_score] for r in pts], [r[names.fid] for r in pts], "o-", label=label)
     for r in pts:
-      ax.annotate(f"{r[key]:g}", (r["is_digits"], r["fid_digits"]), textcoords="offset points", xytext=(4, 4),
+      ax.annotate(f"{r[key]:g}", (r[names.inception_score], r[names.fid]), textcoords="offset points", xytext=(4, 4),
                   fontsize=7)
-    ax_acc.plot([r[key] for r in pts], [r["class_accuracy"] for r in pts], "o-", label=label)
-  ax.set(xlabel="IS-digits (higher: more class-distinct)", ylabel="FID-digits (lower: closer to the data)",
+    ax_acc.plot([r[key] for r in pts], [r.get("class_accuracy", float("nan")) for r in pts], "o-", label=label)
+  ax.set(xlabel=f"{names.is_label} (higher: more class-distinct)", ylabel=f"{names.fid_label} (lower: closer to the data)",
          yscale="log", title="FID-IS trade-off (points labelled by strength)")
   ax_acc.set(xlabel="guidance strength (w or s)", ylabel="accuracy of the evaluation classifier",
              title="Samples of the requested class")
@@ -112,9 +117,10 @@ def write_results(rows, out, per_class):
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write("\n".join([
         f"# Guidance sweep ({per_class} samples per class and run, {rows[0]['sampler']} with {rows[0]['steps']} steps)", "",
-        "FID-digits and IS-digits use the features and probabilities of the digits evaluation classifier, which is "
-        "also the one that scores class accuracy; the guiding classifier is a separate noise-conditional network.", "",
-        tables.markdown_table(rows, COLUMNS), "", "![FID against IS](fid_vs_is.png)", ""]))
+        f"{names.fid_label} and {names.is_label} use the features and probabilities of the eval.features network; "
+        "class accuracy (with the digits classifier only) is scored by that clean-image classifier, never by the "
+        "guiding one, a separate noise-conditional network.", "",
+        tables.markdown_table(rows, columns(names)), "", "![FID against IS](fid_vs_is.png)", ""]))
 
 
 def main(argv):

@@ -19,7 +19,7 @@ def test_cli_all_modes(tmp_path):
   with open(os.path.join(wd, "results.json")) as f:
     results = json.load(f)
   runs = {r["run"]: r for r in results["rows"]}
-  assert set(runs) == {"real held-out digits", "gaussian noise", "ddpm_10", "ddim_5"}
+  assert set(runs) == {"real held-out images", "gaussian noise", "ddpm_10", "ddim_5"}
   assert runs["ddpm_10"]["nfe"] == 10 and runs["ddim_5"]["steps"] == 5
   assert 0.0 <= runs["ddpm_10"]["class_accuracy"] <= 1.0
   assert results["likelihood"]["num_images"] == 4 and 0 < results["likelihood"]["bpd"] < 20

@@ -2,14 +2,15 @@ import numpy as np
 import pytest
 
 from diffusion_jax.data import get_dataset
+from conftest import tiny_config
 from diffusion_jax.evaluation import digits_classifier, metrics
 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-  from conftest import tiny_config
-  c = tiny_config()
-  return c, digits_classifier.load_or_train(c.data, str(tmp_path_factory.mktemp("clf")), steps=600)
+  c = tiny_config(**{"eval.classifier_steps": 600})
+  d = str(tmp_path_factory.mktemp("clf"))
+  return c, digits_classifier.load_or_train(c.data, d, steps=600), d
 
 
 def test_frechet_distance_closed_form():
@@ -28,7 +29,7 @@ def test_inception_score_extremes():
 
 
 def test_classifier_accuracy_and_fid_separates_real_from_noise(classifier, tmp_path):
-  c, (params, acc) = classifier
+  c, (params, acc), _ = classifier
   assert acc >= 0.97
   train, held = get_dataset(c, "train"), get_dataset(c, "eval")
   _, ref = digits_classifier.apply(params, train.images)
@@ -104,3 +105,55 @@ def test_frechet_distance_equals_pytorch_fid():
   a, b = rng.standard_normal((400, 16)), rng.standard_normal((300, 16)) @ rng.uniform(0.5, 1.5, (16, 16)) + 0.3
   stats = metrics.gaussian_stats(a) + metrics.gaussian_stats(b)
   assert metrics.frechet_distance(*stats) == pytest.approx(float(reference(*stats)), rel=1e-6)
+
+
+def test_running_statistics_of_batches_equal_those_of_the_whole_set():
+  """Chan et al.'s update over uneven batches gives np.mean / np.cov of the concatenation (to float64 rounding)."""
+  f = np.random.default_rng(4).standard_normal((257, 6)) * 3.0 + 10.0
+  stats = metrics.RunningStats()
+  for part in np.split(f, [1, 50, 51, 200]):
+    stats.add(part)
+  mu, sigma = stats.stats()
+  np.testing.assert_allclose(mu, f.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(sigma, np.cov(f, rowvar=False), rtol=1e-10, atol=1e-12)
+
+
+def test_scorer_streams_batches_like_the_whole_array_and_checks_its_config(classifier):
+  """The digits Scorer: rows scored batch by batch equal the row of the whole array (FID, IS, class accuracy); the
+  training split's statistics are cached in pytorch-fid's format; bad names and datasets are refused."""
+  from diffusion_jax.evaluation import features
+  c, (params, acc), d = classifier
+  scorer = features.Scorer(c, d)
+  held = get_dataset(c, "eval")
+  whole = scorer(held.images, held.labels)
+  acc_stream = scorer.stream()
+  for idx in np.array_split(np.arange(len(held.images)), 3):
+    acc_stream.add(held.images[idx], held.labels[idx])
+  streamed = acc_stream.row()
+  assert streamed == pytest.approx(whole, abs=2e-3) and streamed["num_samples"] == len(held.images)
+  assert set(whole) == {"fid_digits", "is_digits", "is_digits_std", "class_accuracy", "num_samples"}
+  assert whole["class_accuracy"] >= 0.97 and whole["fid_digits"] < 15.0  # noise scores in the hundreds
+  mu, _ = metrics.load_stats(scorer.reference_path)
+  _, train_features = digits_classifier.apply(params, get_dataset(c, "train").images)
+  np.testing.assert_allclose(mu, train_features.mean(0), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="Unknown feature extractor 'clip'; valid feature extractors: digits, inception"):
+    features.Scorer(tiny_config(**{"eval.features": "clip"}), d)
+  with pytest.raises(ValueError, match="needs data.name='digits'"):
+    features.Scorer(tiny_config(**{"data.name": "tfds", "data.tfds_name": "cifar10"}), d)
+
+
+def test_frechet_distance_with_fewer_samples_than_dimensions():
+  """N < D makes both covariances singular: the trace of the square root still equals the exact value, the nuclear
+  norm of X Y^T / sqrt((n1 - 1)(n2 - 1)) for centred features X, Y, and a set against itself scores 0."""
+  rng = np.random.default_rng(5)
+  x, y = rng.standard_normal((12, 64)), rng.standard_normal((20, 64)) * 2.0 + 0.5
+  with pytest.warns(UserWarning, match="covariance is singular"):
+    (mx, sx), (my, sy) = metrics.gaussian_stats(x), metrics.gaussian_stats(y)
+  xc, yc = x - mx, y - my
+  exact = np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / np.sqrt(11 * 19)
+  assert metrics.trace_sqrt_product(sx, sy) == pytest.approx(exact, rel=1e-9)
+  expected = np.sum((mx - my) ** 2) + np.trace(sx) + np.trace(sy) - 2 * exact
+  assert metrics.frechet_distance(mx, sx, my, sy) == pytest.approx(expected, rel=1e-9)
+  assert abs(metrics.frechet_distance(mx, sx, mx, sx)) < 1e-6
+  with pytest.raises(ValueError, match="not positive semi-definite"):
+    metrics.frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))

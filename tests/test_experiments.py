@@ -29,8 +29,8 @@ def test_compare_samplers_grid_tables_plot_and_resume(trained, monkeypatch):
   assert open(os.path.join(out, "results.csv")).readline().startswith("run,sampler,steps,target_nfe,nfe,fid_digits")
   # resumable: finished runs are skipped, only new ones are sampled
   calls = []
-  real = scoring.generate_samples
-  monkeypatch.setattr(scoring, "generate_samples", lambda *a, **k: calls.append(a[5:7]) or real(*a, **k))
+  real = scoring.score_sampler_run
+  monkeypatch.setattr(scoring, "score_sampler_run", lambda *a, **k: calls.append(a[6:8]) or real(*a, **k))
   rows = cs.compare(config, wd, out, ["edm", "ddim"], [5], [], 20)
   assert calls == [("ddim", 5)] and len(rows) == 4  # edm_3 was done
   assert json.load(open(os.path.join(out, "rows.json")))[-1]["run"] == "ddim_5"
@@ -61,8 +61,8 @@ def test_guidance_sweep_tables_plot_and_resume(trained, trained_classifier, monk
   assert "| classifier | -1.000 | 2.000 |" in open(os.path.join(out, "results.md")).read()
   assert os.path.getsize(os.path.join(out, "fid_vs_is.png")) > 1000
   calls = []
-  real = scoring.generate_samples
-  monkeypatch.setattr(scoring, "generate_samples", lambda *a, **k: calls.append(a[5:7]) or real(*a, **k))
+  real = scoring.score_sampler_run
+  monkeypatch.setattr(scoring, "score_sampler_run", lambda *a, **k: calls.append(a[6:8]) or real(*a, **k))
   gs.sweep(config, wd, out, ["cfg"], ["1"], [], "ddim:3", 2)
   assert calls == []
   with pytest.raises(ValueError, match="valid: cfg, classifier, cond_classifier"):

@@ -1,6 +1,8 @@
 """The Flax FID Inception against a PyTorch reference written from pytorch-fid's architecture
 (torch_fid_inception.py): one set of random weights in both, converted by name, equal pool3 features and logits
 with preprocessing included; and the FID command."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,7 +63,7 @@ def test_fid_pipeline_on_a_folder_and_an_npz_of_images(reference, tmp_path):
   through jitted, sharded batches (the last one padded); bad images are refused with the expected format."""
   from PIL import Image
 
-  from diffusion_jax.evaluation import fid
+  from diffusion_jax.evaluation import features, fid
   net, params, _ = reference
   pixels = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
   (tmp_path / "imgs").mkdir()
@@ -71,17 +73,17 @@ def test_fid_pipeline_on_a_folder_and_an_npz_of_images(reference, tmp_path):
   from_folder = fid.load_images(str(tmp_path / "imgs"))
   np.testing.assert_allclose(from_folder, pixels / 127.5 - 1.0, atol=1e-6)
   assert fid.load_images(str(tmp_path / "samples.npz")).shape == (3, 16, 16, 3)
-  pool, logits = fid.extract(params, from_folder, batch_size=2)
+  pool, logits = features.inception_apply(params, batch_size=2)(from_folder)
   with torch.no_grad():
     ref_pool, _ = net(torch.from_numpy(pixels / 255.0).float().permute(0, 3, 1, 2))
   np.testing.assert_allclose(pool, ref_pool.numpy(), rtol=1e-4, atol=1e-4 * float(ref_pool.abs().max()))
   assert logits.shape == (3, 1008)
   with pytest.raises(ValueError, match=r"\[N, H, W, C\] array with C = 1 or 3"):
-    fid.check_images(np.zeros((2, 3, 16, 16)))
+    features.check_images(np.zeros((2, 3, 16, 16)))
   with pytest.raises(ValueError, match="floats in \\[-1, 1\\]; got dtype uint8"):
-    fid.check_images(pixels)
+    features.check_images(pixels)
   with pytest.raises(ValueError, match="must lie in \\[-1, 1\\]"):
-    fid.check_images(pixels.astype(np.float32))
+    features.check_images(pixels.astype(np.float32))
 
 
 def test_fid_command_on_statistics_files(tmp_path):
@@ -98,3 +100,42 @@ def test_fid_command_on_statistics_files(tmp_path):
   proc = run_python(["-m", "diffusion_jax.evaluation.fid", str(tmp_path / "imgs.npz"), str(tmp_path / "b.npz")],
                     check=False)
   assert proc.returncode != 0 and "pt_inception-2015-12-05-6726825d.pth" in proc.stderr
+
+
+def test_eval_with_inception_features_streams_runs_and_caches_reference_statistics(reference, trained_tiny, tmp_path):
+  """The --mode=eval path with eval.features=inception: reference statistics of the training images computed once
+  and cached in pytorch-fid's format (the file is read back, not recomputed), a run not sampled yet streamed from
+  the sampler into the features, FID / IS columns and the sample count in the report."""
+  import flax.serialization
+
+  from conftest import tiny_config
+  from diffusion_jax import evaluate
+  from diffusion_jax.evaluation import features, metrics
+  _, params, _ = reference
+  (tmp_path / "w.msgpack").write_bytes(flax.serialization.to_bytes(params))
+  _, _, state = trained_tiny
+  config = tiny_config(**{"eval.features": "inception", "eval.inception_weights": str(tmp_path / "w.msgpack"),
+                          "eval.reference_num_images": 24, "eval.batch_size": 12, "sample.num_samples": 12,
+                          "sample.batch_size": 12, "sample.runs": "ddim:3"})
+  wd = str(tmp_path / "run")
+  results = evaluate.evaluate(config, wd, params=state.ema_params)
+  rows = {r["run"]: r for r in results["rows"]}
+  assert set(rows) == {"real held-out images", "gaussian noise", "ddim_3"}
+  run = rows["ddim_3"]
+  assert run["num_samples"] == 12 and run["nfe"] == 3 and "class_accuracy" not in run  # ImageNet classes
+  assert run["fid_inception"] > 0 and 1.0 <= run["is_inception"] <= 1008
+  assert rows["gaussian noise"]["fid_inception"] > rows["real held-out images"]["fid_inception"]
+  assert os.path.exists(os.path.join(wd, "samples", "ddim_3.png"))
+  assert not os.path.exists(os.path.join(wd, "samples", "ddim_3.npz"))  # streamed, not stored
+  report = open(os.path.join(wd, "report.md")).read()
+  assert "FID Inception network" in report and "| fid_inception | is_inception |" in report
+  path = os.path.join(wd, "reference_stats_inception_train24.npz")
+  mu, sigma = metrics.load_stats(path)
+  assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
+  metrics.save_stats(path, mu + 1.0, sigma)
+  np.testing.assert_array_equal(features.Scorer(config, wd).reference[0], mu + 1.0)
+  metrics.save_stats(path, np.zeros(3), np.eye(3))
+  with pytest.raises(ValueError, match="are 3-d, but eval.features='inception' gives 2048-d features"):
+    features.Scorer(config, wd)
+  with pytest.raises(FileNotFoundError, match="Download pytorch-fid's pt_inception-2015-12-05-6726825d.pth"):
+    features.Scorer(tiny_config(**{"eval.features": "inception"}), wd)

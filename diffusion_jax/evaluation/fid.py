@@ -13,28 +13,12 @@ set_cpu_flags()
 import functools  # noqa: E402
 import os  # noqa: E402
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from diffusion_jax import parallel  # noqa: E402
-from diffusion_jax.evaluation import inception, metrics  # noqa: E402
+from diffusion_jax.evaluation import features, inception, metrics  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-def check_images(images):
-  """float32 [N, H, W, 3] in [-1, 1]; grayscale [N, H, W, 1] is repeated to RGB. Anything else is refused."""
-  x = np.asarray(images)
-  if x.ndim != 4 or x.shape[-1] not in (1, 3):
-    raise ValueError(f"Images must be an [N, H, W, C] array with C = 1 or 3 (NHWC); got shape {x.shape}")
-  if not np.issubdtype(x.dtype, np.floating):
-    raise ValueError(f"Images must be floats in [-1, 1]; got dtype {x.dtype} (uint8 images: x / 127.5 - 1)")
-  if x.size and (np.nanmin(x) < -1.0 - 1e-3 or np.nanmax(x) > 1.0 + 1e-3):
-    raise ValueError(f"Images must lie in [-1, 1]; got values in [{np.nanmin(x):.3g}, {np.nanmax(x):.3g}]")
-  x = x.astype(np.float32)
-  return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
 
 def load_images(path):
@@ -44,31 +28,12 @@ def load_images(path):
     files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
       raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
-    return check_images(np.stack([np.asarray(Image.open(os.path.join(path, f)).convert("RGB"), np.float32)
+    return features.check_images(np.stack([np.asarray(Image.open(os.path.join(path, f)).convert("RGB"), np.float32)
                                   for f in files]) / 127.5 - 1.0)
   with np.load(path) as f:
     if "images" not in f:
       raise ValueError(f"{path} has no `images` array (it has {sorted(f.files)})")
-    return check_images(f["images"])
-
-
-def extract(params, images, batch_size=50, mesh=None):
-  """(pool3 features [N, 2048], logits [N, 1008]) of images in [-1, 1], in jitted batches sharded over the mesh."""
-  mesh = mesh or parallel.make_mesh()
-  images = check_images(images)
-  bs = -(-batch_size // mesh.devices.size) * mesh.devices.size
-  fn = jax.jit(lambda p, x: inception.FIDInceptionV3().apply({"params": p}, x),
-               out_shardings=parallel.replicated(mesh))
-  pools, logits = [], []
-  for i in tqdm(range(0, len(images), bs), desc="inception features", mininterval=2.0):
-    batch = images[i:i + bs]
-    n = len(batch)
-    if n < bs:  # pad the last batch to the compiled shape
-      batch = np.concatenate([batch, np.zeros((bs - n,) + batch.shape[1:], batch.dtype)])
-    p, lg = fn(params, parallel.shard_batch(batch, mesh))
-    pools.append(np.asarray(p)[:n])
-    logits.append(np.asarray(lg)[:n])
-  return np.concatenate(pools), np.concatenate(logits)
+    return features.check_images(f["images"])
 
 
 def statistics(path, params_fn, batch_size=50):
@@ -78,7 +43,7 @@ def statistics(path, params_fn, batch_size=50):
     with np.load(path) as f:
       if "mu" in f and "sigma" in f:
         return f["mu"][:], f["sigma"][:]
-  return metrics.gaussian_stats(extract(params_fn(), load_images(path), batch_size)[0])
+  return metrics.gaussian_stats(features.inception_apply(params_fn(), batch_size)(load_images(path))[0])
 
 
 def main(argv):

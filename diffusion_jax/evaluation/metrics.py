@@ -1,10 +1,10 @@
 """Sample-quality metrics from features and class probabilities, in float64, for any feature network (Inception pool3
 for the published numbers, the digits classifier here): FID, IS, KID, precision / recall, and feature statistics
 files in pytorch-fid's `.npz` format (`mu`, `sigma`)."""
+import os
 import warnings
 
 import numpy as np
-import scipy.linalg
 
 
 def check_features(features, name="features"):
@@ -19,32 +19,81 @@ def check_features(features, name="features"):
   return f
 
 
+class RunningStats:
+  """Mean and covariance of features that arrive in batches, in float64 (Chan et al.'s pairwise update of the mean and
+  the sum of squared deviations), so 50,000 samples need not be held at once."""
+
+  def __init__(self):
+    self.n, self.mean, self.m2 = 0, None, None
+
+  def add(self, features):
+    f = check_features(features)
+    if not len(f):
+      return
+    mean_b = f.mean(axis=0)
+    m2_b = (f - mean_b).T @ (f - mean_b)
+    if not self.n:
+      self.n, self.mean, self.m2 = len(f), mean_b, m2_b
+      return
+    n, delta = self.n + len(f), mean_b - self.mean
+    self.m2 = self.m2 + m2_b + np.outer(delta, delta) * (self.n * len(f) / n)
+    self.mean = self.mean + delta * (len(f) / n)
+    self.n = n
+
+  def stats(self):
+    """(mu, sigma) with the unbiased covariance, like np.cov; a warning when N <= D makes sigma singular."""
+    if self.n < 2:
+      raise ValueError(f"Feature statistics need at least 2 samples; got {self.n}")
+    d = len(self.mean)
+    if self.n <= d:
+      warnings.warn(f"{self.n} samples of {d}-d features: the covariance is singular and FID is biased; "
+                    f"use more than {d} samples (50,000 is the convention)", stacklevel=2)
+    return self.mean, self.m2 / (self.n - 1)
+
+
 def gaussian_stats(features):
   """(mu, sigma) of the features; a warning when N <= D makes sigma singular."""
-  f = check_features(features)
-  if len(f) <= f.shape[1]:
-    warnings.warn(f"{len(f)} samples of {f.shape[1]}-d features: the covariance is singular and FID is biased; "
-                  f"use more than {f.shape[1]} samples (50,000 is the convention)", stacklevel=2)
-  return f.mean(axis=0), np.cov(f, rowvar=False)
+  s = RunningStats()
+  s.add(features)
+  return s.stats()
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-  """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017), as pytorch-fid computes it: a ridge eps I
-  is added when the square root of S1 S2 is not finite, and an imaginary part above 1e-3 is an error."""
+def psd_sqrt(sigma, name="sigma"):
+  """The symmetric square root of a covariance matrix by eigendecomposition; rounding-level eigenvalues count as 0, a
+  clearly negative one (an imaginary root) is an error."""
+  w, v = np.linalg.eigh((sigma + sigma.T) / 2.0)
+  if w.min() < -1e-6 * max(np.abs(w).max(), 1e-30):
+    raise ValueError(f"{name} is not positive semi-definite (eigenvalue {w.min():.3g}); it has no real square root")
+  return (v * np.sqrt(_zero_rounding(w))) @ v.T
+
+
+def _zero_rounding(w):
+  """Eigenvalues below the rounding level of eigh (D * eps * largest, as numpy's matrix_rank) are zero: their square
+  roots would otherwise add noise of order sqrt(eps)."""
+  return np.where(w > len(w) * np.finfo(w.dtype).eps * np.abs(w).max(), w, 0.0)
+
+
+def trace_sqrt_product(sigma1, sigma2):
+  """Tr (S1 S2)^(1/2). S1 S2 is similar to the symmetric S1^(1/2) S2 S1^(1/2), so its eigenvalues are real and
+  non-negative and eigh finds them even when N <= D makes both matrices singular, where scipy's sqrtm of the
+  non-symmetric product (pytorch-fid's route) can return a large imaginary part. A clearly negative eigenvalue, whose
+  root would be imaginary, is an error."""
+  root = psd_sqrt(sigma1, "sigma1")
+  lam = np.linalg.eigvalsh(root @ sigma2 @ root)
+  if lam.min() < -1e-6 * max(np.abs(lam).max(), 1e-30):
+    raise ValueError(f"FID: S1 S2 has a negative eigenvalue {lam.min():.3g}, so its square root is imaginary")
+  return float(np.sqrt(_zero_rounding(lam)).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+  """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017), in float64 with the well-conditioned
+  trace of the square root above (equal to pytorch-fid's sqrtm on well-conditioned statistics)."""
   mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
   s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
   if mu1.shape != mu2.shape or s1.shape != s2.shape:
     raise ValueError(f"Feature statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
-  covmean = scipy.linalg.sqrtm(s1 @ s2)
-  if not np.isfinite(covmean).all():
-    offset = np.eye(s1.shape[0]) * eps
-    covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
-  if np.iscomplexobj(covmean):
-    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-      raise ValueError(f"FID: matrix square root has a large imaginary part {np.abs(covmean.imag).max():.3g}")
-    covmean = covmean.real
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
 
 
 def fid_from_features(f1, f2):
@@ -101,8 +150,10 @@ def precision_recall(real, fake, k=3):
 
 
 def save_stats(path, mu, sigma):
-  """Feature statistics in pytorch-fid's format: an .npz with `mu` [D] and `sigma` [D, D]."""
-  np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+  """Feature statistics in pytorch-fid's format: an .npz with `mu` [D] and `sigma` [D, D], written atomically."""
+  tmp = f"{path}.tmp.npz"
+  np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+  os.replace(tmp, path)
 
 
 def load_stats(path):
