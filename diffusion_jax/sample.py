@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from diffusion_jax import parallel
 from diffusion_jax.guidance import check_labels, classifier_free, classifier_grad, classifier_guided
@@ -148,7 +149,7 @@ def sample_batches(config, model, process, params, mesh, name, num_steps, num, r
         for b in range(nb)]
   gen = make_generate(config, model, process, mesh, name, num_steps, bs, clf, **kwargs)
   gen = gen.lower(params, rng, ys[0], clf_params).compile()
-  for b in range(nb):
+  for b in tqdm(range(nb), desc=f"sampling {name}-{num_steps}", mininterval=5.0, disable=nb < 4):
     start = time.time()
     images, nfe = gen(params, jax.random.fold_in(rng, b), ys[b], clf_params)
     images, keep = np.clip(np.asarray(images), -1.0, 1.0), min(bs, num - b * bs)  # the pixel range; NaN stays

@@ -9,7 +9,6 @@ import pytest
 
 from diffusion_jax import train
 from diffusion_jax.losses import WEIGHTINGS, diffusion_loss
-from diffusion_jax.models import get_model
 from diffusion_jax.models.ncsnpp import FIRDownConv, _depthwise, _fir_kernel, fir_downsample, fir_upsample
 from diffusion_jax.sample import generate_samples
 from diffusion_jax.schedules import get_schedule

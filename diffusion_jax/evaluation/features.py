@@ -96,8 +96,9 @@ def digits_extractor(config, workdir, mesh):
   """The digits classifier, trained once and cached in the workdir."""
   if config.data.name != "digits":
     raise ValueError(f"eval.features='digits' needs data.name='digits' (got {config.data.name!r}); "
-                     f"valid for every dataset: eval.features='inception'")
+                     "valid for every dataset: eval.features='inception'")
   params, acc = digits_classifier.load_or_train(config.data, workdir, config.eval.classifier_steps)
+
   def apply(images):
     probs, features = digits_classifier.apply(params, check_images(images, rgb=False))
     return features, probs
