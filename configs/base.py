@@ -44,7 +44,12 @@ def get_base_config():
   c.training = ml_collections.ConfigDict(dict(
       num_steps=1000,
       batch_size=128,
-      weighting="uniform",
+      weighting="uniform",   # uniform | p2 | min_snr | likelihood | "module:function" (losses.py)
+      p2_gamma=1.0,          # p2: 1 / (k + SNR)^gamma (Choi et al. 2022)
+      p2_k=1.0,
+      min_snr_gamma=5.0,     # min_snr: min(SNR, gamma) on the x0 loss (Hang et al. 2023)
+      t_sampling="uniform",  # uniform | importance (t ~ weighting, Song et al. 2021b)
+      loss_bins=8,           # log-SNR bins of the logged per-noise-level loss
       p_uncond=0.0,          # label dropout to the null label (classifier-free guidance; Ho & Salimans use 0.1-0.2)
       ema_decay=0.9999,
       log_every=50,
@@ -92,9 +97,10 @@ def get_base_config():
       inception_weights="",   # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (.pth / .npz / .msgpack);
                               # "" -> the FID_INCEPTION_WEIGHTS environment variable
       reference_stats="",     # mu / sigma .npz (pytorch-fid format, published files work); computed from the
-                              # training split and cached there if missing; "" -> WORKDIR/reference_stats_*.npz
+                              # training split and cached there if missing; "" -> CACHE_DIR/reference_stats_*.npz
       reference_num_images=0,  # training images behind computed reference statistics (0: all)
       batch_size=50,          # images per feature-extraction batch
+      cache_dir="",           # where the digits classifier and reference statistics are cached; "" -> WORKDIR
       classifier_steps=600,   # training steps of the digits evaluation classifier (features="digits")
       enable_bpd=False,       # bits/dim of held-out images through the probability-flow ODE (diffusion.sde or vp)
       bpd_num_images=100,

@@ -1,11 +1,18 @@
-"""Prediction targets (eps, x0, v) and timestep weightings of the denoising loss."""
+"""Prediction targets (eps, x0, v), timestep weightings of the denoising loss (each a function of the SNR), and the
+loss itself, with uniform or importance-sampled training times."""
+import importlib
+import types
+
 import jax
 import jax.numpy as jnp
 
 from diffusion_jax.registry import Registry
+from diffusion_jax.schedules import Schedule
 
 PREDICTIONS = ("eps", "x0", "v")
 WEIGHTINGS = Registry("weighting")
+T_SAMPLINGS = ("uniform", "importance")
+DEFAULT_OPTIONS = types.SimpleNamespace(p2_gamma=1.0, p2_k=1.0, min_snr_gamma=5.0)  # as configs/base.py
 
 
 def check_prediction(prediction):
@@ -34,17 +41,48 @@ def eps_loss_factor(log_snr, prediction):
   return {"eps": jnp.ones_like(log_snr), "x0": jnp.exp(-log_snr), "v": 1.0 + jnp.exp(-log_snr)}[prediction]
 
 
+# A weighting is fn(log_snr, prediction, dlog_snr_dt, options) -> the per-example weight of the chosen target's
+# squared error; `options` is config.training (p2_gamma, p2_k, min_snr_gamma, or a user weighting's own fields).
+
+
 @WEIGHTINGS.register("uniform")
-def uniform(log_snr, prediction, dlog_snr_dt):
+def uniform(log_snr, prediction, dlog_snr_dt, options):
   """L_simple (Ho et al. 2020): every timestep weighted 1 in the loss of the chosen target."""
   return jnp.ones_like(log_snr)
 
 
+@WEIGHTINGS.register("p2")
+def p2(log_snr, prediction, dlog_snr_dt, options):
+  """Perception-prioritized weighting (Choi et al. 2022, eq. 8): 1 / (k + SNR)^gamma on the target's loss (the paper
+  trains eps); it lowers the weight of the high-SNR, detail-only steps. gamma = 0 is uniform; the paper uses k = 1."""
+  return jnp.exp(-options.p2_gamma * jnp.logaddexp(jnp.log(options.p2_k), log_snr))
+
+
+@WEIGHTINGS.register("min_snr")
+def min_snr(log_snr, prediction, dlog_snr_dt, options):
+  """Min-SNR-gamma (Hang et al. 2023, eq. 10): the x0 loss weighted min(SNR, gamma), i.e. min(SNR, gamma) / SNR on the
+  eps loss, min(SNR, gamma) on the x0 loss and min(SNR, gamma) / (SNR + 1) on the v loss. gamma -> inf is L_simple."""
+  eps_weight = jnp.exp(jnp.minimum(0.0, jnp.log(options.min_snr_gamma) - log_snr))
+  return eps_weight / eps_loss_factor(log_snr, prediction)
+
+
 @WEIGHTINGS.register("likelihood")
-def likelihood(log_snr, prediction, dlog_snr_dt):
-  """Continuous-time ELBO weighting: -d log_snr / dt on the eps loss (Kingma et al. 2021, eq. 17), which is
+def likelihood(log_snr, prediction, dlog_snr_dt, options):
+  """Continuous-time ELBO / VLB weighting: -d log_snr / dt on the eps loss (Kingma et al. 2021, eq. 17), which is
   g(t)^2 / sigma_t^2, Song et al.'s (2021b) likelihood weighting lambda(t) = g(t)^2 of the score loss."""
   return -dlog_snr_dt / eps_loss_factor(log_snr, prediction)
+
+
+def get_weighting(name):
+  """The weighting registered as `name`, or a user's function given as "package.module:function" (same signature)."""
+  if ":" not in name:
+    return WEIGHTINGS.get(name)
+  module, fn = name.split(":", 1)
+  try:
+    return getattr(importlib.import_module(module), fn)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"Weighting {name!r}: cannot import {fn!r} from {module!r} ({e}). Use a registered name "
+                     f"({', '.join(WEIGHTINGS.names())}) or 'module:function' with the signature of losses.uniform")
 
 
 def bcast(a, x):
@@ -58,18 +96,52 @@ def q_sample(process, x0, t, eps):
   return bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
 
 
-def diffusion_loss(apply_fn, params, process, x0, y, rng, *, prediction, weighting, train=True):
+def _draw(rng, w, num):
+  """Indices drawn with probabilities proportional to w >= 0, by inverting the cumulative sum."""
+  cdf = jnp.cumsum(w) / jnp.sum(w)
+  return jnp.minimum(jnp.searchsorted(cdf, jax.random.uniform(rng, (num,))), len(w) - 1)
+
+
+def importance_t(process, rng, batch, weight_fn, num_cells=1000):
+  """Training times t ~ p(t) proportional to the weighting w(t), each example weighted w(t) u(t) / p(t) (u: the
+  uniform training density): the same expected loss as uniform t weighted by w, with less variance where w spans
+  orders of magnitude, as the likelihood weighting does (Song et al. 2021b, Sec. 5). A schedule draws from its T
+  times; an SDE from num_cells equal cells of [t_min, 1], uniformly within a cell."""
+  k_cell, k_u = jax.random.split(rng)
+  if isinstance(process, Schedule):
+    grid = process.index_to_t(jnp.arange(process.num_timesteps))
+    w = weight_fn(grid)
+    return grid[_draw(k_cell, w, batch)], jnp.full((batch,), jnp.mean(w))
+  edges = jnp.linspace(process.t_min, 1.0, num_cells + 1)
+  w = weight_fn(0.5 * (edges[:-1] + edges[1:]))
+  j = _draw(k_cell, w, batch)
+  t = edges[j] + jax.random.uniform(k_u, (batch,)) * (edges[1] - edges[0])
+  return t, weight_fn(t) * jnp.mean(w) / w[j]
+
+
+def diffusion_loss(apply_fn, params, process, x0, y, rng, *, prediction, weighting, options=DEFAULT_OPTIONS,
+                   importance=False, train=True):
   """Weighted denoising loss with x_t = alpha x0 + sigma eps: t = (i + 1) / T, i ~ U{0..T-1} on a discrete schedule
-  (Ho et al. 2020), t ~ U(1e-5, 1) on an SDE (Song et al. 2021); the network sees process.network_time(t).
-  Returns (scalar loss, {"per_example": unweighted per-example loss, "t": t})."""
+  (Ho et al. 2020), t ~ U(1e-5, 1) on an SDE (Song et al. 2021), or with `importance` t ~ weighting; the network sees
+  process.network_time(t). Returns (scalar loss, aux): aux has per example the unweighted loss, t, log_snr and the
+  eps-equivalent squared error (`eps_mse`, comparable across targets and weightings)."""
   k_t, k_eps, k_drop = jax.random.split(rng, 3)
-  t = process.sample_t(k_t, x0.shape[0])
+  weight = get_weighting(weighting)
+
+  def weight_fn(t):
+    log_snr, dlog_snr_dt = jax.jvp(process.log_snr, (t,), (jnp.ones_like(t),))
+    return weight(log_snr, prediction, dlog_snr_dt, options)
+  if importance:
+    t, w = importance_t(process, k_t, x0.shape[0], weight_fn)
+  else:
+    t = process.sample_t(k_t, x0.shape[0])
+    w = weight_fn(t)
   alpha, sigma = process.alpha_sigma(t)
   eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
   x_t = q_sample(process, x0, t, eps)
   pred = apply_fn({"params": params}, x_t, process.network_time(t), y, train=train, rngs={"dropout": k_drop})
   tgt = target(x0, eps, bcast(alpha, x0), bcast(sigma, x0), prediction)
   per_example = jnp.mean(jnp.square(pred - tgt), axis=tuple(range(1, x0.ndim)))
-  log_snr, dlog_snr_dt = jax.jvp(process.log_snr, (t,), (jnp.ones_like(t),))
-  w = WEIGHTINGS.get(weighting)(log_snr, prediction, dlog_snr_dt)
-  return jnp.mean(w * per_example), {"per_example": per_example, "t": t}
+  log_snr = process.log_snr(t)
+  return jnp.mean(w * per_example), {"per_example": per_example, "t": t, "log_snr": log_snr,
+                                     "eps_mse": per_example / eps_loss_factor(log_snr, prediction)}

@@ -49,9 +49,11 @@ class SDE(abc.ABC):
     alpha, sigma = self.alpha_sigma(t)
     return 2.0 * (jnp.log(alpha) - jnp.log(sigma))
 
+  t_min = 1e-5  # the smallest training time (Song et al. 2021)
+
   def sample_t(self, rng, batch):
-    """Training times t ~ U(1e-5, 1) (continuous-time training, Song et al. 2021)."""
-    return jax.random.uniform(rng, (batch,), minval=1e-5, maxval=1.0)
+    """Training times t ~ U(t_min, 1) (continuous-time training, Song et al. 2021)."""
+    return jax.random.uniform(rng, (batch,), minval=self.t_min, maxval=1.0)
 
   def discretize(self, x, t):
     """Euler-Maruyama discretisation x_{i+1} = x_i + f_i + G_i z with dt = 1/N (subclasses override with the

@@ -1,5 +1,6 @@
 """Training: a jitted, data-parallel train step (global batch sharded over `data`), EMA, orbax checkpoints that are
 resumed automatically, clu metric writers, a tqdm progress bar, and sample grids during training."""
+import json
 import os
 import time
 
@@ -16,10 +17,10 @@ from diffusion_jax import checkpoint, parallel
 from diffusion_jax.data import get_dataset
 from diffusion_jax.guidance import drop_labels
 from diffusion_jax.images import save_grid
-from diffusion_jax.losses import WEIGHTINGS, check_prediction, diffusion_loss
+from diffusion_jax.losses import T_SAMPLINGS, check_prediction, diffusion_loss, get_weighting
 from diffusion_jax.models import get_model
 from diffusion_jax.sample import generate_samples
-from diffusion_jax.schedules import get_schedule
+from diffusion_jax.schedules import Schedule, get_schedule
 from diffusion_jax.sde import VPSDE, sde_from_config
 
 OPTIMIZERS = ("adam", "adamw")
@@ -51,7 +52,9 @@ def setup(config):
   diffusion.schedule, or with diffusion.sde set the SDE of continuous-time training."""
   d = config.diffusion
   check_prediction(d.prediction)
-  WEIGHTINGS.get(config.training.weighting)
+  get_weighting(config.training.weighting)
+  if config.training.t_sampling not in T_SAMPLINGS:
+    raise ValueError(f"Unknown training.t_sampling {config.training.t_sampling!r}; valid: {', '.join(T_SAMPLINGS)}")
   if not d.sde:
     return get_model(config), get_schedule(d.schedule, d.num_timesteps)
   process = sde_from_config(d)
@@ -82,16 +85,72 @@ def apply_gradients(state, grads, tx, ema_decay):
   return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
 
 
+def log_snr_edges(process, num_bins):
+  """num_bins + 1 equal-width bin edges over the log-SNR range of the training times, lowest (noisiest) first."""
+  t_min = process.index_to_t(0) if isinstance(process, Schedule) else process.t_min
+  return np.linspace(float(process.log_snr(1.0)), float(process.log_snr(t_min)), num_bins + 1)
+
+
+def loss_by_bin(log_snr, loss, edges):
+  """(sum, count) of the per-example loss in each log-SNR bin; out-of-range values go to the end bins."""
+  b = jnp.clip(jnp.searchsorted(jnp.asarray(edges[1:-1]), log_snr), 0, len(edges) - 2)
+  zeros = jnp.zeros(len(edges) - 1)
+  return zeros.at[b].add(loss), zeros.at[b].add(1.0)
+
+
+def summarize_bins(edges):
+  """fit's summary of a log interval: means of the scalar metrics, and the eps-equivalent loss in each log-SNR bin
+  (`loss_by_log_snr/[lo,hi)`, bins without examples left out)."""
+  def summarize(sums, n):
+    out = {k: float(v) / n for k, v in sums.items() if np.ndim(v) == 0}
+    for lo, hi, total, count in zip(edges[:-1], edges[1:], sums["bin_sum"], sums["bin_count"]):
+      if count:
+        out[bin_name(lo, hi)] = float(total / count)
+    return out
+  return summarize
+
+
+def bin_name(lo, hi):
+  return f"loss_by_log_snr/[{lo:+.1f},{hi:+.1f})"
+
+
+def training_log(path, edges):
+  """An on_log for fit that keeps every log interval's summary in a JSON file across resumes (WORKDIR/
+  training_log.json: the log-SNR bin edges, and per record the step, wall seconds, scalar metrics and the per-bin
+  eps-equivalent losses), which experiments read for loss tables and loss-by-SNR plots."""
+  log = json.load(open(path)) if os.path.exists(path) else {"log_snr_edges": [float(e) for e in edges], "records": []}
+  start = time.time() - (log["records"][-1]["seconds"] if log["records"] else 0.0)
+
+  def on_log(done, logged):
+    record = dict(step=done, seconds=round(time.time() - start, 2), **{k: v for k, v in logged.items() if "/" not in k},
+                  loss_by_log_snr=[logged.get(bin_name(lo, hi)) for lo, hi in zip(edges[:-1], edges[1:])])
+    log["records"] = [r for r in log["records"] if r["step"] < done] + [record]
+    if jax.process_index() == 0:
+      with open(path + ".tmp", "w") as f:
+        json.dump(log, f)
+      os.replace(path + ".tmp", path)
+  return on_log
+
+
 def make_train_step(config, model, process, tx):
+  """(state, batch) -> (state, metrics): one optimizer step on the weighted loss; metrics include the eps-equivalent
+  loss summed and counted in config.training.loss_bins log-SNR bins."""
+  tc = config.training
+  edges = log_snr_edges(process, tc.loss_bins)
+
   def train_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     y = batch.get("label")
     if y is not None and config.training.p_uncond:
       y = drop_labels(jax.random.fold_in(rng, 7), y, config.training.p_uncond, config.model.num_classes)
     loss_fn = lambda p: diffusion_loss(model.apply, p, process, batch["image"], y, rng,
-                                       prediction=config.diffusion.prediction, weighting=config.training.weighting)
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return apply_gradients(state, grads, tx, config.training.ema_decay), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+                                       prediction=config.diffusion.prediction, weighting=tc.weighting, options=tc,
+                                       importance=tc.t_sampling == "importance")
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    bin_sum, bin_count = loss_by_bin(aux["log_snr"], aux["eps_mse"], edges)
+    return apply_gradients(state, grads, tx, tc.ema_decay), {
+        "loss": loss, "eps_mse": jnp.mean(aux["eps_mse"]), "grad_norm": optax.tree.norm(grads),
+        "bin_sum": bin_sum, "bin_count": bin_count}
   return train_step
 
 
@@ -125,16 +184,22 @@ def write_training_grid(config, model, process, state, mesh, path):
     save_grid(images, path)
 
 
-def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=None, desc="train"):
-  """The training loop: runs step_fn(state, batch_fn(step)) up to tcfg.num_steps, logs every metric every
-  tcfg.log_every steps, checkpoints every tcfg.checkpoint_every steps and on exit (Ctrl-C, errors), stops on a
-  non-finite loss without saving it, and calls after_step(done, state). Returns the final state."""
+def mean_scalars(sums, n):
+  return {k: float(v) / n for k, v in sums.items()}
+
+
+def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=None, desc="train",
+        summarize=mean_scalars, on_log=None):
+  """The training loop: runs step_fn(state, batch_fn(step)) up to tcfg.num_steps; every tcfg.log_every steps logs
+  summarize(metrics summed over the interval, steps) (default: their means) and calls on_log(done, logged);
+  checkpoints every tcfg.checkpoint_every steps and on exit (Ctrl-C, errors), stops on a non-finite loss without
+  saving it, and calls after_step(done, state, writer). Returns the final state."""
   writer = metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
   step_fn = jax.jit(step_fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
                     out_shardings=parallel.replicated(mesh), donate_argnums=0)
   start = int(state.step)
   pbar = tqdm(total=tcfg.num_steps, initial=start, desc=desc, mininterval=2.0, disable=jax.process_index() > 0)
-  last_save, t0, seen, diverged = start, time.time(), 0, False
+  last_save, t0, seen, diverged, sums, n = start, time.time(), 0, False, None, 0
   try:
     for step in range(start, tcfg.num_steps):
       state, metrics = step_fn(state, parallel.shard_batch(batch_fn(step), mesh))
@@ -145,13 +210,16 @@ def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=N
             f"Training loss became {loss} at step {step}; stopped without saving this state. The last good "
             f"checkpoint (step {mngr.latest_step()}) is in {mngr.directory}; lower the learning rate or enable "
             "gradient clipping (grad_clip).")
-      seen += tcfg.batch_size
-      done = step + 1
+      seen, n, done = seen + tcfg.batch_size, n + 1, step + 1
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       if done % tcfg.log_every == 0 or done == tcfg.num_steps:
         ips = seen / (time.time() - t0)
-        writer.write_scalars(done, {**{k: float(v) for k, v in metrics.items()}, "images_per_sec": ips})
-        pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
-        t0, seen = time.time(), 0
+        logged = summarize(jax.device_get(sums), n)
+        writer.write_scalars(done, {**logged, "images_per_sec": ips})
+        pbar.set_postfix(loss=f"{logged['loss']:.4f}", img_s=f"{ips:.0f}")
+        if on_log:
+          on_log(done, logged)
+        t0, seen, sums, n = time.time(), 0, None, 0
       pbar.update(1)
       if done % tcfg.checkpoint_every == 0:
         checkpoint.save(mngr, done, state, config)
@@ -177,12 +245,14 @@ def train(config, workdir, mesh=None):
   state, mngr = create_or_restore(config, os.path.join(workdir, "checkpoints"),
                                   lambda rng: init_state(config, model, tx, rng), mesh, config.training.keep_checkpoints)
   every = config.training.sample_every
+  edges = log_snr_edges(process, config.training.loss_bins)
 
   def sample_grid(done, state, _):
     if every and done % every == 0:
       write_training_grid(config, model, process, state, mesh, os.path.join(workdir, "samples", f"train_{done:07d}.png"))
   return fit(config, config.training, state, mngr, make_train_step(config, model, process, tx),
-             lambda step: host_batch(config, dataset, step), mesh, os.path.join(workdir, "logs"), sample_grid)
+             lambda step: host_batch(config, dataset, step), mesh, os.path.join(workdir, "logs"), sample_grid,
+             summarize=summarize_bins(edges), on_log=training_log(os.path.join(workdir, "training_log.json"), edges))
 
 
 def load_params(config, workdir, mesh):

@@ -68,9 +68,9 @@ def test_likelihood_weighting_is_g2_over_sigma2(sde):
   lam, dlam = jax.jvp(sde.log_snr, (t,), (jnp.ones_like(t),))
   _, g = sde.sde(jnp.zeros((5, 1)), t)
   _, sigma = sde.alpha_sigma(t)
-  w = WEIGHTINGS.get("likelihood")(lam, "eps", dlam)
+  w = WEIGHTINGS.get("likelihood")(lam, "eps", dlam, None)
   np.testing.assert_allclose(w, g**2 / sigma**2, rtol=2e-3)
-  np.testing.assert_allclose(WEIGHTINGS.get("likelihood")(lam, "x0", dlam), g**2 / sigma**2 * jnp.exp(lam), rtol=2e-3)
+  np.testing.assert_allclose(WEIGHTINGS.get("likelihood")(lam, "x0", dlam, None), g**2 / sigma**2 * jnp.exp(lam), rtol=2e-3)
 
 
 def test_sde_training_times_and_network_time():

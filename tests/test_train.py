@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -6,6 +7,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -31,6 +33,24 @@ def test_training_writes_checkpoints_and_logs(uninterrupted):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "logs")))
   ema, p = jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params)
   assert any(not np.allclose(a, b) for a, b in zip(ema, p))
+  log = json.load(open(os.path.join(wd, "training_log.json")))
+  edges = np.array(log["log_snr_edges"])
+  assert len(edges) == 9 and np.all(np.diff(edges) > 0) and edges[0] < -9 and edges[-1] > 9  # linear schedule
+  assert [r["step"] for r in log["records"]] == [2, 4, 6]
+  for r in log["records"]:  # eps target, uniform weighting: the objective is the eps loss itself
+    assert r["loss"] == pytest.approx(r["eps_mse"], rel=1e-5) and len(r["loss_by_log_snr"]) == 8
+    assert all(v is None or v > 0 for v in r["loss_by_log_snr"]) and any(v is not None for v in r["loss_by_log_snr"])
+
+
+def test_loss_by_log_snr_bins():
+  edges = np.array([-10.0, -5.0, 0.0, 5.0, 10.0])
+  sums, counts = train.loss_by_bin(jnp.array([-12.0, -7.0, -6.0, 1.0, 11.0]), jnp.array([1.0, 2.0, 3.0, 4.0, 5.0]),
+                                   edges)
+  np.testing.assert_array_equal(counts, [3, 0, 1, 1])  # out-of-range values go to the end bins
+  np.testing.assert_array_equal(sums, [6, 0, 4, 5])
+  summary = train.summarize_bins(edges)({"loss": 4.0, "bin_sum": np.asarray(sums), "bin_count": np.asarray(counts)}, 2)
+  assert summary == {"loss": 2.0, "loss_by_log_snr/[-10.0,-5.0)": 2.0, "loss_by_log_snr/[+0.0,+5.0)": 4.0,
+                     "loss_by_log_snr/[+5.0,+10.0)": 5.0}
 
 
 def test_resume_gives_same_parameters(uninterrupted, tiny, tmp_path):
@@ -38,6 +58,8 @@ def test_resume_gives_same_parameters(uninterrupted, tiny, tmp_path):
   train.train(tiny(**{"training.num_steps": 3}), str(tmp_path))
   resumed = train.train(tiny(), str(tmp_path))
   assert int(resumed.step) == 6
+  records = json.load(open(tmp_path / "training_log.json"))["records"]
+  assert [r["step"] for r in records] == [2, 3, 4, 6] and records[0]["seconds"] <= records[-1]["seconds"]
   for a, b in zip(jax.tree.leaves(params_of(full)), jax.tree.leaves(params_of(resumed))):
     np.testing.assert_array_equal(a, b)
 
@@ -109,9 +131,11 @@ def test_unknown_config_key_is_rejected(tmp_path):
 
 
 def test_unknown_names_list_valid_ones(tiny, tmp_path):
-  with pytest.raises(ValueError, match="valid weightings: likelihood, uniform"):
+  with pytest.raises(ValueError, match="valid weightings: likelihood, min_snr, p2, uniform"):
     train.train(tiny(**{"training.weighting": "p3"}), str(tmp_path))
   with pytest.raises(ValueError, match="valid optimizers: adam, adamw"):
     train.train(tiny(**{"optim.optimizer": "sgdd"}), str(tmp_path))
   with pytest.raises(ValueError, match="valid targets: eps, x0, v"):
     train.train(tiny(**{"diffusion.prediction": "score"}), str(tmp_path))
+  with pytest.raises(ValueError, match="valid: uniform, importance"):
+    train.train(tiny(**{"training.t_sampling": "stratified"}), str(tmp_path))

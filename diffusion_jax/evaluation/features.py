@@ -79,7 +79,7 @@ def inception_apply(params, batch_size=50, mesh=None):
 
 
 @EXTRACTORS.register("inception")
-def inception_extractor(config, workdir, mesh):
+def inception_extractor(config, cache_dir, mesh):
   """FID on pool3 features, IS on the softmax of the 1008 logits (as the TF Inception Score code)."""
   params = inception.load_params(config.eval.inception_weights or os.environ.get("FID_INCEPTION_WEIGHTS", ""))
   extract = inception_apply(params, config.eval.batch_size, mesh)
@@ -92,12 +92,12 @@ def inception_extractor(config, workdir, mesh):
 
 
 @EXTRACTORS.register("digits")
-def digits_extractor(config, workdir, mesh):
-  """The digits classifier, trained once and cached in the workdir."""
+def digits_extractor(config, cache_dir, mesh):
+  """The digits classifier, trained once and cached in cache_dir."""
   if config.data.name != "digits":
     raise ValueError(f"eval.features='digits' needs data.name='digits' (got {config.data.name!r}); "
                      "valid for every dataset: eval.features='inception'")
-  params, acc = digits_classifier.load_or_train(config.data, workdir, config.eval.classifier_steps)
+  params, acc = digits_classifier.load_or_train(config.data, cache_dir, config.eval.classifier_steps)
 
   def apply(images):
     probs, features = digits_classifier.apply(params, check_images(images, rgb=False))
@@ -112,11 +112,12 @@ class Scorer:
   `scorer(images, labels)` for an array, or `acc = scorer.stream(); acc.add(batch, labels) ...; acc.row()`."""
 
   def __init__(self, config, workdir, mesh=None):
-    self.extractor = EXTRACTORS.get(config.eval.features)(config, workdir, mesh or parallel.make_mesh())
+    cache = config.eval.cache_dir or workdir
+    self.extractor = EXTRACTORS.get(config.eval.features)(config, cache, mesh or parallel.make_mesh())
     self.names = metric_names(self.extractor.name)
     self.chunk = 10 * config.eval.batch_size  # images per call of the extractor
     self.reference_path = config.eval.reference_stats or os.path.join(
-        workdir, f"reference_stats_{self.extractor.name}_train{config.eval.reference_num_images or ''}.npz")
+        cache, f"reference_stats_{self.extractor.name}_train{config.eval.reference_num_images or ''}.npz")
     self.reference = self.reference_stats(config)
 
   def stream(self):
