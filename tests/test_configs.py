@@ -29,3 +29,10 @@ def test_config_builds(name):
   assert get_classifier(config).num_classes == config.classifier.model.num_classes
   for _, _, kwargs in parse_runs(config.sample.runs):
     guidance_scales(config, dict(kwargs), classifier=get_classifier(config))
+
+
+def test_p2_configs_take_gamma():
+  from configs.p2 import flowers
+  assert (flowers.get_config().training.weighting, flowers.get_config().training.p2_gamma) == ("p2", 1.0)
+  assert flowers.get_config("0.5").training.p2_gamma == 0.5 and flowers.get_config("0").training.weighting == "uniform"
+  assert flowers.get_config().training.p2_k == 1.0 and flowers.get_config().diffusion.schedule == "linear"
