@@ -71,18 +71,19 @@ def evaluate(config, workdir, params=None, mesh=None):
   runs_path = os.path.join(samples, "runs.json")
   saved = {r["run"]: r for r in json.load(open(runs_path))} if os.path.exists(runs_path) else {}
   model, process = train.setup(config)
+  classifier = None
   for name, steps, kwargs in parse_runs(config.sample.runs):
     label = run_label(name, steps, kwargs)
     if label in saved and os.path.exists(os.path.join(samples, f"{label}.npz")):
       data = np.load(os.path.join(samples, f"{label}.npz"))
       rows.append({**saved[label], **scorer(data["images"], data["labels"])})
       continue
-    if params is None:
-      params = train.load_params(config, workdir, mesh)
-    classifier = load_classifier(config, workdir, mesh) if needs_classifier(config.sample.runs) else None
+    if classifier is None:  # the first run to stream: load what sampling needs, once
+      params = train.load_params(config, workdir, mesh) if params is None else params
+      classifier = load_classifier(config, workdir, mesh) if needs_classifier(config.sample.runs) else ()
     os.makedirs(samples, exist_ok=True)
     rows.append(dict(run=label, **score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num,
-                                                    jax.random.PRNGKey(config.seed + 1), classifier,
+                                                    jax.random.PRNGKey(config.seed + 1), classifier or None,
                                                     os.path.join(samples, f"{label}.png"), **kwargs)))
   results = dict(metrics=scorer.describe(), features=config.eval.features, rows=rows)
   if config.eval.enable_bpd:
