@@ -10,7 +10,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion_jax import evaluate, parallel, sample, train, train_classifier  # noqa: E402
+from diffusion_jax import distributed, evaluate, parallel, sample, train, train_classifier  # noqa: E402
 
 MODES = ("train", "sample", "eval", "all", "train_classifier")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -46,6 +46,7 @@ def run(config, workdir, mode):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  distributed.initialize()  # one of several processes (diffusion_jax.launch, a TPU pod, SLURM); else a no-op
   run(_CONFIG.value, _WORKDIR.value, _MODE.value)
 
 
