@@ -102,7 +102,7 @@ def summarize_bins(edges):
   """fit's summary of a log interval: means of the scalar metrics, and the eps-equivalent loss in each log-SNR bin
   (`loss_by_log_snr/[lo,hi)`, bins without examples left out)."""
   def summarize(sums, n):
-    out = {k: float(v) / n for k, v in sums.items() if np.ndim(v) == 0}
+    out = mean_scalars({k: v for k, v in sums.items() if np.ndim(v) == 0}, n)
     for lo, hi, total, count in zip(edges[:-1], edges[1:], sums["bin_sum"], sums["bin_count"]):
       if count:
         out[bin_name(lo, hi)] = float(total / count)

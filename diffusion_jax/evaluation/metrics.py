@@ -62,15 +62,18 @@ def psd_sqrt(sigma, name="sigma"):
   """The symmetric square root of a covariance matrix by eigendecomposition; rounding-level eigenvalues count as 0, a
   clearly negative one (an imaginary root) is an error."""
   w, v = np.linalg.eigh((sigma + sigma.T) / 2.0)
-  if w.min() < -1e-6 * max(np.abs(w).max(), 1e-30):
-    raise ValueError(f"{name} is not positive semi-definite (eigenvalue {w.min():.3g}); it has no real square root")
-  return (v * np.sqrt(_zero_rounding(w))) @ v.T
+  w = _nonnegative(w, f"{name} is not positive semi-definite (eigenvalue {w.min():.3g}); it has no real square root")
+  return (v * np.sqrt(w)) @ v.T
 
 
-def _zero_rounding(w):
-  """Eigenvalues below the rounding level of eigh (D * eps * largest, as numpy's matrix_rank) are zero: their square
-  roots would otherwise add noise of order sqrt(eps)."""
-  return np.where(w > len(w) * np.finfo(w.dtype).eps * np.abs(w).max(), w, 0.0)
+def _nonnegative(w, message):
+  """Eigenvalues of a positive semi-definite matrix: a clearly negative one (below -1e-6 of the largest) raises
+  ValueError(message); those below the rounding level of eigh (D * eps * largest, as numpy's matrix_rank) become zero,
+  as their square roots would otherwise add noise of order sqrt(eps)."""
+  top = np.abs(w).max()
+  if w.min() < -1e-6 * max(top, 1e-30):
+    raise ValueError(message)
+  return np.where(w > len(w) * np.finfo(w.dtype).eps * top, w, 0.0)
 
 
 def trace_sqrt_product(sigma1, sigma2):
@@ -80,9 +83,8 @@ def trace_sqrt_product(sigma1, sigma2):
   root would be imaginary, is an error."""
   root = psd_sqrt(sigma1, "sigma1")
   lam = np.linalg.eigvalsh(root @ sigma2 @ root)
-  if lam.min() < -1e-6 * max(np.abs(lam).max(), 1e-30):
-    raise ValueError(f"FID: S1 S2 has a negative eigenvalue {lam.min():.3g}, so its square root is imaginary")
-  return float(np.sqrt(_zero_rounding(lam)).sum())
+  lam = _nonnegative(lam, f"FID: S1 S2 has a negative eigenvalue {lam.min():.3g}, so its square root is imaginary")
+  return float(np.sqrt(lam).sum())
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
