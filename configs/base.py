@@ -92,6 +92,10 @@ def get_base_config():
                  eps=1e-8),
   ))
 
+  # Devices of every process form a (data, fsdp) mesh (parallel.py): the batch is split over both axes; fsdp > 1
+  # also splits the parameters, EMA and optimizer state over `fsdp` devices. fsdp must divide the device count.
+  c.parallel = ml_collections.ConfigDict(dict(fsdp=1))
+
   c.eval = ml_collections.ConfigDict(dict(
       features="inception",   # inception | digits: the network behind FID / IS (evaluation/features.py)
       inception_weights="",   # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (.pth / .npz / .msgpack);

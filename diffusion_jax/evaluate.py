@@ -5,7 +5,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import parallel, train
@@ -45,12 +44,13 @@ def held_out_bpd(config, workdir, params, mesh):
   model, process = train.setup(config)
   params = train.load_params(config, workdir, mesh) if params is None else params
   held = get_dataset(config, "eval")
-  x = jnp.asarray(held.images[:config.eval.bpd_num_images])
-  y = jnp.asarray(held.labels[:config.eval.bpd_num_images]) if config.model.num_classes else None
+  x = held.images[:config.eval.bpd_num_images]
+  y = held.labels[:config.eval.bpd_num_images] if config.model.num_classes else None
   sde = sampling_sde(config)
   fn = jax.jit(lambda p, x, y, rng: bits_per_dim(sampler_setup(config, model, p, process, "ode")[0], sde, x, rng, y=y,
                                                  prediction=config.diffusion.prediction,
-                                                 num_bins=config.eval.bpd_num_bins, probe=config.eval.bpd_probe))
+                                                 num_bins=config.eval.bpd_num_bins, probe=config.eval.bpd_probe),
+               out_shardings=parallel.replicated(mesh))
   bpd, nfe = fn(params, x, y, jax.random.PRNGKey(config.seed + 3))
   bpd = np.asarray(bpd, np.float64)
   return dict(bpd=round(float(bpd.mean()), 4), bpd_stderr=round(float(bpd.std() / np.sqrt(len(bpd))), 4),
@@ -60,7 +60,7 @@ def held_out_bpd(config, workdir, params, mesh):
 def evaluate(config, workdir, params=None, mesh=None):
   """Scores every run of config.sample.runs; `params` (the diffusion model's, loaded when None) serve the runs not
   sampled yet and the likelihood."""
-  mesh = mesh or parallel.make_mesh()
+  mesh = mesh or parallel.mesh_for(config)
   scorer = Scorer(config, workdir, mesh)
   num = config.sample.num_samples
   held = get_dataset(config, "eval")

@@ -26,7 +26,7 @@ def run(config, workdir, mode):
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1))
-  mesh = parallel.make_mesh()
+  mesh = parallel.mesh_for(config)
   if mode == "train_classifier":
     return train_classifier.train_classifier(config, workdir, mesh)
   if mode in ("train", "all"):

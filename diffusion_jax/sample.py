@@ -136,7 +136,8 @@ def sample_labels(num_classes, num, classes=""):
 
 
 def sample_batches(config, model, process, params, mesh, name, num_steps, num, rng, classifier=None, **kwargs):
-  """Streams `num` samples in batches of config.sample.batch_size: yields (images clipped to [-1, 1], labels or None,
+  """Streams `num` samples in batches of config.sample.batch_size, each split over every device of every process and
+  gathered once to every process: yields (images clipped to [-1, 1], labels or None,
   seconds excluding compilation, NFE) per batch, so a metric can consume 50,000 samples without holding them. `classifier` =
   (module, params) for run option `s`."""
   clf, clf_params = classifier or (None, None)
@@ -145,14 +146,13 @@ def sample_batches(config, model, process, params, mesh, name, num_steps, num, r
   parallel.check_batch(bs, mesh, "sample batch size")
   nb = -(-num // bs)
   labels = sample_labels(num_label_classes(config, clf), nb * bs, config.sample.classes)
-  ys = [None if labels is None else parallel.shard_batch(jnp.asarray(labels[b * bs:(b + 1) * bs]), mesh)
-        for b in range(nb)]
+  ys = [None if labels is None else parallel.shard_batch(labels[b * bs:(b + 1) * bs], mesh) for b in range(nb)]
   gen = make_generate(config, model, process, mesh, name, num_steps, bs, clf, **kwargs)
   gen = gen.lower(params, rng, ys[0], clf_params).compile()
   for b in tqdm(range(nb), desc=f"sampling {name}-{num_steps}", mininterval=5.0, disable=nb < 4):
     start = time.time()
     images, nfe = gen(params, jax.random.fold_in(rng, b), ys[b], clf_params)
-    images, keep = np.clip(np.asarray(images), -1.0, 1.0), min(bs, num - b * bs)  # the pixel range; NaN stays
+    images, keep = np.clip(parallel.to_host(images), -1.0, 1.0), min(bs, num - b * bs)  # the pixel range; NaN stays
     yield images[:keep], None if labels is None else labels[b * bs:b * bs + keep], time.time() - start, float(nfe)
 
 

@@ -1,5 +1,5 @@
-"""Training: a jitted, data-parallel train step (global batch sharded over `data`), EMA, orbax checkpoints that are
-resumed automatically, clu metric writers, a tqdm progress bar, and sample grids during training."""
+"""Training: a jitted train step on the (data, fsdp) mesh of every process's devices (parallel.py), EMA, orbax
+checkpoints that are resumed automatically (onto any mesh), clu metric writers, a tqdm progress bar, sample grids."""
 import json
 import os
 import time
@@ -154,18 +154,23 @@ def make_train_step(config, model, process, tx):
   return train_step
 
 
-def host_batch(config, dataset, step):
-  x, y = dataset.batch(config.seed, step, config.training.batch_size)
+def host_batch(config, dataset, step, rows=slice(None)):
+  """This process's rows of the global batch of a step, as a dict of host arrays."""
+  x, y = dataset.batch(config.seed, step, config.training.batch_size, rows)
   return {"image": x, "label": y} if config.model.num_classes else {"image": x}
 
 
 def create_or_restore(config, directory, init, mesh, keep=2, section="model"):
   """The train state from the latest checkpoint in `directory` (whose config.`section` must match), or init(rng);
-  placed replicated on the mesh. Returns (state, checkpoint manager)."""
-  rep = parallel.replicated(mesh)
-  init = jax.jit(init, out_shardings=rep)
+  placed on the mesh with parallel.state_shardings, whatever mesh and process count saved it. Returns (state,
+  checkpoint manager)."""
   abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+  shardings = parallel.state_shardings(abstract, mesh)
+  init = jax.jit(init, out_shardings=shardings)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  total, per_device = parallel.bytes_per_device(abstract)
+  logging.info("Train state: %.2f MB, %.2f MB per device (mesh data=%d x fsdp=%d, %d process(es))", total / 1e6,
+               per_device / 1e6, mesh.shape["data"], mesh.shape["fsdp"], jax.process_count())
   mngr = checkpoint.manager(directory, keep)
   state = checkpoint.restore(mngr, abstract, config, section=section)
   if state is None:
@@ -190,19 +195,22 @@ def mean_scalars(sums, n):
 
 def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=None, desc="train",
         summarize=mean_scalars, on_log=None):
-  """The training loop: runs step_fn(state, batch_fn(step)) up to tcfg.num_steps; every tcfg.log_every steps logs
+  """The training loop: runs step_fn(state, batch) up to tcfg.num_steps, where batch_fn(step, rows) gives this
+  process's rows of the global batch; every tcfg.log_every steps logs
   summarize(metrics summed over the interval, steps) (default: their means) and calls on_log(done, logged);
   checkpoints every tcfg.checkpoint_every steps and on exit (Ctrl-C, errors), stops on a non-finite loss without
   saving it, and calls after_step(done, state, writer). Returns the final state."""
   writer = metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
-  step_fn = jax.jit(step_fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                    out_shardings=parallel.replicated(mesh), donate_argnums=0)
+  shardings = parallel.state_shardings(state, mesh)
+  step_fn = jax.jit(step_fn, in_shardings=(shardings, parallel.batch_sharded(mesh)),
+                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+  rows = parallel.local_rows(tcfg.batch_size, mesh)
   start = int(state.step)
   pbar = tqdm(total=tcfg.num_steps, initial=start, desc=desc, mininterval=2.0, disable=jax.process_index() > 0)
   last_save, t0, seen, diverged, sums, n = start, time.time(), 0, False, None, 0
   try:
     for step in range(start, tcfg.num_steps):
-      state, metrics = step_fn(state, parallel.shard_batch(batch_fn(step), mesh))
+      state, metrics = step_fn(state, parallel.shard_local_batch(batch_fn(step, rows), mesh, tcfg.batch_size))
       loss = float(metrics["loss"])
       if not np.isfinite(loss):
         diverged = True
@@ -237,7 +245,7 @@ def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=N
 
 def train(config, workdir, mesh=None):
   """Trains to config.training.num_steps, resuming from the workdir; returns the final TrainState."""
-  mesh = mesh or parallel.make_mesh()
+  mesh = mesh or parallel.mesh_for(config)
   parallel.check_batch(config.training.batch_size, mesh)
   model, process = setup(config)
   tx = make_optimizer(config.optim)
@@ -251,7 +259,7 @@ def train(config, workdir, mesh=None):
     if every and done % every == 0:
       write_training_grid(config, model, process, state, mesh, os.path.join(workdir, "samples", f"train_{done:07d}.png"))
   return fit(config, config.training, state, mngr, make_train_step(config, model, process, tx),
-             lambda step: host_batch(config, dataset, step), mesh, os.path.join(workdir, "logs"), sample_grid,
+             lambda step, rows: host_batch(config, dataset, step, rows), mesh, os.path.join(workdir, "logs"), sample_grid,
              summarize=summarize_bins(edges), on_log=training_log(os.path.join(workdir, "training_log.json"), edges))
 
 

@@ -74,7 +74,7 @@ def accuracy_by_noise(clf, process, images, labels, seed=0):
 def train_classifier(config, workdir, mesh=None):
   """Trains the classifier to config.classifier.training.num_steps, resuming from its own checkpoints; writes the
   held-out accuracy by noise level (accuracy_by_noise.md / .json) in the classifier's directory. Returns the state."""
-  mesh = mesh or parallel.make_mesh()
+  mesh = mesh or parallel.mesh_for(config)
   ccfg = config.classifier
   parallel.check_batch(ccfg.training.batch_size, mesh)
   _, process = setup(config)
@@ -94,8 +94,8 @@ def train_classifier(config, workdir, mesh=None):
       evaluated[done] = accuracy(state.ema_params)
       writer.write_scalars(done, {f"held_out_accuracy/t={r['t']}": r["accuracy"] for r in evaluated[done]})
 
-  def batch(step):
-    x, y = data.batch(config.seed, step, ccfg.training.batch_size)
+  def batch(step, rows):
+    x, y = data.batch(config.seed, step, ccfg.training.batch_size, rows)
     return {"image": x, "label": y}
   state = fit(config, ccfg.training, state, mngr, make_train_step(config, clf, process, tx), batch, mesh,
               os.path.join(out, "logs"), log_accuracy, desc="classifier")

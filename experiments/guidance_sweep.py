@@ -83,7 +83,7 @@ def sweep(config, workdir, out, methods, ws, ss, sampler, per_class):
   runs = plan(config, methods, ws, ss, sampler)
   classifier = None
   if any(opts.get("s") for _, _, _, opts, _ in runs):
-    classifier = load_classifier(config, workdir, parallel.make_mesh())
+    classifier = load_classifier(config, workdir, parallel.mesh_for(config))
   num_classes = config.model.get("num_classes", 0) or config.classifier.model.num_classes
   rows = score_runs(config, workdir, out, runs, per_class * num_classes, classifier)
   write_results([r for r in rows if r["method"] in methods], out, per_class, metric_names(config.eval.features))

@@ -16,7 +16,7 @@ from diffusion_jax.evaluation.features import Scorer
 def score_runs(config, workdir, out, runs, num_samples, classifier=None):
   """runs: [(label, sampler, steps, options, extra row fields)]. Returns every row of OUT/rows.json. A run that
   fails (a ValueError: a step count the sampler does not take, samples that diverged to NaN) is logged and skipped."""
-  mesh = parallel.make_mesh()
+  mesh = parallel.mesh_for(config)
   model, process = train.setup(config)
   params = train.load_params(config, workdir, mesh)
   scorer = Scorer(config, workdir, mesh)

@@ -90,15 +90,3 @@ def test_skip_if_done_failed_runs_and_mean_std_of_known_numbers(tmp_path):
   runner, calls = fake_runner(fids, fail=set())  # resumed: only the failed run runs again
   status = ablate.execute(runs, out, runner=runner)
   assert calls == [names[5]] and status[names[0]] == "skipped" and status[names[5]] == "done"
-
-
-def test_one_real_run_through_its_command(tmp_path):
-  """The command the runner writes trains, samples and scores (the tiny config as test_cli runs it, so that the
-  compiled programs come from the shared cache) and aggregates."""
-  out = str(tmp_path)
-  runs = ablate.plan(CONFIG, ["training.weighting=uniform"], ["training.num_steps=4", "sample.runs=ddim:5"], 1, out)
-  status = ablate.execute(runs, out)
-  assert status == {runs[0]["name"]: "done"}, open(os.path.join(out, "runs", runs[0]["name"], "log.txt")).read()[-3000:]
-  row, = ablate.write_results(runs, out, status)
-  assert row["seeds"] == 1 and row["ddim_5/fid_digits_mean"] > 0 and row["loss_mean"] > 0
-  assert os.path.exists(os.path.join(out, "cache", "digits_classifier.msgpack"))  # shared by every run

@@ -1,31 +1,41 @@
-"""The command line end to end on the tiny config: train, sample, evaluate, report."""
+"""The command line end to end on the tiny config: train, sample, evaluate, report (run by the ablation runner)."""
 import json
 import os
 
 import pytest
 
-from conftest import run_python
+from conftest import ROOT
+from experiments import ablate
 
 
-def test_cli_all_modes(tmp_path):
-  wd = str(tmp_path / "run")
-  run_python(["-m", "diffusion_jax.main", "--config=tests/tiny_config.py", f"--workdir={wd}", "--mode=all",
-              "--config.training.num_steps=4", "--config.sample.runs=ddpm:10,ddim:5", "--config.eval.enable_bpd=True",
-              "--config.eval.bpd_num_images=4", "--config.eval.bpd_num_bins=17"])
+def test_cli_all_modes_through_an_ablation_run(tmp_path, monkeypatch):
+  """main.py --mode=all (train, sample, evaluate with bits/dim, report) as the ablation runner's command line runs it,
+  then the runner's aggregation of that run."""
+  monkeypatch.chdir(ROOT)
+  out = str(tmp_path)
+  runs = ablate.plan("tests/tiny_config.py", ["training.weighting=uniform"],
+                     ["training.num_steps=4", "sample.runs=ddpm:10,ddim:5", "eval.enable_bpd=True",
+                      "eval.bpd_num_images=4", "eval.bpd_num_bins=17"], 1, out)
+  status = ablate.execute(runs, out)
+  wd = os.path.join(out, "runs", runs[0]["name"])
+  assert status == {runs[0]["name"]: "done"}, open(os.path.join(wd, "log.txt")).read()[-3000:]
   assert "4" in os.listdir(os.path.join(wd, "checkpoints"))
   for name in ("ddpm_10", "ddim_5"):
     assert os.path.exists(os.path.join(wd, "samples", f"{name}.png"))
     assert os.path.exists(os.path.join(wd, "samples", f"{name}.npz"))
   with open(os.path.join(wd, "results.json")) as f:
     results = json.load(f)
-  runs = {r["run"]: r for r in results["rows"]}
-  assert set(runs) == {"real held-out images", "gaussian noise", "ddpm_10", "ddim_5"}
-  assert runs["ddpm_10"]["nfe"] == 10 and runs["ddim_5"]["steps"] == 5
-  assert 0.0 <= runs["ddpm_10"]["class_accuracy"] <= 1.0
+  rows = {r["run"]: r for r in results["rows"]}
+  assert set(rows) == {"real held-out images", "gaussian noise", "ddpm_10", "ddim_5"}
+  assert rows["ddpm_10"]["nfe"] == 10 and rows["ddim_5"]["steps"] == 5
+  assert 0.0 <= rows["ddpm_10"]["class_accuracy"] <= 1.0
   assert results["likelihood"]["num_images"] == 4 and 0 < results["likelihood"]["bpd"] < 20
   report = open(os.path.join(wd, "report.md")).read()
   assert "bits/dim" in report
   assert "| ddim_5 | ddim | 5 | 5 |" in report and "samples/ddpm_10.png" in report
+  row, = ablate.write_results(runs, out, status)
+  assert row["seeds"] == 1 and row["ddim_5/fid_digits_mean"] > 0 and row["loss_mean"] > 0
+  assert os.path.exists(os.path.join(out, "cache", "digits_classifier.msgpack"))  # shared by every run
 
 
 def test_bad_mode(tiny, tmp_path):

@@ -1,10 +1,17 @@
 """Several real processes on JAX's distributed runtime (CPU collectives over gloo, 127.0.0.1) through
-diffusion_jax.launch: a global batch assembled from per-process slices, a crashed process stopping the job, and an
-unreachable coordinator named in the error. Every run has a timeout, so nothing hangs."""
+diffusion_jax.launch: a global batch assembled from per-process slices, a crashed process stopping the job, an
+unreachable coordinator named in the error; main.py training, resuming and sampling give the same numbers on 1 x 1,
+1 x 4 and 2 x 2 (processes x devices), with fsdp 1 or 2. Every run has a timeout, so nothing hangs."""
+import json
 import os
+import re
+import shutil
 import time
 
-from conftest import ROOT, run_python
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_python, tiny_config
 from diffusion_jax.launch import launch
 
 GLOBAL_SUM = """
@@ -12,26 +19,36 @@ import os, sys
 from diffusion_jax import distributed
 distributed.initialize()
 import jax, numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from diffusion_jax import parallel
 if jax.process_index() == 1 and os.environ.get("CRASH"):
   os._exit(3)  # dies without a word, like a killed process; process 0 then waits in the collective
-mesh = Mesh(np.array(jax.devices()), ("data",))
-local = np.full((2, 3), 1.0 + jax.process_index(), np.float32)  # this process's slice of the global batch
-x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
-total = jax.jit(lambda a: a.sum(), out_shardings=NamedSharding(mesh, P()))(x)
-print("RESULT", jax.process_index(), jax.process_count(), jax.device_count(), x.shape, float(total))
+mesh = parallel.make_mesh()
+rows = parallel.local_rows(4, mesh)  # this process's rows of a global batch of 4
+x = parallel.shard_local_batch(np.full((rows.stop - rows.start, 3), 1.0 + jax.process_index(), np.float32), mesh, 4)
+total = jax.jit(lambda a: a.sum(), out_shardings=parallel.replicated(mesh))(x)
+gathered = parallel.to_host(parallel.shard_batch(np.arange(4 * 3.0).reshape(4, 3), mesh))
+assert np.array_equal(gathered, np.arange(4 * 3.0).reshape(4, 3)), gathered
+for bad in (lambda: parallel.make_mesh(fsdp=3), lambda: parallel.check_batch(6, parallel.make_mesh(fsdp=2))):
+  try:
+    bad()
+  except ValueError as e:
+    print("ERROR", e)
+print("RESULT", jax.process_index(), jax.process_count(), jax.device_count(), x.shape, rows, float(total))
 """
 
 
 def env(**extra):
-  return dict(os.environ, PYTHONPATH=ROOT, **extra)
+  return {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]), **extra}
 
 
 def test_two_processes_of_two_devices_share_one_global_batch():
   code, outputs = launch(["-c", GLOBAL_SUM], num_processes=2, devices_per_process=2, timeout=120, env=env())
   assert code == 0, outputs
   for i, out in enumerate(outputs):  # 4 devices in all; the sum covers both processes' slices: 6 * 1 + 6 * 2
-    assert f"RESULT {i} 2 4 (4, 3) 18.0" in out, out
+    assert f"RESULT {i} 2 4 (4, 3) slice({2 * i}, {2 * i + 2}, None) 18.0" in out, out
+  assert "ERROR parallel.fsdp=3 does not divide the 4 devices (2 process(es)); valid: 1, 2, 4" in outputs[0]
+  assert ("ERROR The global batch size 6 is not divisible by the 4 devices of the mesh (data=2 x fsdp=2, 2 "
+          "process(es)); use a multiple of 4") in outputs[0]
 
 
 def test_a_crashed_process_stops_the_others():
@@ -49,5 +66,93 @@ def test_an_unreachable_coordinator_is_named():
 
 def test_launcher_command_line():
   proc = run_python(["-m", "diffusion_jax.launch", "--num_processes=2", "--timeout=120", "--", "-c", GLOBAL_SUM])
-  assert "===== process 1 =====" in proc.stdout and "RESULT 1 2 2 (4, 3) 18.0" in proc.stdout
+  assert "===== process 1 =====" in proc.stdout and "RESULT 1 2 2 (4, 3) slice(2, 4, None) 18.0" in proc.stdout
   assert run_python(["-m", "diffusion_jax.launch", "-c", "pass"], check=False).returncode == 2  # no --
+
+
+# --- main.py under several processes: the same training, checkpoints and samples whatever the topology -------------
+
+MAIN = ["-m", "diffusion_jax.main", "--config=tests/tiny_config.py", "--config.training.log_every=1",
+        "--config.model.block_out_channels=(32,)", "--config.model.attn_resolutions=()"]  # compiles in half the time
+
+
+def run_main(workdir, num_processes, devices_per_process, *flags):
+  code, outputs = launch([*MAIN, f"--workdir={workdir}", *flags], num_processes, devices_per_process, timeout=300,
+                         env=env())
+  assert code == 0, outputs[0][-6000:]
+  return outputs
+
+
+def logged_losses(workdir):
+  with open(os.path.join(workdir, "training_log.json")) as f:
+    return [r["loss"] for r in json.load(f)["records"]]
+
+
+def saved_params(workdir, step):
+  """The parameters of a checkpoint step, restored onto this process's one device."""
+  import jax
+  from diffusion_jax import checkpoint, train
+  cfg = tiny_config(**{"model.block_out_channels": (32,), "model.attn_resolutions": ()})
+  model, _ = train.setup(cfg)
+  abstract = jax.eval_shape(lambda: train.init_state(cfg, model, train.make_optimizer(cfg.optim),
+                                                     jax.random.PRNGKey(0)))
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract)
+  return jax.tree.leaves(checkpoint.restore(checkpoint.manager(os.path.join(workdir, "checkpoints")), abstract, cfg,
+                                            step).params)
+
+
+def assert_params_close(a, b):
+  assert len(a) == len(b)
+  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
+  assert diff < 2e-5, diff
+
+
+@pytest.fixture(scope="module")
+def topologies(tmp_path_factory):
+  """Workdirs of the tiny config trained by main.py: 6 steps on 1 process x 1 device; 3 steps on 1 x 4 (fsdp 1) and
+  on 2 processes x 2 devices with fsdp 2, the latter resumed by 1 process x 1 device to step 6."""
+  base = tmp_path_factory.mktemp("topologies")
+  wd = {k: str(base / k) for k in ("1x1", "1x4", "2x2", "2x2_then_1x1")}
+  run_main(wd["1x1"], 1, 1, "--mode=train")
+  run_main(wd["1x4"], 1, 4, "--mode=train", "--config.training.num_steps=3")
+  out = run_main(wd["2x2"], 2, 2, "--mode=train", "--config.training.num_steps=3", "--config.parallel.fsdp=2")
+  shutil.copytree(wd["2x2"], wd["2x2_then_1x1"])
+  run_main(wd["2x2_then_1x1"], 1, 1, "--mode=train")
+  return wd, out
+
+
+def test_training_is_the_same_on_every_topology(topologies):
+  wd, out = topologies
+  full = logged_losses(wd["1x1"])
+  assert len(full) == 6 and full[0] > full[-1]  # it trains
+  np.testing.assert_allclose(logged_losses(wd["1x4"]), full[:3], rtol=1e-4)
+  np.testing.assert_allclose(logged_losses(wd["2x2"]), full[:3], rtol=1e-4)
+  reference = saved_params(wd["1x1"], 3)
+  assert_params_close(saved_params(wd["1x4"], 3), reference)
+  assert_params_close(saved_params(wd["2x2"], 3), reference)  # saved by 2 processes with fsdp 2, restored here
+  # fsdp=2 splits the larger tensors: each device holds well under the whole train state
+  total, per_device = map(float, re.search(r"Train state: ([\d.]+) MB, ([\d.]+) MB per device \(mesh data=2 x "
+                                           r"fsdp=2, 2 process\(es\)\)", out[0]).groups())
+  assert per_device < 0.7 * total
+
+
+def test_a_checkpoint_of_two_processes_resumes_in_one(topologies):
+  wd, _ = topologies
+  resumed = logged_losses(wd["2x2_then_1x1"])
+  assert len(resumed) == 6  # steps 1-3 from 2 processes, 4-6 from 1
+  np.testing.assert_allclose(resumed, logged_losses(wd["1x1"]), rtol=1e-4)
+  assert_params_close(saved_params(wd["2x2_then_1x1"], 6), saved_params(wd["1x1"], 6))
+
+
+def test_sampling_over_two_processes_equals_one(topologies):
+  wd, _ = topologies
+  flags = ["--mode=sample", "--config.sample.runs=ddim:5", "--config.sample.num_samples=64",
+           "--config.sample.batch_size=64"]
+  two = wd["1x4"] + "_sampled_by_2x2"
+  shutil.copytree(wd["1x4"], two)
+  run_main(two, 2, 2, *flags)
+  run_main(wd["1x4"], 1, 1, *flags)
+  a, b = (np.load(os.path.join(d, "samples", "ddim_5.npz"))["images"] for d in (two, wd["1x4"]))
+  assert a.shape == (64, 8, 8, 1) and np.std(a) > 0.1
+  np.testing.assert_allclose(a, b, atol=1e-4)

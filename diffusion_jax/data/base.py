@@ -18,8 +18,9 @@ class ArrayDataset:
   def __len__(self):
     return len(self.images)
 
-  def batch(self, seed, step, batch_size):
-    """Global batch for a training step: epoch-wise permutations seeded by (seed, epoch)."""
+  def batch(self, seed, step, batch_size, rows=slice(None)):
+    """Rows `rows` (this process's, in a run of several) of the global batch of a training step: epoch-wise
+    permutations seeded by (seed, epoch), so the global batch is the same whatever the number of processes."""
     n = len(self.images)
     idx = np.empty(batch_size, np.int64)
     start = step * batch_size
@@ -28,7 +29,7 @@ class ArrayDataset:
       if k == 0 or pos == 0:
         perm = np.random.default_rng([seed, epoch]).permutation(n)
       idx[k] = perm[pos]
-    return self.images[idx], self.labels[idx]
+    return self.images[idx[rows]], self.labels[idx[rows]]
 
 
 def get_dataset(config, split):

@@ -87,7 +87,7 @@ def load_or_train(data_config, cache_dir, steps=600):
   logging.info("Training the digits evaluation classifier (%d steps)", steps)
   params, acc = train_classifier(data_config, steps)
   os.makedirs(cache_dir, exist_ok=True)
-  tmp = path + ".tmp"
+  tmp = f"{path}.{os.getpid()}.tmp"  # processes of one job may write it at once
   with open(tmp, "wb") as f:
     f.write(flax.serialization.msgpack_serialize({"params": jax.device_get(params), "accuracy": acc}))
   os.replace(tmp, path)

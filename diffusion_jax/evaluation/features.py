@@ -113,7 +113,7 @@ class Scorer:
 
   def __init__(self, config, workdir, mesh=None):
     cache = config.eval.cache_dir or workdir
-    self.extractor = EXTRACTORS.get(config.eval.features)(config, cache, mesh or parallel.make_mesh())
+    self.extractor = EXTRACTORS.get(config.eval.features)(config, cache, mesh or parallel.mesh_for(config))
     self.names = metric_names(self.extractor.name)
     self.chunk = 10 * config.eval.batch_size  # images per call of the extractor
     self.reference_path = config.eval.reference_stats or os.path.join(
