@@ -10,10 +10,11 @@ set_cpu_flags()
 
 import os  # noqa: E402
 
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion_jax import tables, train  # noqa: E402
+from diffusion_jax import distributed, tables, train  # noqa: E402
 from diffusion_jax.evaluation.features import metric_names  # noqa: E402
 from diffusion_jax.sample import run_label, sampler_setup  # noqa: E402
 from experiments.scoring import score_runs  # noqa: E402
@@ -80,7 +81,8 @@ def compare(config, workdir, out, families, nfes, tolerances, num_samples):
   runs = [(run_label(name, steps, opts), name, steps, opts, {"target_nfe": target})
           for name, steps, opts, target in plan(config, model, process, families, nfes, tolerances)]
   rows = score_runs(config, workdir, out, runs, num_samples)
-  write_results(rows, out, num_samples, metric_names(config.eval.features))
+  if jax.process_index() == 0:
+    write_results(rows, out, num_samples, metric_names(config.eval.features))
   return rows
 
 
@@ -110,6 +112,7 @@ def write_results(rows, out, num_samples, names):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  distributed.initialize()  # one of several processes (diffusion_jax.launch, a TPU pod, SLURM); else a no-op
   config = FLAGS.config
   out = FLAGS.out or os.path.join(FLAGS.workdir, "compare_samplers")
   compare(config, FLAGS.workdir, out, FLAGS.samplers, [int(n) for n in FLAGS.nfe], FLAGS.tolerances,

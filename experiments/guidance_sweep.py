@@ -15,6 +15,7 @@ set_cpu_flags()
 
 import os  # noqa: E402
 
+import jax  # noqa: E402
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
@@ -22,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion_jax import parallel, tables  # noqa: E402
+from diffusion_jax import distributed, parallel, tables  # noqa: E402
 from diffusion_jax.evaluation.features import metric_names  # noqa: E402
 from diffusion_jax.sample import run_label  # noqa: E402
 from diffusion_jax.samplers import parse_runs  # noqa: E402
@@ -86,7 +87,8 @@ def sweep(config, workdir, out, methods, ws, ss, sampler, per_class):
     classifier = load_classifier(config, workdir, parallel.mesh_for(config))
   num_classes = config.model.get("num_classes", 0) or config.classifier.model.num_classes
   rows = score_runs(config, workdir, out, runs, per_class * num_classes, classifier)
-  write_results([r for r in rows if r["method"] in methods], out, per_class, metric_names(config.eval.features))
+  if jax.process_index() == 0:
+    write_results([r for r in rows if r["method"] in methods], out, per_class, metric_names(config.eval.features))
   return rows
 
 
@@ -126,6 +128,7 @@ def write_results(rows, out, per_class, names):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  distributed.initialize()  # one of several processes (diffusion_jax.launch, a TPU pod, SLURM); else a no-op
   out = FLAGS.out or os.path.join(FLAGS.workdir, "guidance_sweep")
   sweep(FLAGS.config, FLAGS.workdir, out, FLAGS.methods, FLAGS.w, FLAGS.s, FLAGS.sampler, FLAGS.per_class)
   logging.info("Wrote %s", os.path.join(out, "results.md"))

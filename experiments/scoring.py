@@ -32,7 +32,8 @@ def score_runs(config, workdir, out, runs, num_samples, classifier=None):
       logging.warning("skipping %s: %s", label, e)
       continue
     rows.append({"run": label, **row, **extra})
-    with open(rows_path + ".tmp", "w") as f:
-      json.dump(rows, f, indent=1)
-    os.replace(rows_path + ".tmp", rows_path)
+    if jax.process_index() == 0:  # every process of a multi-process job has the same rows
+      with open(rows_path + ".tmp", "w") as f:
+        json.dump(rows, f, indent=1)
+      os.replace(rows_path + ".tmp", rows_path)
   return rows

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion_jax import parallel
 from diffusion_jax.guidance import check_labels, classifier_free, classifier_grad, classifier_guided, drop_labels
 from diffusion_jax.losses import target
 from diffusion_jax.samplers import get_sampler
@@ -146,7 +147,7 @@ def test_noisy_classifier_trains_on_x_t_with_accuracy_by_noise_level(trained_cla
   assert "| t | log_snr | accuracy |" in open(os.path.join(clf_dir, "accuracy_by_noise.md")).read()
   again = train_classifier(config, "unused")  # resumes at its last step: nothing left to do
   assert int(again.step) == 100
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  mesh = parallel.make_mesh(devices=jax.devices()[:1])
   with pytest.raises(ValueError, match=r"classifier.model.block_out_channels: checkpoint has \[16, 32\], config has"):
     load_classifier(tiny(**{"classifier.workdir": clf_dir, "classifier.model.block_out_channels": (16, 48)}), "", mesh)
   with pytest.raises(FileNotFoundError, match="--mode=train_classifier"):
@@ -163,7 +164,7 @@ def test_classifier_guidance_of_a_network_from_a_run_option(trained_classifier, 
   from diffusion_jax.models.classifier import make_log_prob_fn
   from diffusion_jax.train_classifier import load_classifier
   config, clf_dir, _ = trained_classifier
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  mesh = parallel.make_mesh(devices=jax.devices()[:1])
   uncond = tiny(**{"model.num_classes": 0, "classifier.workdir": clf_dir, "sample.runs": "ddpm:4:s=20",
                    "sample.num_samples": 40})
   model, process = train.setup(uncond)

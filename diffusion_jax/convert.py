@@ -1,0 +1,260 @@
+"""Released checkpoints into this codebase: a diffusers `UNet2DModel` directory (config.json + safetensors or .bin, e.g.
+Ho et al.'s google/ddpm-cifar10-32 and the other DDPM releases) becomes an orbax checkpoint and a config file.
+
+  python -m diffusion_jax.convert --from=diffusers --src=DIR --dst=DIR [--tfds_name=cifar10]
+
+then: python -m diffusion_jax.main --config=DIR/config.py --workdir=DIR --mode=sample"""
+import importlib.util
+import json
+import os
+import pprint
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+# diffusers block types -> whether the level has attention; anything else is refused by name
+DOWN_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}
+UP_BLOCKS = {"UpBlock2D": False, "AttnUpBlock2D": True}
+# fields of a UNet2DModel config this network reproduces only at these values
+FIXED = {"act_fn": "silu", "time_embedding_type": "positional", "center_input_sample": False,
+         "mid_block_scale_factor": 1, "downsample_padding": 0, "downsample_type": "conv", "upsample_type": "conv",
+         "add_attention": True, "class_embed_type": None, "num_class_embeds": None}
+RENAMED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # diffusers < 0.14
+TFDS_NAMES = {"cifar10": "cifar10", "celebahq": "celeb_a_hq/256", "church": "lsun/church_outdoor",
+              "bedroom": "lsun/bedroom", "cat": "lsun/cat"}
+SCHEDULES = {"linear": "linear", "squaredcos_cap_v2": "cosine"}
+PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+VARIANCES = {"fixed_small": "beta_tilde", "fixed_large": "beta"}
+
+
+def unet_overrides(cfg):
+  """Config overrides ({"model.block_out_channels": ..., ...}) for a diffusers UNet2DModel config.json."""
+  for key, value in FIXED.items():
+    if cfg.get(key, value) != value:
+      raise ValueError(f"Unsupported UNet2DModel setting {key}={cfg[key]!r}; this converter supports {key}={value!r}")
+  down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
+  for kind, types, known in (("down", down, DOWN_BLOCKS), ("up", up, UP_BLOCKS)):
+    bad = sorted({t for t in types if t not in known})
+    if bad:
+      raise ValueError(f"Unsupported {kind} block type(s) {bad}; supported: {', '.join(known)}")
+  channels = list(cfg["block_out_channels"])
+  if not len(down) == len(up) == len(channels):
+    raise ValueError(f"{len(down)} down blocks, {len(up)} up blocks and {len(channels)} block_out_channels differ")
+  if [DOWN_BLOCKS[t] for t in down] != [UP_BLOCKS[t] for t in reversed(up)]:
+    raise ValueError(f"Attention levels of down_block_types {down} and up_block_types {up} do not mirror each other")
+  if cfg.get("attn_norm_num_groups") not in (None, cfg.get("norm_num_groups", 32)):
+    raise ValueError(f"Unsupported attn_norm_num_groups={cfg['attn_norm_num_groups']} (differs from norm_num_groups)")
+  size = cfg["sample_size"]
+  size = size[0] if isinstance(size, (list, tuple)) else size
+  head_dim = cfg.get("attention_head_dim")
+  attn_channels = [c for c, t in zip(channels, down) if DOWN_BLOCKS[t]] + channels[-1:]  # and the middle block's
+  heads = {c // head_dim if head_dim else 1 for c in attn_channels}
+  if len(heads) > 1:
+    raise ValueError(f"attention_head_dim={head_dim} gives a different head count per level ({sorted(heads)}); "
+                     "supported: one head count for every attention level")
+  if cfg.get("in_channels", 3) != cfg.get("out_channels", 3):
+    raise ValueError(f"in_channels={cfg['in_channels']} and out_channels={cfg['out_channels']} differ")
+  if cfg.get("resnet_time_scale_shift", "default") not in ("default", "scale_shift"):
+    raise ValueError(f"Unsupported resnet_time_scale_shift={cfg['resnet_time_scale_shift']!r}; "
+                     "supported: default, scale_shift")
+  return {
+      "data.image_size": size, "data.channels": cfg.get("in_channels", 3),
+      "model.name": "unet", "model.block_out_channels": tuple(channels),
+      "model.layers_per_block": cfg.get("layers_per_block", 2),
+      "model.attn_resolutions": tuple(size // 2 ** i for i, t in enumerate(down) if DOWN_BLOCKS[t]),
+      "model.num_heads": heads.pop(), "model.norm_groups": cfg.get("norm_num_groups", 32),
+      "model.norm_eps": cfg.get("norm_eps", 1e-5), "model.dropout": cfg.get("dropout", 0.0),
+      "model.scale_shift": cfg.get("resnet_time_scale_shift", "default") == "scale_shift",
+      "model.flip_sin_to_cos": cfg.get("flip_sin_to_cos", True), "model.freq_shift": float(cfg.get("freq_shift", 0)),
+      "model.num_classes": 0}
+
+
+def scheduler_overrides(cfg):
+  """Config overrides for a diffusers DDPMScheduler / DDIMScheduler scheduler_config.json."""
+  schedule = cfg.get("beta_schedule", "linear")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"Unsupported beta_schedule {schedule!r}; supported: {', '.join(SCHEDULES)}")
+  if schedule == "linear" and (cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02)) != (1e-4, 0.02):
+    raise ValueError(f"Unsupported linear betas {cfg.get('beta_start')}..{cfg.get('beta_end')}; supported: "
+                     "1e-4..0.02 (Ho et al.)")
+  prediction, variance = cfg.get("prediction_type", "epsilon"), cfg.get("variance_type", "fixed_small")
+  if prediction not in PREDICTIONS or variance not in VARIANCES:
+    raise ValueError(f"Unsupported prediction_type={prediction!r} or variance_type={variance!r}; supported: "
+                     f"{', '.join(PREDICTIONS)}; {', '.join(VARIANCES)}")
+  return {"diffusion.schedule": SCHEDULES[schedule], "diffusion.num_timesteps": cfg.get("num_train_timesteps", 1000),
+          "diffusion.prediction": PREDICTIONS[prediction], "sample.ddpm_variance": VARIANCES[variance],
+          "sample.clip_x0": bool(cfg.get("clip_sample", True))}
+
+
+def torch_key(path):
+  """The diffusers state-dict prefix of one of this U-Net's parameter paths (a tuple of module names)."""
+  top, rest = path[0], list(path[1:])
+  parts = top.split("_")
+  if top in ("conv_in", "conv_out", "conv_norm_out"):
+    prefix = top
+  elif top.startswith("time_embedding_"):
+    prefix = f"time_embedding.linear_{parts[-1]}"
+  elif top == "mid_attn":
+    prefix = "mid_block.attentions.0"
+  elif top.startswith("mid_resnet_"):
+    prefix = f"mid_block.resnets.{parts[-1]}"
+  else:  # down_{i}_resnet_{j}, down_{i}_attn_{j}, down_{i}_downsample, up_{i}_..., up_{i}_upsample
+    blocks = f"{parts[0]}_blocks.{parts[1]}"
+    kind = parts[2]
+    prefix = {"resnet": f"{blocks}.resnets.{parts[-1]}", "attn": f"{blocks}.attentions.{parts[-1]}",
+              "downsample": f"{blocks}.downsamplers.0.conv", "upsample": f"{blocks}.upsamplers.0.conv"}[kind]
+  rest = ["to_out.0" if r == "to_out" else r for r in rest]
+  leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[rest.pop()]
+  return ".".join([prefix, *rest, leaf])
+
+
+def to_flax(value, leaf_shape):
+  """A torch tensor's layout to flax's: conv [O, I, kh, kw] -> [kh, kw, I, O]; linear [O, I] -> [I, O]."""
+  if value.ndim == 4 and len(leaf_shape) == 2:  # a 1x1 conv stored for a linear layer (older checkpoints)
+    value = value[:, :, 0, 0]
+  if value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)
+  return value.T if value.ndim == 2 else value
+
+
+def convert_params(state_dict, abstract_params):
+  """The flax parameter tree (shapes from abstract_params) from a diffusers state dict (numpy arrays); raises listing
+  missing and unexpected keys, or naming the parameter whose shape differs."""
+  state_dict = {rename_attention(k): np.asarray(v, np.float32) for k, v in state_dict.items()}
+  flat = {path: leaf for path, leaf in _flatten(abstract_params)}
+  keys = {path: torch_key(path) for path in flat}
+  missing = sorted(k for k in keys.values() if k not in state_dict)
+  unexpected = sorted(set(state_dict) - set(keys.values()))
+  if missing or unexpected:
+    raise ValueError(f"The state dict does not match the config's network: missing {len(missing)} key(s) {missing}; "
+                     f"unexpected {len(unexpected)} key(s) {unexpected}")
+  out = {}
+  for path, leaf in flat.items():
+    value = to_flax(state_dict[keys[path]], leaf.shape)
+    if value.shape != leaf.shape:
+      raise ValueError(f"Parameter {keys[path]}: checkpoint shape {state_dict[keys[path]].shape} gives "
+                       f"{value.shape}, the network needs {leaf.shape} (flax {'/'.join(path)})")
+    node = out
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = value
+  return out
+
+
+def rename_attention(key):
+  parts = key.split(".")
+  if "attentions" in parts and parts[-2] in RENAMED_ATTENTION:
+    parts[-2:-1] = RENAMED_ATTENTION[parts[-2]].split(".")
+  return ".".join(parts)
+
+
+def _flatten(tree, prefix=()):
+  for k, v in tree.items():
+    yield from (_flatten(v, prefix + (k,)) if isinstance(v, dict) else [(prefix + (k,), v)])
+
+
+def load_state_dict(src):
+  """{key: numpy array} from diffusion_pytorch_model.safetensors (or .bin, which needs torch) in src."""
+  st = os.path.join(src, "diffusion_pytorch_model.safetensors")
+  if os.path.exists(st):
+    from safetensors.numpy import load_file
+    return load_file(st)
+  bin_path = os.path.join(src, "diffusion_pytorch_model.bin")
+  if os.path.exists(bin_path):
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError(f"{bin_path} is a PyTorch pickle: reading it needs torch (or convert it to .safetensors)") from e
+    return {k: v.float().numpy() for k, v in torch.load(bin_path, map_location="cpu", weights_only=True).items()}
+  raise FileNotFoundError(f"No diffusion_pytorch_model.safetensors or .bin in {src}")
+
+
+def find_scheduler_config(src):
+  """scheduler_config.json beside the U-Net, or in the pipeline's scheduler/ folder when src is its unet/ folder."""
+  for path in (os.path.join(src, "scheduler_config.json"),
+               os.path.join(os.path.dirname(os.path.abspath(src)), "scheduler", "scheduler_config.json"),
+               os.path.join(os.path.dirname(os.path.abspath(src)), "scheduler_config.json")):
+    if os.path.exists(path):
+      return path
+  return None
+
+
+def guess_tfds_name(src):
+  name = os.path.basename(os.path.abspath(src.rstrip("/")))
+  name = os.path.basename(os.path.dirname(os.path.abspath(src))) if name == "unet" else name
+  return next((v for k, v in TFDS_NAMES.items() if k in name.replace("-", "").replace("_", "")), "")
+
+
+def write_config_file(path, overrides, source):
+  lines = [f'"""diffusion_jax config of the diffusers UNet2DModel converted from {source}."""',
+           "from configs.base import get_base_config", "", "", "def get_config():", "  c = get_base_config()"]
+  lines += [f"  c.{k} = {v!r}" for k, v in overrides.items()]
+  lines += ["  return c", ""]
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+
+
+def load_config_file(path):
+  spec = importlib.util.spec_from_file_location("converted_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def convert_diffusers(src, dst, tfds_name=None):
+  """Writes dst/config.py and dst/checkpoints/0 (params = EMA params = the release's weights); returns the config."""
+  from diffusion_jax import checkpoint, train
+  with open(os.path.join(src, "config.json")) as f:
+    unet_cfg = json.load(f)
+  if unet_cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
+    raise ValueError(f"{src} holds a {unet_cfg['_class_name']}; this converter reads UNet2DModel directories")
+  overrides = unet_overrides(unet_cfg)
+  scheduler = find_scheduler_config(src)
+  if scheduler:
+    with open(scheduler) as f:
+      overrides.update(scheduler_overrides(json.load(f)))
+  else:
+    logging.warning("No scheduler_config.json near %s: keeping the base config's diffusion settings", src)
+  tfds_name = guess_tfds_name(src) if tfds_name is None else tfds_name
+  overrides.update({"data.name": "tfds", "data.tfds_name": tfds_name} if tfds_name else {})
+  os.makedirs(dst, exist_ok=True)
+  write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src))
+  config = load_config_file(os.path.join(dst, "config.py"))
+  model, _ = train.setup(config)
+  tx = train.make_optimizer(config.optim)
+  size, ch = config.data.image_size, config.data.channels
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, ch)),
+                                               jnp.zeros((1,)))["params"])
+  params = convert_params(load_state_dict(src), abstract)
+  state = train.new_state(params, tx, jax.random.PRNGKey(config.seed))
+  mngr = checkpoint.manager(os.path.join(dst, "checkpoints"))
+  checkpoint.save(mngr, 0, state, config)
+  mngr.wait_until_finished()
+  logging.info("Converted %s (%d parameters) -> %s\n%s", src, sum(np.size(p) for p in jax.tree.leaves(params)), dst,
+               pprint.pformat(overrides))
+  return config
+
+
+CONVERTERS = {"diffusers": convert_diffusers}
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  flags.DEFINE_enum("from", "diffusers", list(CONVERTERS), "Format of the source checkpoint.")
+  flags.DEFINE_string("src", None, "Directory of the source checkpoint (a diffusers UNet2DModel: config.json + weights).")
+  flags.DEFINE_string("dst", None, "Output directory: config.py and checkpoints/ (use it as main.py's workdir).")
+  flags.DEFINE_string("tfds_name", None, "TFDS dataset of the model (default: guessed from the directory name).")
+  flags.mark_flags_as_required(["src", "dst"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  CONVERTERS[FLAGS["from"].value](FLAGS.src, FLAGS.dst, FLAGS.tfds_name)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
