@@ -10,22 +10,13 @@ import pytest
 import torch  # a test-only dependency (requirements-test.txt)
 
 from diffusion_jax.evaluation import inception
-from torch_fid_inception import TorchFIDInception
+from torch_fid_inception import random_network
 
 
 @pytest.fixture(scope="module")
 def reference():
   """The torch network with random weights and batch-norm statistics, and the same weights converted for Flax."""
-  torch.manual_seed(0)
-  net = TorchFIDInception().eval()
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.2, 0.2)
-        m.running_mean.uniform_(-0.1, 0.1)
-        m.running_var.uniform_(0.05, 0.2)  # keeps activations O(1) through the depth of the network
-  state = {k: v.numpy() for k, v in net.state_dict().items()}
+  net, state = random_network()
   return net, inception.params_from_pytorch(state), state
 
 

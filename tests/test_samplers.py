@@ -81,8 +81,10 @@ def test_respacing():
   np.testing.assert_array_equal(respace(1000, 1000, "leading"), np.arange(999, -1, -1))
   with pytest.raises(ValueError, match="num_steps must be in"):
     respace(1000, 2000)
+  # DDIM's CIFAR-10 grid: (k sqrt(800) / 9)^2 for k = 9..0, truncated: 800, 632.1, 483.95, ..., 9.88, 0
+  np.testing.assert_array_equal(respace(1000, 10, "quadratic"), [800, 632, 483, 355, 246, 158, 88, 39, 9, 0])
   with pytest.raises(ValueError, match="valid spacings"):
-    respace(1000, 10, "quadratic")
+    respace(1000, 10, "cubic")
 
 
 def test_parse_runs_and_errors():

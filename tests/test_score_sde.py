@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import train
+from diffusion_jax import parallel, train
 from diffusion_jax.losses import WEIGHTINGS, diffusion_loss
 from diffusion_jax.models.ncsnpp import FIRDownConv, _depthwise, _fir_kernel, fir_downsample, fir_upsample
 from diffusion_jax.sample import generate_samples
@@ -135,7 +135,7 @@ def test_ve_ncsnpp_trains_and_samples(tiny, tmp_path):
   assert int(state.step) == 3
   model, process = train.setup(config)
   assert isinstance(process, VESDE)
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  mesh = parallel.make_mesh(devices=jax.devices()[:1])
   for name, steps, kw in [("pc", 4, {}), ("ode", 3, {"solver": "heun"})]:
     images, labels, _, nfe = generate_samples(config, model, process, state.ema_params, mesh, name, steps, 8,
                                               jax.random.PRNGKey(0), **kw)

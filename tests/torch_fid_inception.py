@@ -132,3 +132,18 @@ class TorchFIDInception(torch.nn.Module):
       x = getattr(self, f"Mixed_{name}")(x)
     pool3 = F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
     return pool3, self.fc(pool3)
+
+
+def random_network(seed=0):
+  """The torch network with random weights and batch-norm statistics that keep activations O(1) through its depth,
+  and its state dict as numpy arrays."""
+  torch.manual_seed(seed)
+  net = TorchFIDInception().eval()
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.2, 0.2)
+        m.running_mean.uniform_(-0.1, 0.1)
+        m.running_var.uniform_(0.05, 0.2)
+  return net, {k: v.numpy() for k, v in net.state_dict().items()}

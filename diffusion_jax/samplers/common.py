@@ -7,7 +7,7 @@ from diffusion_jax.losses import to_eps_x0
 from diffusion_jax.registry import Registry
 
 SAMPLERS = Registry("sampler")
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("leading", "trailing", "linspace", "quadratic")
 
 
 def get_sampler(name):
@@ -17,7 +17,9 @@ def get_sampler(name):
 def respace(num_timesteps, num_steps, spacing="leading"):
   """Descending 0-based indices of a `num_steps` subset of the T training steps.
   leading: 0, T/S, 2T/S, ... (DDIM paper, Song et al. 2020); trailing: T-1, T-1-T/S, ... (Lin et al. 2024);
-  linspace: round(linspace(0, T-1, S))."""
+  linspace: round(linspace(0, T-1, S)); quadratic: int(linspace(0, sqrt(0.8 T), S)^2), DDIM's CIFAR-10 grid (Song et
+  al. 2020, App. D.2), which repeats early indices at large S as the released code does (a repeated step is the
+  identity for DDIM and DDPM)."""
   T, S = num_timesteps, num_steps
   if not 1 <= S <= T:
     raise ValueError(f"num_steps must be in [1, {T}] for a {T}-step schedule, got {S}")
@@ -27,6 +29,8 @@ def respace(num_timesteps, num_steps, spacing="leading"):
     idx = np.round(np.arange(T, 0, -T / S)).astype(np.int64)[::-1] - 1
   elif spacing == "linspace":
     idx = np.round(np.linspace(0, T - 1, S)).astype(np.int64)
+  elif spacing == "quadratic":
+    return (np.linspace(0, np.sqrt(0.8 * T), S) ** 2).astype(np.int64)[::-1].copy()
   else:
     raise ValueError(f"Unknown spacing {spacing!r}; valid spacings: {', '.join(SPACINGS)}")
   if len(np.unique(idx)) != S:
