@@ -19,6 +19,6 @@ demo: install
 	$(PY) -m diffusion_jax.main --config=configs/digits.py --workdir=$(WORKDIR) --mode=all
 
 test: install
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 .PHONY: install demo test

@@ -8,6 +8,7 @@ import re
 import shutil
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -71,9 +72,15 @@ def test_launcher_command_line():
 
 
 # --- main.py under several processes: the same training, checkpoints and samples whatever the topology -------------
+# (the 1 process x 1 device runs happen in this pytest process; the others are real processes started by launch)
 
-MAIN = ["-m", "diffusion_jax.main", "--config=tests/tiny_config.py", "--config.training.log_every=1",
-        "--config.model.block_out_channels=(32,)", "--config.model.attn_resolutions=()"]  # compiles in half the time
+SMALL = {"model.block_out_channels": (32,), "model.attn_resolutions": (), "training.log_every": 1}  # quick to compile
+MAIN = ["-m", "diffusion_jax.main", "--config=tests/tiny_config.py"] + [
+    f"--config.{k}={v}".replace(" ", "") for k, v in SMALL.items()]
+
+
+def small_config(**overrides):
+  return tiny_config(**SMALL, **overrides)
 
 
 def run_main(workdir, num_processes, devices_per_process, *flags):
@@ -92,7 +99,7 @@ def saved_params(workdir, step):
   """The parameters of a checkpoint step, restored onto this process's one device."""
   import jax
   from diffusion_jax import checkpoint, train
-  cfg = tiny_config(**{"model.block_out_channels": (32,), "model.attn_resolutions": ()})
+  cfg = small_config()
   model, _ = train.setup(cfg)
   abstract = jax.eval_shape(lambda: train.init_state(cfg, model, train.make_optimizer(cfg.optim),
                                                      jax.random.PRNGKey(0)))
@@ -110,15 +117,17 @@ def assert_params_close(a, b):
 
 @pytest.fixture(scope="module")
 def topologies(tmp_path_factory):
-  """Workdirs of the tiny config trained by main.py: 6 steps on 1 process x 1 device; 3 steps on 1 x 4 (fsdp 1) and
-  on 2 processes x 2 devices with fsdp 2, the latter resumed by 1 process x 1 device to step 6."""
+  """Workdirs of the small config trained by main.py: 3 steps on 1 process x 4 devices (fsdp 1) and on 2 processes
+  x 2 devices with fsdp 2, the latter resumed to step 6 in this single-device process, which also trains 6 steps
+  from scratch."""
+  from diffusion_jax import train
   base = tmp_path_factory.mktemp("topologies")
   wd = {k: str(base / k) for k in ("1x1", "1x4", "2x2", "2x2_then_1x1")}
-  run_main(wd["1x1"], 1, 1, "--mode=train")
   run_main(wd["1x4"], 1, 4, "--mode=train", "--config.training.num_steps=3")
   out = run_main(wd["2x2"], 2, 2, "--mode=train", "--config.training.num_steps=3", "--config.parallel.fsdp=2")
   shutil.copytree(wd["2x2"], wd["2x2_then_1x1"])
-  run_main(wd["2x2_then_1x1"], 1, 1, "--mode=train")
+  train.train(small_config(), wd["2x2_then_1x1"])
+  train.train(small_config(), wd["1x1"])
   return wd, out
 
 
@@ -146,13 +155,17 @@ def test_a_checkpoint_of_two_processes_resumes_in_one(topologies):
 
 
 def test_sampling_over_two_processes_equals_one(topologies):
+  """main.py --mode=sample over 2 processes x 2 devices (restoring the 1 x 4 checkpoint) against the same sampling
+  in this single-device process."""
+  from diffusion_jax import parallel, sample, train
   wd, _ = topologies
-  flags = ["--mode=sample", "--config.sample.runs=ddim:5", "--config.sample.num_samples=64",
-           "--config.sample.batch_size=64"]
-  two = wd["1x4"] + "_sampled_by_2x2"
-  shutil.copytree(wd["1x4"], two)
-  run_main(two, 2, 2, *flags)
-  run_main(wd["1x4"], 1, 1, *flags)
-  a, b = (np.load(os.path.join(d, "samples", "ddim_5.npz"))["images"] for d in (two, wd["1x4"]))
-  assert a.shape == (64, 8, 8, 1) and np.std(a) > 0.1
-  np.testing.assert_allclose(a, b, atol=1e-4)
+  cfg = small_config(**{"sample.runs": "ddim:5", "sample.num_samples": 64, "sample.batch_size": 64})
+  run_main(wd["1x4"], 2, 2, "--mode=sample", "--config.sample.runs=ddim:5", "--config.sample.num_samples=64",
+           "--config.sample.batch_size=64")
+  two = np.load(os.path.join(wd["1x4"], "samples", "ddim_5.npz"))["images"]
+  mesh = parallel.mesh_for(cfg)
+  model, process = train.setup(cfg)
+  one, _, _, _ = sample.generate_samples(cfg, model, process, train.load_params(cfg, wd["1x4"], mesh), mesh, "ddim",
+                                         5, 64, jax.random.PRNGKey(cfg.seed + 1))  # as sample.sample draws them
+  assert two.shape == (64, 8, 8, 1) and np.std(two) > 0.1
+  np.testing.assert_allclose(two, one, atol=1e-4)

@@ -67,7 +67,7 @@ def test_resume_gives_same_parameters(uninterrupted, tiny, tmp_path):
 def test_kill_9_then_resume_matches_uninterrupted(tiny, tmp_path):
   n = 40
   cfg = tiny(**{"training.num_steps": n, "training.checkpoint_every": 5})
-  reference = train.train(cfg, str(tmp_path / "ref"))
+  reference = train.train(tiny(**{"training.num_steps": n, "training.checkpoint_every": n}), str(tmp_path / "ref"))
   wd = str(tmp_path / "killed")
   args = [sys.executable, "-m", "diffusion_jax.main", "--config=tests/tiny_config.py", f"--workdir={wd}",
           "--mode=train", f"--config.training.num_steps={n}", "--config.training.checkpoint_every=5"]

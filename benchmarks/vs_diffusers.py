@@ -1,0 +1,197 @@
+"""diffusion_jax against diffusers / PyTorch on the same U-Net (the same UNet2DModel weights, converted), batch and
+float32, in one process: training images/s, milliseconds per network evaluation, a 50-step DDIM sample of 64 images,
+peak memory, and the FLOP/s the compiled XLA programs achieve against this machine's measured matmul peak. Prints
+JSON lines and a Markdown table. Needs the test requirements (torch, diffusers).
+Usage: python -m benchmarks.vs_diffusers [--models=medium,digits] [--train_steps=8]"""
+from diffusion_jax.xla_flags import set_cpu_flags
+
+set_cpu_flags()
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from absl import app, flags  # noqa: E402
+from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
+
+from configs.base import get_base_config  # noqa: E402
+from diffusion_jax import convert, parallel, tables  # noqa: E402
+from diffusion_jax.sample import generate_samples  # noqa: E402
+from diffusion_jax.train import make_optimizer, make_train_step, new_state, setup  # noqa: E402
+
+# the U-Net of the issue (block_out_channels 64/128/128, attention at the middle level, 32x32 RGB) and the demo's
+MODELS = {
+    "medium": dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128),
+                   layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                   up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")),
+    "digits": dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=2,
+                   down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                   norm_num_groups=8),
+}
+COMMON = dict(norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0)
+
+_MODELS = flags.DEFINE_list("models", list(MODELS), f"Models to compare: {', '.join(MODELS)}.")
+_BATCH = flags.DEFINE_integer("batch", 32, "Training batch and network-evaluation batch.")
+_SAMPLES = flags.DEFINE_integer("samples", 64, "Images of the 50-step DDIM sample.")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 8, "Timed training steps per framework (after 2 warm-up steps).")
+_EVALS = flags.DEFINE_integer("evals", 8, "Timed network evaluations per framework.")
+
+
+def peak_rss_reset():
+  with open("/proc/self/clear_refs", "w") as f:  # resets the peak resident set size (VmHWM)
+    f.write("5")
+
+
+def rss_mb(field):
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
+def measure(fn, n, warm_up=True):
+  """Seconds per call of fn() over n calls (after one untimed call), and the peak RSS growth in MB."""
+  if warm_up:
+    fn()
+  peak_rss_reset()
+  base = rss_mb("VmRSS:")
+  start = time.perf_counter()
+  for _ in range(n):
+    fn()
+  return (time.perf_counter() - start) / n, rss_mb("VmHWM:") - base
+
+
+def matmul_peak_flops(n=2048, reps=10):
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(reps):
+    out = f(a)
+  out.block_until_ready()
+  return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def compiled_flops(jitted, *args):
+  cost = jitted.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0))
+
+
+def torch_side(unet, x, t, samples, train_steps, evals):
+  """diffusers / PyTorch: an Adam training step on the eps loss, a network evaluation, a 50-step DDIMScheduler loop."""
+  opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
+  abar = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))).float()
+  xt, tt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t).long()
+
+  def train_step():
+    noise = torch.randn_like(xt)
+    a = abar[tt].view(-1, 1, 1, 1)
+    loss = torch.mean((unet(a.sqrt() * xt + (1 - a).sqrt() * noise, tt).sample - noise) ** 2)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+  def evaluate():
+    with torch.no_grad():
+      unet(xt, tt)
+
+  scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
+  shape = (samples,) + xt.shape[1:]
+
+  def ddim():
+    scheduler.set_timesteps(50)
+    z = torch.randn(shape)
+    with torch.no_grad():
+      for step in scheduler.timesteps:
+        z = scheduler.step(unet(z, step).sample, step, z).prev_sample
+
+  unet.train()
+  train_s, train_mb = measure(train_step, train_steps)
+  unet.eval()
+  eval_s, _ = measure(evaluate, evals)
+  ddim_s, ddim_mb = measure(ddim, 1, warm_up=False)  # nothing to compile
+  return dict(train_images_per_s=len(x) / train_s, ms_per_eval=1000 * eval_s, ddim_seconds=ddim_s,
+              train_peak_mb=train_mb, ddim_peak_mb=ddim_mb)
+
+
+def jax_side(config, params, x, t, samples, train_steps, evals, peak):
+  """diffusion_jax: the jitted train step of train.py, a jitted network evaluation, the compiled DDIM-50 loop."""
+  model, schedule = setup(config)
+  tx = make_optimizer(config.optim)
+  mesh = parallel.mesh_for(config)
+  state = new_state(params, tx, jax.random.PRNGKey(0))
+  step = jax.jit(make_train_step(config, model, schedule, tx), donate_argnums=0)
+  batch = {"image": jnp.asarray(x)}
+  train_flops = compiled_flops(step, state, batch)
+  holder = [state]
+
+  def train_step():
+    holder[0], m = step(holder[0], batch)
+    m["loss"].block_until_ready()
+
+  forward = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
+  eval_flops = compiled_flops(forward, params, x, t)
+  evaluate = lambda: forward(params, x, t).block_until_ready()
+
+  train_s, train_mb = measure(train_step, train_steps)
+  eval_s, _ = measure(evaluate, evals)
+  peak_rss_reset()
+  base = rss_mb("VmRSS:")
+  _, _, sample_s, _ = generate_samples(config, model, schedule, params, mesh, "ddim", 50, samples,
+                                       jax.random.PRNGKey(1))  # seconds of the compiled loop, compilation excluded
+  ddim_mb = rss_mb("VmHWM:") - base  # compilation included
+  return dict(train_images_per_s=len(x) / train_s, ms_per_eval=1000 * eval_s, ddim_seconds=sample_s,
+              train_peak_mb=train_mb, ddim_peak_mb=ddim_mb, train_gflops_per_s=train_flops / train_s / 1e9,
+              eval_gflops_per_s=eval_flops / eval_s / 1e9, train_fraction_of_peak=train_flops / train_s / peak,
+              eval_fraction_of_peak=eval_flops / eval_s / peak)
+
+
+def compare(name, peak):
+  torch.manual_seed(0)
+  unet = UNet2DModel(**MODELS[name], **COMMON)
+  overrides = convert.unet_overrides(dict(unet.config))
+  config = get_base_config()
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  config.training.batch_size = _BATCH.value
+  config.sample.batch_size = _SAMPLES.value
+  model, _ = setup(config)
+  size, ch = config.data.image_size, config.data.channels
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, ch)),
+                                               jnp.zeros((1,)))["params"])
+  params = convert.convert_params({k: v.detach().numpy() for k, v in unet.state_dict().items()}, abstract)
+  n_params = sum(p.numel() for p in unet.parameters())
+  assert n_params == sum(np.size(p) for p in jax.tree.leaves(params))
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (_BATCH.value, size, size, ch)).astype(np.float32)
+  t = rng.integers(0, 1000, _BATCH.value).astype(np.float32)
+  theirs = torch_side(unet, x, t, _SAMPLES.value, _TRAIN_STEPS.value, _EVALS.value)
+  ours = jax_side(config, params, x, t, _SAMPLES.value, _TRAIN_STEPS.value, _EVALS.value, peak)
+  return dict(benchmark="vs_diffusers", model=name, params=int(n_params), batch=_BATCH.value, samples=_SAMPLES.value,
+              torch_threads=torch.get_num_threads(), backend=jax.default_backend(),
+              **{f"diffusers_{k}": round(v, 3) for k, v in theirs.items()},
+              **{f"ours_{k}": round(v, 3) for k, v in ours.items()},
+              train_speedup=round(ours["train_images_per_s"] / theirs["train_images_per_s"], 3),
+              eval_speedup=round(theirs["ms_per_eval"] / ours["ms_per_eval"], 3),
+              ddim_speedup=round(theirs["ddim_seconds"] / ours["ddim_seconds"], 3))
+
+
+def main(_):
+  peak = matmul_peak_flops()
+  print(json.dumps({"benchmark": "matmul_peak", "gflops_per_s": round(peak / 1e9, 1)}), flush=True)
+  rows = []
+  for name in _MODELS.value:
+    rows.append(compare(name, peak))
+    print(json.dumps(rows[-1]), flush=True)
+  cols = ["model", "params", "diffusers_train_images_per_s", "ours_train_images_per_s", "train_speedup",
+          "diffusers_ms_per_eval", "ours_ms_per_eval", "eval_speedup", "diffusers_ddim_seconds", "ours_ddim_seconds",
+          "ddim_speedup", "diffusers_train_peak_mb", "ours_train_peak_mb", "ours_train_fraction_of_peak",
+          "ours_eval_fraction_of_peak"]
+  print(tables.markdown_table(rows, cols))
+
+
+if __name__ == "__main__":
+  app.run(main)
