@@ -154,18 +154,25 @@ def test_a_checkpoint_of_two_processes_resumes_in_one(topologies):
   assert_params_close(saved_params(wd["2x2_then_1x1"], 6), saved_params(wd["1x1"], 6))
 
 
-def test_sampling_over_two_processes_equals_one(topologies):
-  """main.py --mode=sample over 2 processes x 2 devices (restoring the 1 x 4 checkpoint) against the same sampling
-  in this single-device process."""
+def test_sampling_and_evaluation_over_two_processes_equal_one(topologies):
+  """main.py --mode=all over 2 processes x 2 devices on the finished 1 x 4 run (restored onto the new topology):
+  its samples and FID-digits equal those of the same sampling and scoring in this single-device process."""
   from diffusion_jax import parallel, sample, train
+  from diffusion_jax.evaluation.features import Scorer
   wd, _ = topologies
-  cfg = small_config(**{"sample.runs": "ddim:5", "sample.num_samples": 64, "sample.batch_size": 64})
-  run_main(wd["1x4"], 2, 2, "--mode=sample", "--config.sample.runs=ddim:5", "--config.sample.num_samples=64",
-           "--config.sample.batch_size=64")
+  run = {"training.num_steps": 3, "sample.runs": "ddim:5", "sample.num_samples": 64, "sample.batch_size": 64,
+         "eval.cache_dir": os.path.join(wd["1x4"], "cache")}
+  run_main(wd["1x4"], 2, 2, "--mode=all", *[f"--config.{k}={v}" for k, v in run.items()])
   two = np.load(os.path.join(wd["1x4"], "samples", "ddim_5.npz"))["images"]
+  with open(os.path.join(wd["1x4"], "results.json")) as f:
+    rows = {r["run"]: r for r in json.load(f)["rows"]}
+  cfg = small_config(**run)
   mesh = parallel.mesh_for(cfg)
   model, process = train.setup(cfg)
   one, _, _, _ = sample.generate_samples(cfg, model, process, train.load_params(cfg, wd["1x4"], mesh), mesh, "ddim",
                                          5, 64, jax.random.PRNGKey(cfg.seed + 1))  # as sample.sample draws them
   assert two.shape == (64, 8, 8, 1) and np.std(two) > 0.1
   np.testing.assert_allclose(two, one, atol=1e-4)
+  mine = Scorer(cfg, wd["1x4"], mesh)(one)  # the digits classifier and reference statistics the run cached
+  assert rows["ddim_5"]["num_samples"] == 64
+  assert rows["ddim_5"]["fid_digits"] == pytest.approx(mine["fid_digits"], abs=2e-3)
