@@ -166,7 +166,8 @@ def load_state_dict(src):
     try:
       import torch
     except ImportError as e:
-      raise ImportError(f"{bin_path} is a PyTorch pickle: reading it needs torch (or convert it to .safetensors)") from e
+      raise ImportError(f"{bin_path} is a PyTorch pickle: reading it needs torch (or convert it to "
+                        ".safetensors)") from e
     return {k: v.float().numpy() for k, v in torch.load(bin_path, map_location="cpu", weights_only=True).items()}
   raise FileNotFoundError(f"No diffusion_pytorch_model.safetensors or .bin in {src}")
 
@@ -243,7 +244,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   flags.DEFINE_enum("from", "diffusers", list(CONVERTERS), "Format of the source checkpoint.")
-  flags.DEFINE_string("src", None, "Directory of the source checkpoint (a diffusers UNet2DModel: config.json + weights).")
+  flags.DEFINE_string("src", None, "Directory of the source checkpoint (a diffusers UNet2DModel: config.json + "
+                      "weights).")
   flags.DEFINE_string("dst", None, "Output directory: config.py and checkpoints/ (use it as main.py's workdir).")
   flags.DEFINE_string("tfds_name", None, "TFDS dataset of the model (default: guessed from the directory name).")
   flags.mark_flags_as_required(["src", "dst"])
