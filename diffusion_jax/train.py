@@ -200,7 +200,8 @@ def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=N
   summarize(metrics summed over the interval, steps) (default: their means) and calls on_log(done, logged);
   checkpoints every tcfg.checkpoint_every steps and on exit (Ctrl-C, errors), stops on a non-finite loss without
   saving it, and calls after_step(done, state, writer). Returns the final state."""
-  writer = metric_writers.create_default_writer(logdir, just_logging=jax.process_index() > 0)
+  writer = (metric_writers.create_default_writer(logdir) if jax.process_index() == 0
+            else metric_writers.MultiWriter([]))  # metrics are logged and written by process 0 only
   shardings = parallel.state_shardings(state, mesh)
   step_fn = jax.jit(step_fn, in_shardings=(shardings, parallel.batch_sharded(mesh)),
                     out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)

@@ -144,6 +144,7 @@ def test_training_is_the_same_on_every_topology(topologies):
   total, per_device = map(float, re.search(r"Train state: ([\d.]+) MB, ([\d.]+) MB per device \(mesh data=2 x "
                                            r"fsdp=2, 2 process\(es\)\)", out[0]).groups())
   assert per_device < 0.7 * total
+  assert "eps_mse=" in out[0] and "eps_mse=" not in out[1]  # metrics are logged by process 0 only
 
 
 def test_a_checkpoint_of_two_processes_resumes_in_one(topologies):
