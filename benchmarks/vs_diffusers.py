@@ -166,11 +166,9 @@ def compare(name, peak):
     config[section][field] = value
   config.training.batch_size = _BATCH.value
   config.sample.batch_size = _SAMPLES.value
-  model, _ = setup(config)
   size, ch = config.data.image_size, config.data.channels
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, ch)),
-                                               jnp.zeros((1,)))["params"])
-  params = convert.convert_params({k: v.detach().numpy() for k, v in unet.state_dict().items()}, abstract)
+  params = convert.convert_params({k: v.detach().numpy() for k, v in unet.state_dict().items()},
+                                  convert.abstract_params(config))
   n_params = sum(p.numel() for p in unet.parameters())
   assert n_params == sum(np.size(p) for p in jax.tree.leaves(params))
   rng = np.random.default_rng(0)

@@ -10,9 +10,9 @@ import os
 import pprint
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from flax import traverse_util
 
 # diffusers block types -> whether the level has attention; anything else is refused by name
 DOWN_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}
@@ -123,7 +123,7 @@ def convert_params(state_dict, abstract_params):
   """The flax parameter tree (shapes from abstract_params) from a diffusers state dict (numpy arrays); raises listing
   missing and unexpected keys, or naming the parameter whose shape differs."""
   state_dict = {rename_attention(k): np.asarray(v, np.float32) for k, v in state_dict.items()}
-  flat = {path: leaf for path, leaf in _flatten(abstract_params)}
+  flat = traverse_util.flatten_dict(abstract_params)
   keys = {path: torch_key(path) for path in flat}
   missing = sorted(k for k in keys.values() if k not in state_dict)
   unexpected = sorted(set(state_dict) - set(keys.values()))
@@ -136,11 +136,8 @@ def convert_params(state_dict, abstract_params):
     if value.shape != leaf.shape:
       raise ValueError(f"Parameter {keys[path]}: checkpoint shape {state_dict[keys[path]].shape} gives "
                        f"{value.shape}, the network needs {leaf.shape} (flax {'/'.join(path)})")
-    node = out
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = value
-  return out
+    out[path] = value
+  return traverse_util.unflatten_dict(out)
 
 
 def rename_attention(key):
@@ -148,11 +145,6 @@ def rename_attention(key):
   if "attentions" in parts and parts[-2] in RENAMED_ATTENTION:
     parts[-2:-1] = RENAMED_ATTENTION[parts[-2]].split(".")
   return ".".join(parts)
-
-
-def _flatten(tree, prefix=()):
-  for k, v in tree.items():
-    yield from (_flatten(v, prefix + (k,)) if isinstance(v, dict) else [(prefix + (k,), v)])
 
 
 def load_state_dict(src):
@@ -204,6 +196,14 @@ def load_config_file(path):
   return module.get_config()
 
 
+def abstract_params(config):
+  """Shapes and dtypes of the parameters of config's network (nothing computed)."""
+  from diffusion_jax import train
+  model, _ = train.setup(config)
+  return jax.eval_shape(lambda: train.init_state(config, model, train.make_optimizer(config.optim),
+                                                 jax.random.PRNGKey(0))).params
+
+
 def convert_diffusers(src, dst, tfds_name=None):
   """Writes dst/config.py and dst/checkpoints/0 (params = EMA params = the release's weights); returns the config."""
   from diffusion_jax import checkpoint, train
@@ -223,13 +223,8 @@ def convert_diffusers(src, dst, tfds_name=None):
   os.makedirs(dst, exist_ok=True)
   write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src))
   config = load_config_file(os.path.join(dst, "config.py"))
-  model, _ = train.setup(config)
-  tx = train.make_optimizer(config.optim)
-  size, ch = config.data.image_size, config.data.channels
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, ch)),
-                                               jnp.zeros((1,)))["params"])
-  params = convert_params(load_state_dict(src), abstract)
-  state = train.new_state(params, tx, jax.random.PRNGKey(config.seed))
+  params = convert_params(load_state_dict(src), abstract_params(config))
+  state = train.new_state(params, train.make_optimizer(config.optim), jax.random.PRNGKey(config.seed))
   mngr = checkpoint.manager(os.path.join(dst, "checkpoints"))
   checkpoint.save(mngr, 0, state, config)
   mngr.wait_until_finished()

@@ -85,8 +85,7 @@ def test_the_256_layout_and_old_attention_names_in_a_bin_file(cifar10_release, t
   assert renamed.keys() != state.keys()
   os.remove(os.path.join(old, "diffusion_pytorch_model.safetensors"))
   torch.save(renamed, os.path.join(old, "diffusion_pytorch_model.bin"))
-  model, _ = train.setup(cifar_config)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3)), np.zeros(1))["params"])
+  abstract = convert.abstract_params(cifar_config)
   a = convert.convert_params(convert.load_state_dict(old), abstract)
   b = convert.convert_params(convert.load_state_dict(src), abstract)
   assert all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -94,8 +93,7 @@ def test_the_256_layout_and_old_attention_names_in_a_bin_file(cifar10_release, t
 
 def test_bad_releases_say_what_is_wrong(cifar10_release, tmp_path):
   _, src, _, config = cifar10_release
-  model, _ = train.setup(config)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3)), np.zeros(1))["params"])
+  abstract = convert.abstract_params(config)
   state = dict(convert.load_state_dict(src))
   del state["mid_block.attentions.0.to_k.bias"]
   state["mid_block.extra.weight"] = np.zeros(3)
