@@ -13,6 +13,8 @@ def get_base_config():
       image_size=8,
       channels=1,
       center_crop=False,
+      lanes=8,              # tfds: read in this many even parts, one per slice of the global batch, so that a
+                            # process loads only its slices' parts; divides the batch size (a multiple of processes)
   ))
 
   c.diffusion = ml_collections.ConfigDict(dict(

@@ -250,7 +250,7 @@ def train(config, workdir, mesh=None):
   parallel.check_batch(config.training.batch_size, mesh)
   model, process = setup(config)
   tx = make_optimizer(config.optim)
-  dataset = get_dataset(config, "train")
+  dataset = get_dataset(config, "train", parallel.local_rows(config.training.batch_size, mesh))
   state, mngr = create_or_restore(config, os.path.join(workdir, "checkpoints"),
                                   lambda rng: init_state(config, model, tx, rng), mesh, config.training.keep_checkpoints)
   every = config.training.sample_every

@@ -95,3 +95,10 @@ def run_python(code_or_args, env_extra=None, timeout=600, check=True):
   if check and proc.returncode != 0:
     raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
   return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_tfds_dir(tmp_path_factory):
+  """The data_dir of tests/tiny_tfds.py's dataset `tiny_images`, prepared once per test worker."""
+  import tiny_tfds
+  return tiny_tfds.prepare(tmp_path_factory.mktemp("tfds"))

@@ -71,6 +71,45 @@ def test_launcher_command_line():
   assert run_python(["-m", "diffusion_jax.launch", "-c", "pass"], check=False).returncode == 2  # no --
 
 
+LANES = """
+import sys
+from diffusion_jax import distributed
+distributed.initialize()
+import jax, numpy as np
+from conftest import tiny_config
+from diffusion_jax import parallel, train
+from diffusion_jax.data import get_dataset
+from tiny_tfds import example_ids
+config = tiny_config(**{"data.name": "tfds", "data.tfds_name": "tiny_images", "data.data_dir": sys.argv[1],
+                        "data.lanes": 4, "training.batch_size": 8})
+mesh = parallel.make_mesh()
+rows = parallel.local_rows(8, mesh)
+data = get_dataset(config, "train", rows)  # as train.train loads it: only this process's lanes
+for step in range(6):
+  batch = parallel.shard_local_batch(train.host_batch(config, data, step, rows), mesh, 8)
+  print("BATCH", step, example_ids(parallel.to_host(batch["image"])).tolist())
+print("LOADED", jax.process_index(), sorted(example_ids(data.images).tolist()))
+"""
+
+
+def test_tfds_processes_read_only_their_lanes(tiny_tfds_dir):
+  """2 processes x 2 devices: each loads half of a TFDS split (its 2 of 4 lanes); the global batches they assemble
+  are those of one process reading it all."""
+  from diffusion_jax import train
+  from diffusion_jax.data import get_dataset
+  from tiny_tfds import example_ids
+  code, outputs = launch(["-c", LANES, tiny_tfds_dir], num_processes=2, devices_per_process=2, timeout=180, env=env())
+  assert code == 0, outputs[0][-4000:]
+  config = tiny_config(**{"data.name": "tfds", "data.tfds_name": "tiny_images", "data.data_dir": tiny_tfds_dir,
+                          "data.lanes": 4, "training.batch_size": 8})
+  full = get_dataset(config, "train")
+  loaded = [set(json.loads(re.search(rf"LOADED {p} (\[.*\])", outputs[p]).group(1))) for p in (0, 1)]
+  assert len(loaded[0]) == len(loaded[1]) == len(full) // 2 and not loaded[0] & loaded[1]
+  for step in range(6):
+    expected = example_ids(train.host_batch(config, full, step)["image"]).tolist()
+    assert f"BATCH {step} {expected}" in outputs[0] and f"BATCH {step} {expected}" in outputs[1]
+
+
 # --- main.py under several processes: the same training, checkpoints and samples whatever the topology -------------
 # (the 1 process x 1 device runs happen in this pytest process; the others are real processes started by launch)
 

@@ -8,7 +8,8 @@ NUM_HELD_OUT = 297  # fixed held-out split: 1,500 train / 297 eval
 
 
 @DATASETS.register("digits")
-def digits(data_config, split):
+def digits(data_config, split, needed=None):
+  """All of it on every process (a few hundred kB); each process's batch rows are index slices of it."""
   d = load_digits()
   images = (d.images.astype(np.float32) / 8.0 - 1.0)[..., None]  # pixel values 0..16 -> [-1, 1]
   perm = np.random.default_rng(0).permutation(len(images))

@@ -1,22 +1,26 @@
-"""TFDS image datasets (mnist, cifar10, celeb_a, ...), resized and scaled to [-1, 1]; loaded into memory once."""
+"""TFDS image datasets (mnist, cifar10, celeb_a, ...), resized and scaled to [-1, 1], read in `data.lanes` even parts
+so that each process loads only the part its rows of every global batch come from (data/base.py: LaneDataset)."""
+import logging
+
 import numpy as np
 
-from diffusion_jax.data.base import DATASETS, ArrayDataset
+from diffusion_jax.data.base import DATASETS, ArrayDataset, LaneDataset, lanes_of
 
 TFDS_SPLITS = {"train": "train", "eval": "test"}
 
 
 @DATASETS.register("tfds")
-def load_tfds(data_config, split):
-  """Any TFDS image dataset named by `data.tfds_name` (mnist, cifar10, celeb_a, ...)."""
+def load_tfds(data_config, split, needed=None):
+  """Any TFDS image dataset named by `data.tfds_name`; `needed` = (rows, global batch size) loads only their lanes."""
   import tensorflow as tf
   import tensorflow_datasets as tfds
   tf.config.set_visible_devices([], "GPU")
-  name = data_config.tfds_name
-  ds, info = tfds.load(name, split=data_config.get("tfds_split", {}).get(split, TFDS_SPLITS[split]),
-                       with_info=True, data_dir=data_config.get("data_dir") or None)
+  num_lanes = data_config.get("lanes", 1)
+  lanes = range(num_lanes) if needed is None else lanes_of(*needed, num_lanes)
+  name, split_name = data_config.tfds_name, data_config.get("tfds_split", {}).get(split, TFDS_SPLITS[split])
+  builder = tfds.builder(name, data_dir=data_config.get("data_dir") or None)
   label_key = data_config.get("label_key", "label")
-  num_classes = info.features[label_key].num_classes if label_key in info.features else 0
+  num_classes = builder.info.features[label_key].num_classes if label_key in builder.info.features else 0
   size = data_config.image_size
 
   def prep(ex):
@@ -29,10 +33,12 @@ def load_tfds(data_config, split):
     label = ex[label_key] if num_classes else tf.zeros((), tf.int64)
     return img * 2.0 - 1.0, tf.cast(label, tf.int32)
 
-  images, labels = [], []
-  for img, lab in tfds.as_numpy(ds.map(prep).batch(1024)):
-    images.append(img)
-    labels.append(lab)
-  return ArrayDataset(np.concatenate(images).astype(np.float32), np.concatenate(labels), num_classes)
+  def load(part):
+    images, labels = zip(*tfds.as_numpy(builder.as_dataset(split=part).map(prep).batch(1024)))
+    return ArrayDataset(np.concatenate(images).astype(np.float32), np.concatenate(labels), num_classes)
 
-
+  parts = tfds.even_splits(split_name, num_lanes)
+  data = LaneDataset({j: load(parts[j]) for j in lanes}, num_lanes, num_classes)
+  logging.info("%s[%s]: loaded lanes %d-%d of %d, %d images", name, split_name, lanes[0], lanes[-1], num_lanes,
+               len(data))
+  return data
