@@ -6,7 +6,7 @@ import pytest
 
 from conftest import random_params
 from diffusion_jax.models import get_model, make_model_fn
-from diffusion_jax.models.layers import GroupNorm, blocked_attention
+from diffusion_jax.models.layers import Conv, Dense, GroupNorm, _tiles, blocked_attention
 from diffusion_jax.models.unet import timestep_embedding
 from diffusion_jax.schedules import get_schedule
 
@@ -69,22 +69,40 @@ def test_timestep_embedding_matches_formula():
   np.testing.assert_allclose(e[0], np.concatenate([np.sin(3 * freqs), np.cos(3 * freqs)]), rtol=1e-5)
 
 
-def test_groupnorm_matches_flax():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 16)) * 3 + 1
-  ours = GroupNorm(4, 1e-6)
-  ref = nn.GroupNorm(num_groups=4, epsilon=1e-6)
-  p = ours.init(jax.random.PRNGKey(1), x)
+def assert_same_layer(ours, ref, x, rtol=1e-5):
+  """Same parameter tree, output and gradients (wrt parameters and input) as a flax layer, random parameters."""
+  p = ref.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.structure(ours.init(jax.random.PRNGKey(1), x)) == jax.tree.structure(p)
   p = jax.tree.map(lambda a: a + jax.random.normal(jax.random.PRNGKey(2), a.shape), p)
-  np.testing.assert_allclose(ours.apply(p, x), ref.apply(p, x), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(ours.apply(p, x), ref.apply(p, x), rtol=rtol, atol=rtol)
+  w = jax.random.normal(jax.random.PRNGKey(3), ref.apply(p, x).shape)
+  grads = lambda m: jax.tree.leaves(jax.grad(lambda p, x: jnp.sum(w * m.apply(p, x) ** 2), argnums=(0, 1))(p, x))
+  for a, b in zip(grads(ours), grads(ref)):
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * float(np.max(np.abs(b))))
 
 
-@pytest.mark.parametrize("n,block", [(64, 16), (16, 64), (50, 8)])
-def test_blocked_attention_matches_einsum_and_grads(n, block):
+def test_groupnorm_matches_flax():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 6, 16)) * 3 + 1
+  assert_same_layer(GroupNorm(4, 1e-6), nn.GroupNorm(num_groups=4, epsilon=1e-6), x, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ours,ref", [(Conv(8, (3, 3), padding=1), nn.Conv(8, (3, 3), padding=1)),
+                                      (Conv(8, (3, 3), strides=2, padding=0), nn.Conv(8, (3, 3), strides=2, padding=0)),
+                                      (Conv(8, (1, 1), padding="VALID"), nn.Conv(8, (1, 1), padding="VALID")),
+                                      (Dense(8), nn.Dense(8))])
+def test_conv_and_dense_match_flax(ours, ref):  # their bias gradients are matrix products (layers.channel_sum)
+  assert_same_layer(ours, ref, jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 16)))
+
+
+@pytest.mark.parametrize("r,n,tile,steps", [(3, 64, 64 * 16, (1, 16)), (4, 16, 2 * 16 * 16, (2, 16)),
+                                            (3, 50, 50 * 8, (1, 5)), (6, 16, 10 ** 6, (6, 16))])
+def test_blocked_attention_matches_einsum_and_grads(r, n, tile, steps):
+  assert _tiles(r, n, tile) == steps  # (rows, queries) per step: several query blocks, several row chunks, one step
   k = jax.random.split(jax.random.PRNGKey(0), 4)
-  q, kk, v = (jax.random.normal(k[i], (3, n, 8)) for i in range(3))
-  w = jax.random.normal(k[3], (3, n, 8))
+  q, kk, v = (jax.random.normal(k[i], (r, n, 8)) * 2 for i in range(3))
+  w = jax.random.normal(k[3], (r, n, 8))
   ref = lambda q, k, v: jax.nn.softmax(jnp.einsum("rqd,rkd->rqk", q, k) / np.sqrt(8), -1) @ v
-  ours = lambda q, k, v: blocked_attention(q, k, v, block)
+  ours = lambda q, k, v: blocked_attention(q, k, v, tile)
   np.testing.assert_allclose(ours(q, kk, v), ref(q, kk, v), rtol=1e-5, atol=1e-5)
   g = lambda f: jax.grad(lambda *a: jnp.sum(w * f(*a)), argnums=(0, 1, 2))(q, kk, v)
   for a, b in zip(g(ours), g(ref)):

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import GroupNorm, blocked_attention
+from diffusion_jax.models.layers import Conv, Dense, GroupNorm, blocked_attention
 from diffusion_jax.models.unet import AttentionBlock, ResnetBlock, timestep_embedding
 
 
@@ -26,10 +26,10 @@ class AttentionPool(nn.Module):
     tokens = tokens + self.param("positional_embedding", nn.initializers.normal(c ** -0.5), (hh * ww + 1, c))
     d, n = c // self.num_heads, hh * ww + 1
     heads = lambda a, m: a.reshape(b, m, self.num_heads, d).transpose(0, 2, 1, 3).reshape(b * self.num_heads, m, d)
-    q = heads(nn.Dense(c, name="to_q")(tokens[:, :1]), 1)
-    k, v = (heads(nn.Dense(c, name=f"to_{x}")(tokens), n) for x in "kv")
+    q = heads(Dense(c, name="to_q")(tokens[:, :1]), 1)
+    k, v = (heads(Dense(c, name=f"to_{x}")(tokens), n) for x in "kv")
     o = blocked_attention(q, k, v).reshape(b, c)
-    return nn.Dense(self.out_dim, name="to_out")(o)
+    return Dense(self.out_dim, name="to_out")(o)
 
 
 class NoisyClassifier(nn.Module):
@@ -45,11 +45,11 @@ class NoisyClassifier(nn.Module):
   @nn.compact
   def __call__(self, x, timesteps, train: bool = False):
     ch0 = self.block_out_channels[0]
-    temb = nn.Dense(4 * ch0, name="time_embedding_1")(timestep_embedding(timesteps, ch0))
-    temb = nn.Dense(4 * ch0, name="time_embedding_2")(nn.silu(temb))
+    temb = Dense(4 * ch0, name="time_embedding_1")(timestep_embedding(timesteps, ch0))
+    temb = Dense(4 * ch0, name="time_embedding_2")(nn.silu(temb))
     res = lambda ch, name: ResnetBlock(ch, self.dropout, self.norm_groups, name=name)
     attn = lambda name: AttentionBlock(self.num_heads, self.norm_groups, name=name)
-    h = nn.Conv(ch0, (3, 3), padding=1, name="conv_in")(x)
+    h = Conv(ch0, (3, 3), padding=1, name="conv_in")(x)
     for i, ch in enumerate(self.block_out_channels):
       use_attn = h.shape[1] in self.attn_resolutions
       for j in range(self.layers_per_block):
@@ -58,7 +58,7 @@ class NoisyClassifier(nn.Module):
           h = attn(f"down_{i}_attn_{j}")(h)
       if i < len(self.block_out_channels) - 1:
         h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        h = nn.Conv(ch, (3, 3), strides=2, padding=0, name=f"down_{i}_downsample")(h)
+        h = Conv(ch, (3, 3), strides=2, padding=0, name=f"down_{i}_downsample")(h)
     ch = self.block_out_channels[-1]
     h = res(ch, "mid_resnet_0")(h, temb, train)
     h = attn("mid_attn")(h)

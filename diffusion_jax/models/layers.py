@@ -1,89 +1,214 @@
-"""Fast building blocks for the U-Net on CPU and accelerators: NHWC GroupNorm and row-blocked attention with a
-memory-light custom VJP (never materialises the full [N, N] score matrix for the whole batch); class conditioning."""
+"""Fast building blocks for the networks, on CPUs and accelerators: nn.Conv / nn.Dense / nn.GroupNorm equivalents
+(same parameters) whose backward passes avoid XLA's slow CPU reductions, tiled attention with a memory-light custom
+VJP (never the whole [N, N] score matrix of every head at once), and class conditioning."""
 import functools
 import math
+from typing import Callable, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 
+# XLA's CPU backend sums [..., C] arrays to [C] (bias gradients) several times slower than it multiplies them by a
+# vector of ones, so the backward passes below sum as matrix products.
+
+def channel_sum(a):
+  """a summed over every axis but the last, as ones @ a."""
+  flat = a.reshape(-1, a.shape[-1])
+  return jnp.ones((flat.shape[0],), a.dtype) @ flat
+
+
+def spatial_sum(a):
+  """a [B, ..., C] summed over its middle axes to [B, C], as a batch of ones @ a[b]."""
+  flat = a.reshape(a.shape[0], -1, a.shape[-1])
+  return jnp.einsum("bon,bnc->bc", jnp.ones((flat.shape[0], 1, flat.shape[1]), a.dtype), flat)
+
+
+@jax.custom_vjp
+def add_bias(y, bias):
+  """y + bias along the last axis, with the bias gradient as channel_sum."""
+  return y + bias
+
+
+add_bias.defvjp(lambda y, bias: (y + bias, None), lambda _, g: (g, channel_sum(g)))
+
+
+class Dense(nn.Module):
+  """nn.Dense (same parameters, same output) with add_bias."""
+  features: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    return add_bias(jnp.einsum("...i,io->...o", x, kernel), bias)
+
+
+class Conv(nn.Module):
+  """nn.Conv on NHWC (same parameters, same output; integer or string padding) with add_bias."""
+  features: int
+  kernel_size: Sequence[int]
+  strides: int = 1
+  padding: Union[int, str] = "SAME"
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    nd = len(self.kernel_size)
+    pad = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * nd
+    y = jax.lax.conv_general_dilated(x, kernel, (self.strides,) * nd, pad,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return add_bias(y, bias)
+
+
 class GroupNorm(nn.Module):
-  """GroupNorm (Wu & He 2018) computed as per-channel sums over H*W, then group sums: one fused pass on NHWC."""
+  """GroupNorm (Wu & He 2018) on NHWC; nn.GroupNorm's parameters (scale, bias)."""
   num_groups: int = 32
   epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    g = self.num_groups
-    if c % g:
-      raise ValueError(f"GroupNorm: {c} channels are not divisible by {g} groups")
+    if c % self.num_groups:
+      raise ValueError(f"GroupNorm: {c} channels are not divisible by {self.num_groups} groups")
     scale = self.param("scale", nn.initializers.ones, (c,))
     bias = self.param("bias", nn.initializers.zeros, (c,))
-    axes = tuple(range(1, x.ndim - 1))
-    n = math.prod(x.shape[1:-1]) * (c // g)
-    s1 = jnp.sum(x, axis=axes, dtype=jnp.float32)  # [B, C]
-    s2 = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axes)
-    mean = s1.reshape(-1, g, c // g).sum(-1) / n  # [B, G]
-    var = jnp.maximum(s2.reshape(-1, g, c // g).sum(-1) / n - jnp.square(mean), 0.0)
-    inv = jax.lax.rsqrt(var + self.epsilon)
-    inv_c = jnp.repeat(inv, c // g, axis=-1) * scale  # [B, C]
-    shift_c = bias - jnp.repeat(mean, c // g, axis=-1) * inv_c
-    bshape = (x.shape[0],) + (1,) * (x.ndim - 2) + (c,)
-    return (x * inv_c.reshape(bshape) + shift_c.reshape(bshape)).astype(x.dtype)
+    return group_norm(x, scale, bias, self.num_groups, self.epsilon)
 
 
-def _blocks(n, block):
-  block = min(block, n)
-  while n % block:
-    block -= 1
-  return block
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm(x, scale, bias, groups, eps):
+  """(x - mean) / sqrt(var + eps) * scale + bias, mean and var over H, W and the channels of a group: per-channel sums
+  over H*W, then group sums, one pass; the backward pass is derived by hand in the same form."""
+  return _gn_fwd(x, scale, bias, groups, eps)[0]
+
+
+def _gn_per_channel(a, x):  # [B, G] -> [B, 1, ..., 1, C]
+  return jnp.repeat(a, x.shape[-1] // a.shape[-1], axis=-1).reshape(x.shape[0], *(1,) * (x.ndim - 2), x.shape[-1])
+
+
+def _gn_fwd(x, scale, bias, groups, eps):
+  b = x.shape[0]
+  n = x.size // (b * groups)  # elements per group
+  axes = tuple(range(1, x.ndim - 1))
+  x32 = x.astype(jnp.float32)
+  mean = jnp.sum(x32, axis=axes).reshape(b, groups, -1).sum(-1) / n  # [B, G]
+  var = jnp.maximum(jnp.sum(jnp.square(x32), axis=axes).reshape(b, groups, -1).sum(-1) / n - jnp.square(mean), 0.0)
+  inv = jax.lax.rsqrt(var + eps)
+  inv_c = _gn_per_channel(inv, x) * scale
+  y = x32 * inv_c + (bias - _gn_per_channel(mean, x) * inv_c)
+  return y.astype(x.dtype), (x, scale, mean, inv)
+
+
+def _gn_bwd(groups, eps, res, g):
+  """dx = inv (scale g - m1 - xhat m2), m1 = group mean of scale g, m2 = group mean of scale g xhat, from the
+  per-(sample, channel) sums of g and g x."""
+  x, scale, mean, inv = res
+  b, c = x.shape[0], x.shape[-1]
+  n = x.size // (b * groups)
+  x32, g32 = x.astype(jnp.float32), g.astype(jnp.float32)
+  sum_g, sum_gx = spatial_sum(g32), spatial_sum(g32 * x32)  # [B, C]
+  mean_c, inv_c = (jnp.repeat(a, c // groups, axis=-1) for a in (mean, inv))  # [B, C]
+  sum_gxhat = inv_c * (sum_gx - mean_c * sum_g)  # sum over H, W of g * xhat
+  group = lambda a: jnp.repeat(a.reshape(b, groups, -1).sum(-1) / n, c // groups, axis=-1)  # group mean, per channel
+  m1, m2 = group(scale * sum_g), group(scale * sum_gxhat)
+  coef_g, coef_x = inv_c * scale, -inv_c * inv_c * m2
+  const = inv_c * (inv_c * m2 * mean_c - m1)
+  shape = (b,) + (1,) * (x.ndim - 2) + (c,)
+  dx = g32 * coef_g.reshape(shape) + x32 * coef_x.reshape(shape) + const.reshape(shape)
+  return dx.astype(x.dtype), jnp.sum(sum_gxhat, 0), jnp.sum(sum_g, 0)
+
+
+group_norm.defvjp(_gn_fwd, _gn_bwd)
+
+
+TILE = 2 ** 19  # score entries computed per loop step (2 MB of float32): cache-sized on a CPU, few steps on a GPU
+
+
+def _divisor(n, at_most):
+  """The largest divisor of n that is at most max(at_most, 1)."""
+  return next(k for k in range(min(max(at_most, 1), n), 0, -1) if n % k == 0)
+
+
+def _tiles(r, n, tile):
+  """(rows per chunk, queries per block) so that one step's scores [rows, queries, n] hold about `tile` entries."""
+  if n * n >= tile:
+    return 1, _divisor(n, tile // n)
+  return _divisor(r, tile // (n * n)), n
+
+
+def _chunks(a, c):
+  return a.reshape(a.shape[0] // c, c, *a.shape[1:])
+
+
+def _query_blocks(a, bq):  # [c, n, ...] -> [n / bq, c, bq, ...]
+  return a.reshape(a.shape[0], a.shape[1] // bq, bq, *a.shape[2:]).swapaxes(0, 1)
+
+
+def _unblock(a):  # [n / bq, c, bq, ...] -> [c, n, ...]
+  a = a.swapaxes(0, 1)
+  return a.reshape(a.shape[0], a.shape[1] * a.shape[2], *a.shape[3:])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def blocked_attention(q, k, v, block=64):
-  """softmax(q k^T / sqrt(d)) v for q, k, v of shape [R, N, D] (R = batch * heads), query rows in blocks."""
-  return _attn_fwd(q, k, v, block)[0]
+def blocked_attention(q, k, v, tile=TILE):
+  """softmax(q k^T / sqrt(d)) v for q, k, v of shape [R, N, D] (R = batch * heads), in steps of a few rows and a
+  block of queries (_tiles), so that the scores of a step stay in cache whatever the number of heads."""
+  return _attn_fwd(q, k, v, tile)[0]
 
 
-def _attn_fwd(q, k, v, block):
+def _attn_fwd(q, k, v, tile):
   r, n, d = q.shape
-  bq = _blocks(n, block)
+  c, bq = _tiles(r, n, tile)
   scale = 1.0 / math.sqrt(d)
-  qb = q.reshape(r, n // bq, bq, d).swapaxes(0, 1)  # [nb, R, bq, D]
 
-  def one(qi):
-    s = jnp.einsum("rqd,rkd->rqk", qi, k) * scale
-    lse = jax.nn.logsumexp(s, axis=-1, keepdims=True)
-    return jnp.einsum("rqk,rkd->rqd", jnp.exp(s - lse), v), lse[..., 0]
+  def chunk(x):
+    qc, kc, vc = x  # [c, n, d]
 
-  out, lse = jax.lax.map(one, qb)
-  out = out.swapaxes(0, 1).reshape(r, n, d)
-  lse = lse.swapaxes(0, 1).reshape(r, n)
+    def block(qi):  # [c, bq, d]
+      s = jnp.einsum("rqd,rkd->rqk", qi, kc) * scale
+      m = jnp.max(s, axis=-1, keepdims=True)
+      p = jnp.exp(s - m)
+      total = jnp.sum(p, axis=-1, keepdims=True)
+      return jnp.einsum("rqk,rkd->rqd", p, vc) / total, (m + jnp.log(total))[..., 0]
+
+    out, lse = jax.lax.map(block, _query_blocks(qc, bq))
+    return _unblock(out), _unblock(lse)
+
+  out, lse = jax.lax.map(chunk, (_chunks(q, c), _chunks(k, c), _chunks(v, c)))
+  out, lse = out.reshape(r, n, d), lse.reshape(r, n)
   return out, (q, k, v, out, lse)
 
 
-def _attn_bwd(block, res, dout):
+def _attn_bwd(tile, res, dout):
   q, k, v, out, lse = res
   r, n, d = q.shape
-  bq = _blocks(n, block)
+  c, bq = _tiles(r, n, tile)
   scale = 1.0 / math.sqrt(d)
   delta = jnp.sum(dout * out, axis=-1)  # [R, N]
-  split = lambda a: a.reshape(r, n // bq, bq, *a.shape[2:]).swapaxes(0, 1)
 
-  def one(carry, xs):
-    dk, dv = carry
-    qi, doi, lsei, deltai = xs
-    p = jnp.exp(jnp.einsum("rqd,rkd->rqk", qi, k) * scale - lsei[..., None])
-    dv = dv + jnp.einsum("rqk,rqd->rkd", p, doi)
-    ds = p * (jnp.einsum("rqd,rkd->rqk", doi, v) - deltai[..., None]) * scale
-    dk = dk + jnp.einsum("rqk,rqd->rkd", ds, qi)
-    return (dk, dv), jnp.einsum("rqk,rkd->rqd", ds, k)
+  def chunk(x):
+    qc, kc, vc, doc, lsec, deltac = x
 
-  (dk, dv), dq = jax.lax.scan(one, (jnp.zeros_like(k), jnp.zeros_like(v)),
-                              (split(q), split(dout), split(lse), split(delta)))
-  return dq.swapaxes(0, 1).reshape(r, n, d), dk, dv
+    def block(carry, xs):  # dk, dv accumulate transposed ([c, d, n]): XLA's CPU dots are twice as fast that way
+      dk_t, dv_t = carry
+      qi, doi, lsei, deltai = xs
+      p = jnp.exp(jnp.einsum("rqd,rkd->rqk", qi, kc) * scale - lsei[..., None])
+      dv_t = dv_t + jnp.einsum("rqd,rqk->rdk", doi, p)
+      ds = p * (jnp.einsum("rqd,rkd->rqk", doi, vc) - deltai[..., None]) * scale
+      dk_t = dk_t + jnp.einsum("rqd,rqk->rdk", qi, ds)
+      return (dk_t, dv_t), jnp.einsum("rqk,rkd->rqd", ds, kc)
+
+    zeros = jnp.zeros(kc.shape[:1] + kc.shape[:0:-1], kc.dtype)
+    (dk_t, dv_t), dq = jax.lax.scan(block, (zeros, zeros), tuple(_query_blocks(a, bq) for a in (qc, doc, lsec, deltac)))
+    return _unblock(dq), dk_t, dv_t  # transposed back outside the loops, where XLA cannot fold it into the dots
+
+  dq, dk_t, dv_t = jax.lax.map(chunk, tuple(_chunks(a, c) for a in (q, k, v, dout, lse, delta)))
+  return dq.reshape(r, n, d), dk_t.reshape(r, d, n).swapaxes(1, 2), dv_t.reshape(r, d, n).swapaxes(1, 2)
 
 
 blocked_attention.defvjp(_attn_fwd, _attn_bwd)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.models.layers import GroupNorm, blocked_attention, class_conditioning
+from diffusion_jax.models.layers import Conv, Dense, GroupNorm, blocked_attention, class_conditioning
 from diffusion_jax.models.unet import timestep_embedding
 
 PROGRESSIVE = ("none", "output_skip")
@@ -22,7 +22,7 @@ def _init(scale):
 
 
 def conv(ch, k=3, init_scale=1.0, padding=None, **kw):
-  return nn.Conv(ch, (k, k), padding=k // 2 if padding is None else padding, kernel_init=_init(init_scale), **kw)
+  return Conv(ch, (k, k), padding=k // 2 if padding is None else padding, kernel_init=_init(init_scale), **kw)
 
 
 def groups(ch):
@@ -74,7 +74,7 @@ class FIRDownConv(nn.Module):
     p = (len(self.fir_kernel) - 2) + 2
     pad = ((p + 1) // 2, p // 2)
     x = _depthwise(x, _fir_kernel(self.fir_kernel), (1, 1), (pad, pad))
-    return nn.Conv(self.out_ch, (3, 3), strides=2, padding="VALID", kernel_init=_init(1.0), name="conv")(x)
+    return Conv(self.out_ch, (3, 3), strides=2, padding="VALID", kernel_init=_init(1.0), name="conv")(x)
 
 
 class ResBlock(nn.Module):
@@ -100,12 +100,12 @@ class ResBlock(nn.Module):
         f = naive_upsample if self.resample == "up" else naive_downsample
       h, x = f(h), f(x)
     h = conv(self.out_ch, name="Conv_0")(h)
-    h = h + nn.Dense(self.out_ch, kernel_init=_init(1.0), name="Dense_0")(nn.silu(temb))[:, None, None, :]
+    h = h + Dense(self.out_ch, kernel_init=_init(1.0), name="Dense_0")(nn.silu(temb))[:, None, None, :]
     h = nn.silu(GroupNorm(groups(self.out_ch), 1e-6, name="GroupNorm_1")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv(self.out_ch, init_scale=self.init_scale, name="Conv_1")(h)
     if x.shape[-1] != self.out_ch or self.resample:
-      x = (conv(self.out_ch, 1, name="Conv_2") if self.biggan else nn.Dense(self.out_ch, name="NIN_0"))(x)
+      x = (conv(self.out_ch, 1, name="Conv_2") if self.biggan else Dense(self.out_ch, name="NIN_0"))(x)
     return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 
@@ -118,8 +118,8 @@ class AttnBlock(nn.Module):
   def __call__(self, x):
     b, hh, ww, c = x.shape
     h = GroupNorm(groups(c), 1e-6, name="GroupNorm_0")(x).reshape(b, hh * ww, c)
-    q, k, v = (nn.Dense(c, kernel_init=_init(1.0), name=f"NIN_{i}")(h) for i in range(3))
-    o = nn.Dense(c, kernel_init=_init(self.init_scale), name="NIN_3")(blocked_attention(q, k, v))
+    q, k, v = (Dense(c, kernel_init=_init(1.0), name=f"NIN_{i}")(h) for i in range(3))
+    o = Dense(c, kernel_init=_init(self.init_scale), name="NIN_3")(blocked_attention(q, k, v))
     x = x + o.reshape(x.shape)
     return x / math.sqrt(2.0) if self.skip_rescale else x
 
@@ -167,8 +167,8 @@ class NCSNpp(nn.Module):
       temb = jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
     else:
       temb = timestep_embedding(timesteps, nf)
-    temb = nn.Dense(4 * nf, kernel_init=_init(1.0), name="temb_0")(temb)
-    temb = nn.Dense(4 * nf, kernel_init=_init(1.0), name="temb_1")(nn.silu(temb))
+    temb = Dense(4 * nf, kernel_init=_init(1.0), name="temb_0")(temb)
+    temb = Dense(4 * nf, kernel_init=_init(1.0), name="temb_1")(nn.silu(temb))
     temb = class_conditioning(temb, y, self.num_classes, "NCSN++")
 
     biggan = self.resblock_type == "biggan"
@@ -196,7 +196,7 @@ class NCSNpp(nn.Module):
             jnp.pad(hs[-1], ((0, 0), (0, 1), (0, 1), (0, 0))))
       if self.progressive_input == "input_skip":
         pyramid = fir_downsample(pyramid, self.fir_kernel) if self.fir else naive_downsample(pyramid)
-        skip = nn.Dense(ch, kernel_init=_init(1.0), name=f"down_{i}_combine")(pyramid)
+        skip = Dense(ch, kernel_init=_init(1.0), name=f"down_{i}_combine")(pyramid)
         h = h + skip if self.progressive_combine == "sum" else jnp.concatenate([skip, h], -1)
       elif self.progressive_input == "residual":
         pyramid = (FIRDownConv(ch, self.fir_kernel, name=f"down_{i}_pyramid")(pyramid) if self.fir else

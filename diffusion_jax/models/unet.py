@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import GroupNorm, blocked_attention, class_conditioning
+from diffusion_jax.models.layers import Conv, Dense, GroupNorm, blocked_attention, class_conditioning
 
 zero_init = nn.initializers.zeros
 
@@ -30,16 +30,16 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb, train):
-    h = nn.Conv(self.out_channels, (3, 3), padding=1, name="conv1")(nn.silu(GroupNorm(self.groups, self.eps, name="norm1")(x)))
-    emb = nn.Dense(self.out_channels * (2 if self.scale_shift else 1), name="time_emb_proj")(nn.silu(temb))[:, None, None, :]
+    h = Conv(self.out_channels, (3, 3), padding=1, name="conv1")(nn.silu(GroupNorm(self.groups, self.eps, name="norm1")(x)))
+    emb = Dense(self.out_channels * (2 if self.scale_shift else 1), name="time_emb_proj")(nn.silu(temb))[:, None, None, :]
     h = GroupNorm(self.groups, self.eps, name="norm2")(h if self.scale_shift else h + emb)
     if self.scale_shift:
       scale, shift = jnp.split(emb, 2, axis=-1)
       h = h * (1 + scale) + shift
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-    h = nn.Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv2")(h)
+    h = Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv2")(h)
     if x.shape[-1] != self.out_channels:
-      x = nn.Conv(self.out_channels, (1, 1), name="conv_shortcut")(x)
+      x = Conv(self.out_channels, (1, 1), name="conv_shortcut")(x)
     return x + h
 
 
@@ -57,10 +57,10 @@ class AttentionBlock(nn.Module):
     d = c // self.num_heads
     h = GroupNorm(self.groups, self.eps, name="group_norm")(x).reshape(b, hgt * wid, c)
     heads = lambda a: a.reshape(b, hgt * wid, self.num_heads, d).transpose(0, 2, 1, 3).reshape(b * self.num_heads, hgt * wid, d)
-    q, k, v = (heads(nn.Dense(c, name=n)(h)) for n in ("to_q", "to_k", "to_v"))
+    q, k, v = (heads(Dense(c, name=n)(h)) for n in ("to_q", "to_k", "to_v"))
     o = blocked_attention(q, k, v)
     o = o.reshape(b, self.num_heads, hgt * wid, d).transpose(0, 2, 1, 3).reshape(b, hgt * wid, c)
-    return x + nn.Dense(c, kernel_init=zero_init, name="to_out")(o).reshape(b, hgt, wid, c)
+    return x + Dense(c, kernel_init=zero_init, name="to_out")(o).reshape(b, hgt, wid, c)
 
 
 class UNet(nn.Module):
@@ -82,8 +82,8 @@ class UNet(nn.Module):
   def __call__(self, x, timesteps, y: Optional[jnp.ndarray] = None, train: bool = False):
     ch0 = self.block_out_channels[0]
     temb = timestep_embedding(timesteps, ch0, self.flip_sin_to_cos, self.freq_shift)
-    temb = nn.Dense(4 * ch0, name="time_embedding_1")(temb)
-    temb = nn.Dense(4 * ch0, name="time_embedding_2")(nn.silu(temb))
+    temb = Dense(4 * ch0, name="time_embedding_1")(temb)
+    temb = Dense(4 * ch0, name="time_embedding_2")(nn.silu(temb))
     temb = class_conditioning(temb, y, self.num_classes, "U-Net")
 
     res = lambda **kw: ResnetBlock(dropout=self.dropout, groups=self.norm_groups, eps=self.norm_eps,
@@ -91,7 +91,7 @@ class UNet(nn.Module):
     attn = lambda **kw: AttentionBlock(self.num_heads, self.norm_groups, self.norm_eps, **kw)
     n = len(self.block_out_channels)
 
-    h = nn.Conv(ch0, (3, 3), padding=1, name="conv_in")(x)
+    h = Conv(ch0, (3, 3), padding=1, name="conv_in")(x)
     skips = [h]
     for i, ch in enumerate(self.block_out_channels):
       use_attn = h.shape[1] in self.attn_resolutions
@@ -102,7 +102,7 @@ class UNet(nn.Module):
         skips.append(h)
       if i < n - 1:
         h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))  # TF "SAME" for stride 2, as in Ho et al.
-        h = nn.Conv(ch, (3, 3), strides=2, padding=0, name=f"down_{i}_downsample")(h)
+        h = Conv(ch, (3, 3), strides=2, padding=0, name=f"down_{i}_downsample")(h)
         skips.append(h)
 
     ch = self.block_out_channels[-1]
@@ -118,8 +118,8 @@ class UNet(nn.Module):
           h = attn(name=f"up_{i}_attn_{j}")(h)
       if i < n - 1:
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour 2x
-        h = nn.Conv(ch, (3, 3), padding=1, name=f"up_{i}_upsample")(h)
+        h = Conv(ch, (3, 3), padding=1, name=f"up_{i}_upsample")(h)
     assert not skips
 
     h = nn.silu(GroupNorm(self.norm_groups, self.norm_eps, name="conv_norm_out")(h))
-    return nn.Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv_out")(h)
+    return Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv_out")(h)
