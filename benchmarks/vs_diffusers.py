@@ -2,9 +2,10 @@
 float32, in one process: training images/s, milliseconds per network evaluation, a 50-step DDIM sample of 64 images,
 memory (the growth of the process's peak RSS during the timed calls, coarse on a CPU; and for ours the buffers XLA's
 memory analysis reports), and the FLOP/s the compiled XLA programs achieve against this machine's measured matmul
-peak. Prints
-JSON lines and a Markdown table. Needs the test requirements (torch, diffusers).
-Usage: python -m benchmarks.vs_diffusers [--models=medium,digits] [--train_steps=8]"""
+peak. The two sides are timed in interleaved rounds and each figure is a median over the rounds; `*_spread` is the
+(max - min) / median of a measurement. Prints JSON lines and a Markdown table. Needs the test requirements (torch,
+diffusers).
+Usage: python -m benchmarks.vs_diffusers [--models=medium,digits] [--rounds=3] [--train_steps=4]"""
 from diffusion_jax.xla_flags import set_cpu_flags
 
 set_cpu_flags()
@@ -39,8 +40,9 @@ COMMON = dict(norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_pad
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Models to compare: {', '.join(MODELS)}.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Training batch and network-evaluation batch.")
 _SAMPLES = flags.DEFINE_integer("samples", 64, "Images of the 50-step DDIM sample.")
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 8, "Timed training steps per framework (after 2 warm-up steps).")
-_EVALS = flags.DEFINE_integer("evals", 8, "Timed network evaluations per framework.")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 4, "Timed training steps per framework and round.")
+_EVALS = flags.DEFINE_integer("evals", 4, "Timed network evaluations per framework and round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; each figure is the median over the rounds.")
 
 
 def peak_rss_reset():
@@ -53,16 +55,15 @@ def rss_mb(field):
     return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
 
-def measure(fn, n, warm_up=True):
-  """Seconds per call of fn() over n calls (after one untimed call), and the peak RSS growth in MB."""
-  if warm_up:
-    fn()
+def measure(fn, n):
+  """Seconds per call of fn() over n calls, and the peak RSS growth in MB. fn returns None, or the seconds it
+  measured itself (then used instead of the wall clock)."""
   peak_rss_reset()
   base = rss_mb("VmRSS:")
   start = time.perf_counter()
-  for _ in range(n):
-    fn()
-  return (time.perf_counter() - start) / n, rss_mb("VmHWM:") - base
+  own = [fn() for _ in range(n)]
+  seconds = sum(own) if None not in own else time.perf_counter() - start
+  return seconds / n, rss_mb("VmHWM:") - base
 
 
 def matmul_peak_flops(n=2048, reps=10):
@@ -86,13 +87,14 @@ def compiled_cost(jitted, *args):
   return float(cost.get("flops", 0.0)), mb
 
 
-def torch_side(unet, x, t, samples, train_steps, evals):
+def torch_side(unet, x, t, samples):
   """diffusers / PyTorch: an Adam training step on the eps loss, a network evaluation, a 50-step DDIMScheduler loop."""
   opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
   abar = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))).float()
   xt, tt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t).long()
 
   def train_step():
+    unet.train()
     noise = torch.randn_like(xt)
     a = abar[tt].view(-1, 1, 1, 1)
     loss = torch.mean((unet(a.sqrt() * xt + (1 - a).sqrt() * noise, tt).sample - noise) ** 2)
@@ -101,6 +103,7 @@ def torch_side(unet, x, t, samples, train_steps, evals):
     opt.step()
 
   def evaluate():
+    unet.eval()
     with torch.no_grad():
       unet(xt, tt)
 
@@ -108,22 +111,19 @@ def torch_side(unet, x, t, samples, train_steps, evals):
   shape = (samples,) + xt.shape[1:]
 
   def ddim():
+    unet.eval()
     scheduler.set_timesteps(50)
     z = torch.randn(shape)
     with torch.no_grad():
       for step in scheduler.timesteps:
         z = scheduler.step(unet(z, step).sample, step, z).prev_sample
 
-  unet.train()
-  train_s, train_mb = measure(train_step, train_steps)
-  unet.eval()
-  eval_s, _ = measure(evaluate, evals)
-  ddim_s, ddim_mb = measure(ddim, 1, warm_up=False)  # nothing to compile
-  return dict(train_images_per_s=len(x) / train_s, ms_per_eval=1000 * eval_s, ddim_seconds=ddim_s,
-              train_peak_mb=train_mb, ddim_peak_mb=ddim_mb)
+  train_step()  # warm-up: allocations, kernel selection
+  evaluate()
+  return dict(train=train_step, eval=evaluate, ddim=ddim), {}
 
 
-def jax_side(config, params, x, t, samples, train_steps, evals, peak):
+def jax_side(config, params, x, t, samples):
   """diffusion_jax: the jitted train step of train.py, a jitted network evaluation, the compiled DDIM-50 loop."""
   model, schedule = setup(config)
   tx = make_optimizer(config.optim)
@@ -140,20 +140,38 @@ def jax_side(config, params, x, t, samples, train_steps, evals, peak):
 
   forward = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
   eval_flops, eval_xla_mb = compiled_cost(forward, params, x, t)
-  evaluate = lambda: forward(params, x, t).block_until_ready()
 
-  train_s, train_mb = measure(train_step, train_steps)
-  eval_s, _ = measure(evaluate, evals)
-  peak_rss_reset()
-  base = rss_mb("VmRSS:")
-  _, _, sample_s, _ = generate_samples(config, model, schedule, params, mesh, "ddim", 50, samples,
-                                       jax.random.PRNGKey(1))  # seconds of the compiled loop, compilation excluded
-  ddim_mb = rss_mb("VmHWM:") - base  # compilation included
-  return dict(train_images_per_s=len(x) / train_s, ms_per_eval=1000 * eval_s, ddim_seconds=sample_s,
-              train_peak_mb=train_mb, ddim_peak_mb=ddim_mb, train_xla_mb=train_xla_mb, eval_xla_mb=eval_xla_mb,
-              train_gflops_per_s=train_flops / train_s / 1e9,
-              eval_gflops_per_s=eval_flops / eval_s / 1e9, train_fraction_of_peak=train_flops / train_s / peak,
-              eval_fraction_of_peak=eval_flops / eval_s / peak)
+  def evaluate():
+    forward(params, x, t).block_until_ready()
+
+  def ddim():  # seconds of the compiled loop, compilation excluded
+    return generate_samples(config, model, schedule, params, mesh, "ddim", 50, samples, jax.random.PRNGKey(1))[2]
+
+  train_step()  # compiles
+  evaluate()
+  return dict(train=train_step, eval=evaluate, ddim=ddim), dict(
+      train_flops=train_flops, eval_flops=eval_flops, train_xla_mb=train_xla_mb, eval_xla_mb=eval_xla_mb)
+
+
+def timed_rounds(sides, batch):
+  """Interleaved rounds (diffusers then ours, for each measurement): the median of each measurement over the rounds,
+  so that the load of this shared machine drifting over minutes does not favour either side."""
+  times = {side: {k: [] for k in ("train", "eval", "ddim")} for side in sides}
+  peaks = {side: {} for side in sides}
+  for r in range(_ROUNDS.value):
+    for key, n in (("train", _TRAIN_STEPS.value), ("eval", _EVALS.value), ("ddim", 1)):
+      for side, (fns, _) in sides.items():
+        seconds, mb = measure(fns[key], n)
+        times[side][key].append(seconds)
+        peaks[side].setdefault(key, mb)  # the first round's growth; later rounds reuse memory
+  out = {}
+  for side, t in times.items():
+    med = {k: float(np.median(v)) for k, v in t.items()}
+    out[side] = dict(train_images_per_s=batch / med["train"], ms_per_eval=1000 * med["eval"], ddim_seconds=med["ddim"],
+                     train_peak_mb=peaks[side]["train"], ddim_peak_mb=peaks[side]["ddim"],
+                     train_spread=float(np.ptp(t["train"]) / med["train"]),
+                     eval_spread=float(np.ptp(t["eval"]) / med["eval"]))
+  return out
 
 
 def compare(name, peak):
@@ -174,8 +192,14 @@ def compare(name, peak):
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (_BATCH.value, size, size, ch)).astype(np.float32)
   t = rng.integers(0, 1000, _BATCH.value).astype(np.float32)
-  theirs = torch_side(unet, x, t, _SAMPLES.value, _TRAIN_STEPS.value, _EVALS.value)
-  ours = jax_side(config, params, x, t, _SAMPLES.value, _TRAIN_STEPS.value, _EVALS.value, peak)
+  sides = dict(diffusers=torch_side(unet, x, t, _SAMPLES.value), ours=jax_side(config, params, x, t, _SAMPLES.value))
+  results = timed_rounds(sides, len(x))
+  theirs, ours, cost = results["diffusers"], results["ours"], sides["ours"][1]
+  ours.update(train_xla_mb=cost["train_xla_mb"], eval_xla_mb=cost["eval_xla_mb"],
+              train_gflops_per_s=cost["train_flops"] * ours["train_images_per_s"] / len(x) / 1e9,
+              eval_gflops_per_s=cost["eval_flops"] / ours["ms_per_eval"] / 1e6)
+  ours.update(train_fraction_of_peak=ours["train_gflops_per_s"] * 1e9 / peak,
+              eval_fraction_of_peak=ours["eval_gflops_per_s"] * 1e9 / peak)
   return dict(benchmark="vs_diffusers", model=name, params=int(n_params), batch=_BATCH.value, samples=_SAMPLES.value,
               torch_threads=torch.get_num_threads(), backend=jax.default_backend(),
               **{f"diffusers_{k}": round(v, 3) for k, v in theirs.items()},
