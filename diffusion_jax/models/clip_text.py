@@ -1,0 +1,143 @@
+"""The CLIP text transformer (Radford et al. 2021; the architecture of transformers' `CLIPTextModel`) in Flax, and its
+loading from a Hugging Face directory (config.json + model.safetensors) by name mapping: the frozen text encoder of
+Stable Diffusion, or a small one trained here."""
+import dataclasses
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+ACTIVATIONS = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP's approximation (SD v1's text encoder)
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPTextConfig:
+  """The fields of transformers' CLIPTextConfig that the network uses (defaults: CLIP ViT-L/14, SD v1.x)."""
+  vocab_size: int = 49408
+  hidden_size: int = 768
+  intermediate_size: int = 3072
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  max_position_embeddings: int = 77
+  hidden_act: str = "quick_gelu"
+  layer_norm_eps: float = 1e-5
+  eos_token_id: int = 49407
+
+  @classmethod
+  def from_dict(cls, d):
+    """From a CLIPTextConfig's config.json (or a CLIPConfig's, through its `text_config`)."""
+    d = d.get("text_config", d)
+    if d.get("hidden_act", "quick_gelu") not in ACTIVATIONS:
+      raise ValueError(f"Unsupported hidden_act {d['hidden_act']!r}; supported: {', '.join(ACTIVATIONS)}")
+    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+class EncoderLayer(nn.Module):
+  """Pre-LayerNorm transformer layer: causal self-attention, then an MLP, each with a residual connection."""
+  config: CLIPTextConfig
+
+  @nn.compact
+  def __call__(self, h, mask):
+    cfg = self.config
+    b, n, c = h.shape
+    heads = cfg.num_attention_heads
+    x = nn.LayerNorm(cfg.layer_norm_eps, name="layer_norm1")(h)
+    q, k, v = (nn.Dense(c, name=f"{p}_proj")(x).reshape(b, n, heads, c // heads) for p in "qkv")
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(c // heads)
+    attn = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
+    h = h + nn.Dense(c, name="out_proj")(jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, c))
+    x = nn.LayerNorm(cfg.layer_norm_eps, name="layer_norm2")(h)
+    x = nn.Dense(cfg.intermediate_size, name="fc1")(x)
+    return h + nn.Dense(c, name="fc2")(ACTIVATIONS[cfg.hidden_act](x))
+
+
+class CLIPTextModel(nn.Module):
+  """Token ids [B, N] (N <= max_position_embeddings) -> (last hidden states [B, N, C], pooled [B, C]: the state at
+  the end-of-text token). `attention_mask` [B, N] (1 = token, 0 = padding) is combined with the causal mask."""
+  config: CLIPTextConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None):
+    cfg = self.config
+    n = input_ids.shape[-1]
+    if n > cfg.max_position_embeddings:
+      raise ValueError(f"{n} tokens exceed the text encoder's context of {cfg.max_position_embeddings}; truncate "
+                       "the prompt (tokenize with truncation=True)")
+    h = (nn.Embed(cfg.vocab_size, cfg.hidden_size, name="token_embedding")(input_ids)
+         + nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, name="position_embedding")(jnp.arange(n)))
+    mask = jnp.tril(jnp.ones((n, n), bool))[None, None]
+    if attention_mask is not None:
+      mask = mask & attention_mask.astype(bool)[:, None, None, :]
+    for i in range(cfg.num_hidden_layers):
+      h = EncoderLayer(cfg, name=f"layers_{i}")(h, mask)
+    h = nn.LayerNorm(cfg.layer_norm_eps, name="final_layer_norm")(h)
+    # transformers: argmax of the ids for configs with the old eos_token_id 2, else the first end-of-text token
+    eos = jnp.argmax(input_ids, -1) if cfg.eos_token_id == 2 else jnp.argmax(input_ids == cfg.eos_token_id, -1)
+    return h, h[jnp.arange(h.shape[0]), eos]
+
+
+def hf_key(path):
+  """The transformers state-dict key of one of this model's parameter paths (a tuple of module names)."""
+  top, *rest, leaf = path
+  leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}[leaf]
+  if top in ("token_embedding", "position_embedding"):
+    return f"embeddings.{top}.{leaf}"
+  if top == "final_layer_norm":
+    return f"final_layer_norm.{leaf}"
+  layer, name = top.split("_")[1], rest[0]
+  group = "self_attn" if name.endswith("_proj") else "mlp" if name.startswith("fc") else None
+  return ".".join(["encoder.layers", layer] + ([group] if group else []) + [name, leaf])
+
+
+def convert_params(state_dict, config):
+  """The flax parameters of CLIPTextModel(config) from a transformers state dict ({key: array}, with or without the
+  `text_model.` prefix of CLIPTextModel checkpoints); raises listing missing tensors, or naming a shape mismatch."""
+  state_dict = {k.removeprefix("text_model."): np.asarray(v, np.float32) for k, v in state_dict.items()}
+  abstract = jax.eval_shape(CLIPTextModel(config).init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
+  flat = traverse_util.flatten_dict(abstract["params"])
+  missing = sorted(hf_key(p) for p in flat if hf_key(p) not in state_dict)
+  if missing:
+    raise ValueError(f"The text encoder's weights lack {len(missing)} tensor(s): {missing}")
+  out = {}
+  for path, leaf in flat.items():
+    value = state_dict[hf_key(path)]
+    value = value.T if path[-1] == "kernel" else value  # torch Linear [out, in] -> flax [in, out]
+    if value.shape != leaf.shape:
+      raise ValueError(f"Text encoder tensor {hf_key(path)}: shape {value.shape}, the network needs {leaf.shape}")
+    out[path] = value
+  return traverse_util.unflatten_dict(out)
+
+
+def load_pretrained(directory):
+  """(config, params) of a Hugging Face CLIPTextModel directory: config.json + model.safetensors."""
+  from safetensors.numpy import load_file
+  paths = [os.path.join(directory, f) for f in ("config.json", "model.safetensors")]
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: a text encoder directory holds config.json and model.safetensors")
+  with open(paths[0]) as f:
+    config = CLIPTextConfig.from_dict(json.load(f))
+  return config, convert_params(load_file(paths[1]), config)
+
+
+def tokenize(tokenizer, prompts, max_length):
+  """(token ids, attention mask), int32 [B, max_length], of prompts with a transformers tokenizer (CLIPTokenizer from
+  a text encoder's directory), padded to max_length; longer prompts are truncated, with a warning."""
+  prompts = list(prompts)
+  too_long = [p for p, ids in zip(prompts, tokenizer(prompts)["input_ids"]) if len(ids) > max_length]
+  if too_long:
+    logging.warning("%d prompt(s) exceed the text encoder's context of %d tokens and are truncated: %s",
+                    len(too_long), max_length, too_long[:3])
+  enc = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="np")
+  return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
