@@ -94,6 +94,19 @@ def get_base_config():
                  eps=1e-8),
   ))
 
+  # The KL autoencoder of latent diffusion (--mode=train_autoencoder; Rombach et al. 2022), diffusers' AutoencoderKL
+  # layout; downsampling f = 2^(levels - 1). kl_weight as in LDM's KL-regularised models.
+  c.autoencoder = ml_collections.ConfigDict(dict(
+      workdir="",            # "" -> <workdir>/autoencoder
+      model=dict(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_groups=8),
+      loss=dict(reconstruction="l1", kl_weight=1e-6),   # l1 | l2, summed per image
+      training=dict(num_steps=2000, batch_size=64, ema_decay=0.999, log_every=50, checkpoint_every=500,
+                    keep_checkpoints=2),
+      optim=dict(optimizer="adam", lr=1e-3, warmup_steps=100, grad_clip=1.0, weight_decay=0.0, b1=0.9, b2=0.999,
+                 eps=1e-8),
+      scale_num_images=1024,  # training images encoded to measure the latent scale factor 1 / std(z)
+  ))
+
   # Devices of every process form a (data, fsdp) mesh (parallel.py): the batch is split over both axes; fsdp > 1
   # also splits the parameters, EMA and optimizer state over `fsdp` devices. fsdp must divide the device count.
   c.parallel = ml_collections.ConfigDict(dict(fsdp=1))

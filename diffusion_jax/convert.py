@@ -119,12 +119,20 @@ def to_flax(value, leaf_shape):
   return value.T if value.ndim == 2 else value
 
 
-def convert_params(state_dict, abstract_params):
-  """The flax parameter tree (shapes from abstract_params) from a diffusers state dict (numpy arrays); raises listing
-  missing and unexpected keys, or naming the parameter whose shape differs."""
+def vae_key(path):
+  """The diffusers AutoencoderKL state-dict key of one of models/autoencoder.py's parameter paths."""
+  if path[0] in ("quant_conv", "post_quant_conv"):
+    return f"{path[0]}.{ {'kernel': 'weight', 'bias': 'bias'}[path[-1]]}"
+  return f"{path[0]}.{torch_key(path[1:])}"  # encoder. / decoder. + the U-Net's block names
+
+
+def convert_params(state_dict, abstract_params, key=torch_key):
+  """The flax parameter tree (shapes from abstract_params) from a diffusers state dict (numpy arrays), `key` naming
+  the state-dict key of each parameter path; raises listing missing and unexpected keys, or naming the parameter
+  whose shape differs."""
   state_dict = {rename_attention(k): np.asarray(v, np.float32) for k, v in state_dict.items()}
   flat = traverse_util.flatten_dict(abstract_params)
-  keys = {path: torch_key(path) for path in flat}
+  keys = {path: key(path) for path in flat}
   missing = sorted(k for k in keys.values() if k not in state_dict)
   unexpected = sorted(set(state_dict) - set(keys.values()))
   if missing or unexpected:

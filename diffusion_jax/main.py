@@ -1,5 +1,5 @@
 """Command line: python -m diffusion_jax.main --config=configs/digits.py --workdir=runs/x
---mode=train|sample|eval|all|train_classifier [--config.training.num_steps=2000 ...]."""
+--mode=train|sample|eval|all|train_classifier|train_autoencoder [--config.training.num_steps=2000 ...]."""
 from diffusion_jax.xla_flags import set_cpu_flags
 
 set_cpu_flags()
@@ -10,9 +10,10 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion_jax import distributed, evaluate, parallel, sample, train, train_classifier  # noqa: E402
+from diffusion_jax import (distributed, evaluate, parallel, sample, train, train_autoencoder,  # noqa: E402
+                           train_classifier)
 
-MODES = ("train", "sample", "eval", "all", "train_classifier")
+MODES = ("train", "sample", "eval", "all", "train_classifier", "train_autoencoder")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and reports.")
 _MODE = flags.DEFINE_string("mode", "all", f"One of {', '.join(MODES)}.")
@@ -29,6 +30,8 @@ def run(config, workdir, mode):
   mesh = parallel.mesh_for(config)
   if mode == "train_classifier":
     return train_classifier.train_classifier(config, workdir, mesh)
+  if mode == "train_autoencoder":
+    return train_autoencoder.train_autoencoder(config, workdir, mesh)
   if mode in ("train", "all"):
     state = train.train(config, workdir, mesh)
     params = state.ema_params if config.sample.use_ema else state.params

@@ -21,7 +21,8 @@ def timestep_embedding(timesteps, dim, flip_sin_to_cos=False, freq_shift=1.0, ma
 
 
 class ResnetBlock(nn.Module):
-  """GroupNorm-SiLU-conv, + time embedding (added, or scale-shift), GroupNorm-SiLU-dropout-conv, skip."""
+  """GroupNorm-SiLU-conv, + time embedding (added, or scale-shift; none when temb is None, as in an autoencoder),
+  GroupNorm-SiLU-dropout-conv, skip."""
   out_channels: int
   dropout: float = 0.0
   groups: int = 32
@@ -31,9 +32,11 @@ class ResnetBlock(nn.Module):
   @nn.compact
   def __call__(self, x, temb, train):
     h = Conv(self.out_channels, (3, 3), padding=1, name="conv1")(nn.silu(GroupNorm(self.groups, self.eps, name="norm1")(x)))
-    emb = Dense(self.out_channels * (2 if self.scale_shift else 1), name="time_emb_proj")(nn.silu(temb))[:, None, None, :]
-    h = GroupNorm(self.groups, self.eps, name="norm2")(h if self.scale_shift else h + emb)
-    if self.scale_shift:
+    if temb is not None:
+      emb = Dense(self.out_channels * (2 if self.scale_shift else 1), name="time_emb_proj")(nn.silu(temb))
+      emb = emb[:, None, None, :]
+    h = GroupNorm(self.groups, self.eps, name="norm2")(h + emb if temb is not None and not self.scale_shift else h)
+    if temb is not None and self.scale_shift:
       scale, shift = jnp.split(emb, 2, axis=-1)
       h = h * (1 + scale) + shift
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))

@@ -1,0 +1,80 @@
+"""The KL autoencoder against diffusers' AutoencoderKL (PyTorch, CPU) with the same random weights: encoder moments
+and decoder output to 1e-4; the KL term against its closed form."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_jax import convert
+from diffusion_jax.models.autoencoder import AutoencoderKL, kl_to_standard_normal
+
+TINY = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32), layers_per_block=1,
+            latent_channels=4, norm_num_groups=8, sample_size=16)
+
+
+@pytest.fixture(scope="module")
+def pair():
+  import torch
+  from diffusers import AutoencoderKL as TorchVAE
+  torch.manual_seed(0)
+  vae = TorchVAE(**TINY).eval()
+  with torch.no_grad():
+    for p in vae.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  ours = AutoencoderKL(out_channels=3, block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4,
+                       norm_groups=8)
+  abstract = jax.eval_shape(ours.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), jax.random.PRNGKey(1))
+  params = convert.convert_params({k: v.numpy() for k, v in vae.state_dict().items()}, abstract["params"],
+                                  key=convert.vae_key)
+  return vae, ours, params
+
+
+def test_matches_diffusers(pair):
+  import torch
+  vae, ours, params = pair
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  with torch.no_grad():
+    dist = vae.encode(torch.from_numpy(x.transpose(0, 3, 1, 2))).latent_dist
+    z = dist.mean
+    decoded = vae.decode(z).sample.numpy().transpose(0, 2, 3, 1)
+  mean, logvar = ours.apply({"params": params}, jnp.asarray(x), method=AutoencoderKL.encode)
+  assert mean.shape == (2, 4, 4, 4) and ours.downsampling == 4
+  np.testing.assert_allclose(mean, dist.mean.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(logvar, dist.logvar.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+  out = ours.apply({"params": params}, mean, method=AutoencoderKL.decode)
+  np.testing.assert_allclose(out, decoded, rtol=1e-4, atol=1e-4 * float(np.abs(decoded).max()))
+
+
+def test_kl_closed_form():
+  rng = np.random.default_rng(1)
+  mean, logvar = rng.normal(size=(3, 2, 2, 4)), rng.normal(size=(3, 2, 2, 4))
+  var = np.exp(logvar)
+  expected = 0.5 * (mean ** 2 + var - 1 - logvar).reshape(3, -1).sum(1)  # KL(N(m, v) || N(0, 1)) per dimension
+  np.testing.assert_allclose(kl_to_standard_normal(jnp.asarray(mean), jnp.asarray(logvar)), expected, rtol=1e-5)
+  np.testing.assert_allclose(kl_to_standard_normal(jnp.zeros((1, 3)), jnp.zeros((1, 3))), [0.0], atol=1e-7)
+
+
+def test_train_autoencoder_on_digits(tiny, tmp_path):
+  """A small autoencoder (f = 2: 8x8 digits -> 4x4x2 latents) learns to reconstruct held-out digits; the scale
+  factor whitens its latents; a longer run resumes from the checkpoint."""
+  import json
+  from diffusion_jax.data import get_dataset
+  from diffusion_jax.train_autoencoder import latent_std, train_autoencoder
+  c = tiny(**{"autoencoder.model": dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=2,
+                                        norm_groups=4),
+              "autoencoder.training.num_steps": 150, "autoencoder.training.batch_size": 32,
+              "autoencoder.training.checkpoint_every": 100, "autoencoder.training.log_every": 50,
+              "autoencoder.optim.warmup_steps": 10, "autoencoder.scale_num_images": 256})
+  state, stats = train_autoencoder(c, str(tmp_path))
+  variance = float(np.var(get_dataset(c, "eval").images))
+  assert stats["latent_shape"] == [4, 4, 2] and stats["held_out_mse"] < 0.25 * variance, (stats, variance)
+  saved = json.loads((tmp_path / "autoencoder" / "latent_scale.json").read_text())
+  assert saved["scale_factor"] == pytest.approx(1 / saved["latent_std"])
+  from diffusion_jax.train_autoencoder import get_autoencoder
+  std, _ = latent_std(get_autoencoder(c), state.ema_params, get_dataset(c, "train").images[:256], 32)
+  assert std * saved["scale_factor"] == pytest.approx(1.0, rel=1e-5)  # scaled latents have unit std
+  assert (tmp_path / "autoencoder" / "reconstructions.png").exists()
+  c.autoencoder.training.num_steps = 160
+  state, _ = train_autoencoder(c, str(tmp_path))
+  assert int(state.step) == 160
