@@ -94,12 +94,14 @@ def test_conv_and_dense_match_flax(ours, ref):  # their bias gradients are matri
   assert_same_layer(ours, ref, jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 16)))
 
 
-@pytest.mark.parametrize("r,n,tile,steps", [(3, 64, 64 * 16, (1, 16)), (4, 16, 2 * 16 * 16, (2, 16)),
-                                            (3, 50, 50 * 8, (1, 5)), (6, 16, 10 ** 6, (6, 16))])
-def test_blocked_attention_matches_einsum_and_grads(r, n, tile, steps):
-  assert _tiles(r, n, tile) == steps  # (rows, queries) per step: several query blocks, several row chunks, one step
+@pytest.mark.parametrize("r,n,nk,tile,steps", [(3, 64, 64, 64 * 16, (1, 16)), (4, 16, 16, 2 * 16 * 16, (2, 16)),
+                                               (3, 50, 50, 50 * 8, (1, 5)), (6, 16, 16, 10 ** 6, (6, 16)),
+                                               (4, 1, 17, 2 * 17, (2, 1)), (2, 24, 5, 5 * 8, (1, 8))])
+def test_blocked_attention_matches_einsum_and_grads(r, n, nk, tile, steps):
+  # (rows, queries) per step: several query blocks, several row chunks, one step; fewer or more keys than queries
+  assert _tiles(r, n, nk, tile) == steps
   k = jax.random.split(jax.random.PRNGKey(0), 4)
-  q, kk, v = (jax.random.normal(k[i], (r, n, 8)) * 2 for i in range(3))
+  q, kk, v = (jax.random.normal(k[i], (r, n if i == 0 else nk, 8)) * 2 for i in range(3))
   w = jax.random.normal(k[3], (r, n, 8))
   ref = lambda q, k, v: jax.nn.softmax(jnp.einsum("rqd,rkd->rqk", q, k) / np.sqrt(8), -1) @ v
   ours = lambda q, k, v: blocked_attention(q, k, v, tile)

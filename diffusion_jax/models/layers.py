@@ -134,11 +134,11 @@ def _divisor(n, at_most):
   return next(k for k in range(min(max(at_most, 1), n), 0, -1) if n % k == 0)
 
 
-def _tiles(r, n, tile):
-  """(rows per chunk, queries per block) so that one step's scores [rows, queries, n] hold about `tile` entries."""
-  if n * n >= tile:
-    return 1, _divisor(n, tile // n)
-  return _divisor(r, tile // (n * n)), n
+def _tiles(r, nq, nk, tile):
+  """(rows per chunk, queries per block) so that one step's scores [rows, queries, nk] hold about `tile` entries."""
+  if nq * nk >= tile:
+    return 1, _divisor(nq, tile // nk)
+  return _divisor(r, tile // (nq * nk)), nq
 
 
 def _chunks(a, c):
@@ -156,14 +156,14 @@ def _unblock(a):  # [n / bq, c, bq, ...] -> [c, n, ...]
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def blocked_attention(q, k, v, tile=TILE):
-  """softmax(q k^T / sqrt(d)) v for q, k, v of shape [R, N, D] (R = batch * heads), in steps of a few rows and a
+  """softmax(q k^T / sqrt(d)) v for q [R, Nq, D] and k, v [R, Nk, D] (R = batch * heads), in steps of a few rows and a
   block of queries (_tiles), so that the scores of a step stay in cache whatever the number of heads."""
   return _attn_fwd(q, k, v, tile)[0]
 
 
 def _attn_fwd(q, k, v, tile):
   r, n, d = q.shape
-  c, bq = _tiles(r, n, tile)
+  c, bq = _tiles(r, n, k.shape[1], tile)
   scale = 1.0 / math.sqrt(d)
 
   def chunk(x):
@@ -187,7 +187,7 @@ def _attn_fwd(q, k, v, tile):
 def _attn_bwd(tile, res, dout):
   q, k, v, out, lse = res
   r, n, d = q.shape
-  c, bq = _tiles(r, n, tile)
+  c, bq = _tiles(r, n, k.shape[1], tile)
   scale = 1.0 / math.sqrt(d)
   delta = jnp.sum(dout * out, axis=-1)  # [R, N]
 
@@ -208,7 +208,8 @@ def _attn_bwd(tile, res, dout):
     return _unblock(dq), dk_t, dv_t  # transposed back outside the loops, where XLA cannot fold it into the dots
 
   dq, dk_t, dv_t = jax.lax.map(chunk, tuple(_chunks(a, c) for a in (q, k, v, dout, lse, delta)))
-  return dq.reshape(r, n, d), dk_t.reshape(r, d, n).swapaxes(1, 2), dv_t.reshape(r, d, n).swapaxes(1, 2)
+  nk = k.shape[1]
+  return dq.reshape(r, n, d), dk_t.reshape(r, d, nk).swapaxes(1, 2), dv_t.reshape(r, d, nk).swapaxes(1, 2)
 
 
 blocked_attention.defvjp(_attn_fwd, _attn_bwd)
