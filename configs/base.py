@@ -41,6 +41,7 @@ def get_base_config():
       num_classes=0,
       flip_sin_to_cos=False,
       freq_shift=1.0,
+      latent=False,         # latent diffusion: work on the latents of the autoencoder (--mode=train_autoencoder)
   ))
 
   c.training = ml_collections.ConfigDict(dict(

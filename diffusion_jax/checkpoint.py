@@ -37,8 +37,9 @@ def check_compatible(saved, config, section="model"):
   now = _flat(json.loads(config.to_json()))
   then = _flat(saved)
   shape_field = lambda k: (k.startswith(section + ".") and k != section + ".dropout") or k in SHAPE_FIELDS
+  newer_and_off = lambda k: k not in then and not now.get(k)  # a field added since the checkpoint, left off
   diffs = [f"{k}: checkpoint has {then.get(k)!r}, config has {now.get(k)!r}"
-           for k in sorted(set(now) | set(then)) if shape_field(k) and now.get(k) != then.get(k)]
+           for k in sorted(set(now) | set(then)) if shape_field(k) and now.get(k) != then.get(k) and not newer_and_off(k)]
   if diffs:
     raise ValueError("The config does not match the checkpoint's model:\n  " + "\n  ".join(diffs))
 

@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-from diffusion_jax import parallel, train
+from diffusion_jax import latent, parallel, train
 from diffusion_jax.data import get_dataset
 from diffusion_jax.evaluation.features import Scorer
 from diffusion_jax.images import save_grid
@@ -25,12 +25,12 @@ def columns(names):
 
 
 def score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num, rng, classifier=None,
-                      grid_path=None, **kwargs):
+                      grid_path=None, latents=None, **kwargs):
   """Streams `num` samples of one sampler run through the scorer: a row of metrics, seconds (sampling only, compiled)
   and mean NFE; the first 100 samples go to grid_path as a PNG when given."""
   acc, seconds, nfes = scorer.stream(), 0.0, []
   for b, (images, labels, secs, nfe) in enumerate(sample_batches(config, model, process, params, mesh, name, steps,
-                                                                 num, rng, classifier, **kwargs)):
+                                                                 num, rng, classifier, latents, **kwargs)):
     if b == 0 and grid_path and jax.process_index() == 0:
       save_grid(images[:100], grid_path)
     acc.add(images, labels)
@@ -81,12 +81,16 @@ def evaluate(config, workdir, params=None, mesh=None):
     if classifier is None:  # the first run to stream: load what sampling needs, once
       params = train.load_params(config, workdir, mesh) if params is None else params
       classifier = load_classifier(config, workdir, mesh) if needs_classifier(config.sample.runs) else ()
+      latents = latent.load(config, workdir, mesh)
     os.makedirs(samples, exist_ok=True)
     rows.append(dict(run=label, **score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num,
                                                     jax.random.PRNGKey(config.seed + 1), classifier or None,
-                                                    os.path.join(samples, f"{label}.png"), **kwargs)))
+                                                    os.path.join(samples, f"{label}.png"), latents, **kwargs)))
   results = dict(metrics=scorer.describe(), features=config.eval.features, rows=rows)
   if config.eval.enable_bpd:
+    if latent.is_latent(config):
+      raise ValueError("eval.enable_bpd measures bits/dim of images through the probability-flow ODE; a latent "
+                       "diffusion model has no image likelihood of its own: set eval.enable_bpd=False")
     results["likelihood"] = held_out_bpd(config, workdir, params, mesh)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:

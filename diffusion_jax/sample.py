@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from diffusion_jax import parallel
+from diffusion_jax import latent, parallel
 from diffusion_jax.guidance import check_labels, classifier_free, classifier_grad, classifier_guided
 from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
@@ -87,14 +87,18 @@ def num_label_classes(config, classifier=None):
   return config.model.get("num_classes", 0) or (classifier.num_classes if classifier is not None else 0)
 
 
-def make_generate(config, model, process, mesh, name, num_steps, batch_size, classifier=None, **kwargs):
-  """A jitted (params, rng, y, classifier_params=None) -> (images, nfe) function for one sampler run; y may be None
-  for unconditional models. Run options `w` (classifier-free guidance; both passes in one batched network call)
-  and `s` (classifier guidance by jax.grad through the flax module `classifier`) combine."""
+def make_generate(config, model, process, mesh, name, num_steps, batch_size, classifier=None, latents=None, **kwargs):
+  """A jitted (params, rng, y, classifier_params=None, decoder_params=None) -> (images, nfe) function for one sampler
+  run; y may be None for unconditional models. Run options `w` (classifier-free guidance; both passes in one batched
+  network call) and `s` (classifier guidance by jax.grad through the flax module `classifier`) combine. A latent
+  model's samples are decoded by `latents` (latent.Latents) with decoder_params."""
   sampler = get_sampler(name)
   kwargs = dict(kwargs)
   w, s = guidance_scales(config, kwargs, classifier)
-  shape = (batch_size, config.data.image_size, config.data.image_size, config.data.channels)
+  if latent.is_latent(config) and (latents is None or config.sample.clip_x0 or s):
+    raise ValueError("A latent diffusion model samples with its autoencoder (latent.load), with sample.clip_x0=False "
+                     "(latents are not in [-1, 1]) and without classifier guidance (s=): the classifier sees images")
+  shape = (batch_size, *latent.diffusion_shape(config))
   sampler_setup(config, model, None, process, name)  # fails early if the sampler does not apply
   if name not in SDE_SAMPLERS:
     generic = dict(clip_x0=config.sample.clip_x0, spacing=config.sample.spacing, variance=config.sample.ddpm_variance)
@@ -103,7 +107,7 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
   adaptive = name == "ode" and kwargs.get("solver", "dopri5") == "dopri5"
   num_classes = config.model.get("num_classes", 0)
 
-  def generate(params, rng, y, classifier_params=None):
+  def generate(params, rng, y, classifier_params=None, decoder_params=None):
     model_fn, on = sampler_setup(config, model, params, process, name)
     if not num_classes:  # labels only steer the classifier
       unconditional = model_fn
@@ -119,7 +123,8 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
         model_fn = classifier_guided(model_fn, on, grad, s, config.diffusion.prediction)
     out = sampler(model_fn, on, shape, rng, num_steps=num_steps, y=y, prediction=config.diffusion.prediction,
                   **({"return_nfe": True} if adaptive else {}), **kwargs, **extra)
-    return out if adaptive else (out, jnp.asarray(nfe_of(name, num_steps, kwargs)))
+    x, nfe = out if adaptive else (out, jnp.asarray(nfe_of(name, num_steps, kwargs)))
+    return (x if latents is None else latents.decode(decoder_params, x)), nfe
   return jax.jit(generate, out_shardings=(parallel.batch_sharded(mesh), parallel.replicated(mesh)))
 
 
@@ -135,11 +140,12 @@ def sample_labels(num_classes, num, classes=""):
   return chosen[np.arange(num) % len(chosen)]
 
 
-def sample_batches(config, model, process, params, mesh, name, num_steps, num, rng, classifier=None, **kwargs):
+def sample_batches(config, model, process, params, mesh, name, num_steps, num, rng, classifier=None, latents=None,
+                   **kwargs):
   """Streams `num` samples in batches of config.sample.batch_size, each split over every device of every process and
   gathered once to every process: yields (images clipped to [-1, 1], labels or None,
   seconds excluding compilation, NFE) per batch, so a metric can consume 50,000 samples without holding them. `classifier` =
-  (module, params) for run option `s`."""
+  (module, params) for run option `s`; `latents` (latent.Latents) decodes a latent model's samples."""
   clf, clf_params = classifier or (None, None)
   bs = min(config.sample.batch_size, num)
   bs = -(-bs // mesh.devices.size) * mesh.devices.size
@@ -147,19 +153,21 @@ def sample_batches(config, model, process, params, mesh, name, num_steps, num, r
   nb = -(-num // bs)
   labels = sample_labels(num_label_classes(config, clf), nb * bs, config.sample.classes)
   ys = [None if labels is None else parallel.shard_batch(labels[b * bs:(b + 1) * bs], mesh) for b in range(nb)]
-  gen = make_generate(config, model, process, mesh, name, num_steps, bs, clf, **kwargs)
-  gen = gen.lower(params, rng, ys[0], clf_params).compile()
+  gen = make_generate(config, model, process, mesh, name, num_steps, bs, clf, latents, **kwargs)
+  dec_params = None if latents is None else latents.params
+  gen = gen.lower(params, rng, ys[0], clf_params, dec_params).compile()
   for b in tqdm(range(nb), desc=f"sampling {name}-{num_steps}", mininterval=5.0, disable=nb < 4):
     start = time.time()
-    images, nfe = gen(params, jax.random.fold_in(rng, b), ys[b], clf_params)
+    images, nfe = gen(params, jax.random.fold_in(rng, b), ys[b], clf_params, dec_params)
     images, keep = np.clip(parallel.to_host(images), -1.0, 1.0), min(bs, num - b * bs)  # the pixel range; NaN stays
     yield images[:keep], None if labels is None else labels[b * bs:b * bs + keep], time.time() - start, float(nfe)
 
 
-def generate_samples(config, model, process, params, mesh, name, num_steps, num, rng, classifier=None, **kwargs):
+def generate_samples(config, model, process, params, mesh, name, num_steps, num, rng, classifier=None, latents=None,
+                     **kwargs):
   """All `num` samples of sample_batches at once: (images [num, H, W, C], labels or None, seconds, mean NFE)."""
   images, labels, seconds, nfe = zip(*sample_batches(config, model, process, params, mesh, name, num_steps, num, rng,
-                                                     classifier, **kwargs))
+                                                     classifier, latents, **kwargs))
   return (np.concatenate(images), None if labels[0] is None else np.concatenate(labels), sum(seconds),
           float(np.mean(nfe)))
 
@@ -173,6 +181,7 @@ def sample(config, workdir, params, model, process, mesh):
   Runs with classifier guidance (`s=`) use the classifier trained by --mode=train_classifier."""
   from diffusion_jax.train_classifier import load_classifier  # it imports train, which imports this module
   classifier = load_classifier(config, workdir, mesh) if needs_classifier(config.sample.runs) else None
+  latents = latent.load(config, workdir, mesh)
   outdir = os.path.join(workdir, "samples")
   os.makedirs(outdir, exist_ok=True)
   records = []
@@ -180,7 +189,7 @@ def sample(config, workdir, params, model, process, mesh):
     label = run_label(name, steps, kwargs)
     rng = jax.random.PRNGKey(config.seed + 1)
     images, labels, seconds, nfe = generate_samples(config, model, process, params, mesh, name, steps,
-                                                    config.sample.num_samples, rng, classifier, **kwargs)
+                                                    config.sample.num_samples, rng, classifier, latents, **kwargs)
     bad = float(np.mean(~np.isfinite(images).all(axis=(1, 2, 3))))
     if bad:
       logging.error("%s: %.1f%% of the samples contain NaN or Inf; they are kept in the .npz and reported in runs.json",

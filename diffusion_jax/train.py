@@ -13,7 +13,7 @@ from absl import logging
 from clu import metric_writers
 from tqdm import tqdm
 
-from diffusion_jax import checkpoint, parallel
+from diffusion_jax import checkpoint, latent, parallel
 from diffusion_jax.data import get_dataset
 from diffusion_jax.guidance import drop_labels
 from diffusion_jax.images import save_grid
@@ -66,8 +66,7 @@ def setup(config):
 
 def init_state(config, model, tx, rng):
   k_init, k_train = jax.random.split(rng)
-  s = config.data.image_size
-  x = jnp.zeros((1, s, s, config.data.channels))
+  x = jnp.zeros((1, *latent.diffusion_shape(config)))
   y = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
   return new_state(model.init(k_init, x, jnp.zeros((1,)), y)["params"], tx, k_train)
 
@@ -180,11 +179,11 @@ def create_or_restore(config, directory, init, mesh, keep=2, section="model"):
   return state, mngr
 
 
-def write_training_grid(config, model, process, state, mesh, path):
+def write_training_grid(config, model, process, state, mesh, path, latents=None):
   """100 samples from the EMA parameters: DDIM-50 on discrete / VP models, probability-flow Heun-25 otherwise."""
   name, steps, kw = ("ddim", 50, {}) if config.diffusion.sde in ("", "vp") else ("ode", 25, {"solver": "heun"})
   images, _, _, _ = generate_samples(config, model, process, state.ema_params, mesh, name, steps, 100,
-                                     jax.random.PRNGKey(config.seed + 2), **kw)
+                                     jax.random.PRNGKey(config.seed + 2), latents=latents, **kw)
   if jax.process_index() == 0:
     save_grid(images, path)
 
@@ -251,6 +250,9 @@ def train(config, workdir, mesh=None):
   model, process = setup(config)
   tx = make_optimizer(config.optim)
   dataset = get_dataset(config, "train", parallel.local_rows(config.training.batch_size, mesh))
+  latents = latent.load(config, workdir, mesh)
+  if latents:
+    dataset = latent.encode_dataset(latents, dataset, config.training.batch_size)
   state, mngr = create_or_restore(config, os.path.join(workdir, "checkpoints"),
                                   lambda rng: init_state(config, model, tx, rng), mesh, config.training.keep_checkpoints)
   every = config.training.sample_every
@@ -258,7 +260,8 @@ def train(config, workdir, mesh=None):
 
   def sample_grid(done, state, _):
     if every and done % every == 0:
-      write_training_grid(config, model, process, state, mesh, os.path.join(workdir, "samples", f"train_{done:07d}.png"))
+      write_training_grid(config, model, process, state, mesh, os.path.join(workdir, "samples", f"train_{done:07d}.png"),
+                          latents)
   return fit(config, config.training, state, mngr, make_train_step(config, model, process, tx),
              lambda step, rows: host_batch(config, dataset, step, rows), mesh, os.path.join(workdir, "logs"), sample_grid,
              summarize=summarize_bins(edges), on_log=training_log(os.path.join(workdir, "training_log.json"), edges))

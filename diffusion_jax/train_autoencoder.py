@@ -111,7 +111,7 @@ def train_autoencoder(config, workdir, mesh=None):
 
 
 def load_autoencoder(config, workdir, mesh):
-  """(autoencoder module, its EMA parameters, latent scale factor) from the autoencoder directory."""
+  """(autoencoder module, its EMA parameters, latent_scale.json) from the autoencoder directory."""
   ae, tx = get_autoencoder(config), make_optimizer(config.autoencoder.optim)
   path = autoencoder_dir(config, workdir)
   state = restore_latest(config, os.path.join(path, "checkpoints"), lambda rng: init_state(config, ae, tx, rng), mesh,
@@ -119,4 +119,4 @@ def load_autoencoder(config, workdir, mesh):
                          "autoencoder; train one with --mode=train_autoencoder, or set config.autoencoder.workdir",
                          section="autoencoder.model")
   with open(os.path.join(path, "latent_scale.json")) as f:
-    return ae, state.ema_params, json.load(f)["scale_factor"]
+    return ae, state.ema_params, json.load(f)

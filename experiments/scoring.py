@@ -8,7 +8,7 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
-from diffusion_jax import parallel, train
+from diffusion_jax import latent, parallel, train
 from diffusion_jax.evaluate import score_sampler_run
 from diffusion_jax.evaluation.features import Scorer
 
@@ -19,6 +19,7 @@ def score_runs(config, workdir, out, runs, num_samples, classifier=None):
   mesh = parallel.mesh_for(config)
   model, process = train.setup(config)
   params = train.load_params(config, workdir, mesh)
+  latents = latent.load(config, workdir, mesh)
   scorer = Scorer(config, workdir, mesh)
   os.makedirs(out, exist_ok=True)
   rows_path = os.path.join(out, "rows.json")
@@ -27,7 +28,7 @@ def score_runs(config, workdir, out, runs, num_samples, classifier=None):
   for label, name, steps, opts, extra in tqdm([r for r in runs if r[0] not in done], desc="sampler runs"):
     try:
       row = score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num_samples,
-                              jax.random.PRNGKey(config.seed + 1), classifier, **opts)
+                              jax.random.PRNGKey(config.seed + 1), classifier, latents=latents, **opts)
     except ValueError as e:
       logging.warning("skipping %s: %s", label, e)
       continue

@@ -55,26 +55,71 @@ def test_kl_closed_form():
   np.testing.assert_allclose(kl_to_standard_normal(jnp.zeros((1, 3)), jnp.zeros((1, 3))), [0.0], atol=1e-7)
 
 
-def test_train_autoencoder_on_digits(tiny, tmp_path):
-  """A small autoencoder (f = 2: 8x8 digits -> 4x4x2 latents) learns to reconstruct held-out digits; the scale
-  factor whitens its latents; a longer run resumes from the checkpoint."""
+AE = {"autoencoder.model": dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=2, norm_groups=4),
+      "autoencoder.training.num_steps": 120, "autoencoder.training.batch_size": 32,
+      "autoencoder.training.checkpoint_every": 100, "autoencoder.training.log_every": 40,
+      "autoencoder.optim.warmup_steps": 10, "autoencoder.scale_num_images": 256}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(config, workdir, state, stats): a small autoencoder (f = 2: 8x8 digits -> 4x4x2 latents) trained 120 steps."""
+  from conftest import tiny_config
+  from diffusion_jax.train_autoencoder import train_autoencoder
+  workdir = str(tmp_path_factory.mktemp("latent"))
+  config = tiny_config(**AE)
+  state, stats = train_autoencoder(config, workdir)
+  return config, workdir, state, stats
+
+
+def test_train_autoencoder_on_digits(trained):
+  """It learns to reconstruct held-out digits; the scale factor whitens its latents; a longer run resumes."""
   import json
+  import os
   from diffusion_jax.data import get_dataset
-  from diffusion_jax.train_autoencoder import latent_std, train_autoencoder
-  c = tiny(**{"autoencoder.model": dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=2,
-                                        norm_groups=4),
-              "autoencoder.training.num_steps": 150, "autoencoder.training.batch_size": 32,
-              "autoencoder.training.checkpoint_every": 100, "autoencoder.training.log_every": 50,
-              "autoencoder.optim.warmup_steps": 10, "autoencoder.scale_num_images": 256})
-  state, stats = train_autoencoder(c, str(tmp_path))
+  from diffusion_jax.train_autoencoder import get_autoencoder, latent_std, train_autoencoder
+  c, workdir, state, stats = trained
   variance = float(np.var(get_dataset(c, "eval").images))
   assert stats["latent_shape"] == [4, 4, 2] and stats["held_out_mse"] < 0.25 * variance, (stats, variance)
-  saved = json.loads((tmp_path / "autoencoder" / "latent_scale.json").read_text())
+  with open(os.path.join(workdir, "autoencoder", "latent_scale.json")) as f:
+    saved = json.load(f)
   assert saved["scale_factor"] == pytest.approx(1 / saved["latent_std"])
-  from diffusion_jax.train_autoencoder import get_autoencoder
   std, _ = latent_std(get_autoencoder(c), state.ema_params, get_dataset(c, "train").images[:256], 32)
   assert std * saved["scale_factor"] == pytest.approx(1.0, rel=1e-5)  # scaled latents have unit std
-  assert (tmp_path / "autoencoder" / "reconstructions.png").exists()
-  c.autoencoder.training.num_steps = 160
-  state, _ = train_autoencoder(c, str(tmp_path))
-  assert int(state.step) == 160
+  assert os.path.exists(os.path.join(workdir, "autoencoder", "reconstructions.png"))
+  longer = c.copy_and_resolve_references()
+  longer.autoencoder.training.num_steps = 125
+  assert int(train_autoencoder(longer, workdir)[0].step) == 125
+
+
+def test_latent_diffusion_trains_and_samples_images(trained, tmp_path):
+  """model.latent: the U-Net trains on 4x4x2 latents, samplers run unchanged and their samples come back as 8x8
+  images; bad settings are named."""
+  import json
+  import os
+  from conftest import tiny_config
+  from diffusion_jax import latent, parallel, sample, train
+  _, ae_workdir, _, _ = trained
+  over = {**AE, "autoencoder.workdir": os.path.join(ae_workdir, "autoencoder"), "model.latent": True,
+          "sample.clip_x0": False, "sample.runs": "ddim:5,dpm_solver++:4", "sample.num_samples": 20,
+          "sample.batch_size": 20}
+  c = tiny_config(**over)
+  assert latent.diffusion_shape(c) == (4, 4, 2)
+  state = train.train(c, str(tmp_path))
+  assert state.params["conv_in"]["kernel"].shape[2] == 2 and state.params["conv_out"]["kernel"].shape[3] == 2
+  model, process = train.setup(c)
+  mesh = parallel.mesh_for(c)
+  records = sample.sample(c, str(tmp_path), state.ema_params, model, process, mesh)
+  assert [r["run"] for r in records] == ["ddim_5", "dpm_solver++_4"]
+  images = np.load(tmp_path / "samples" / "ddim_5.npz")["images"]
+  assert images.shape == (20, 8, 8, 1) and np.abs(images).max() <= 1.0 and np.std(images) > 0.05
+  with pytest.raises(ValueError, match=r"sample.clip_x0=False"):
+    sample.generate_samples(tiny_config(**{**over, "sample.clip_x0": True}), model, process, state.ema_params, mesh,
+                            "ddim", 5, 4, None, latents=latent.load(c, str(tmp_path), mesh))
+  with pytest.raises(FileNotFoundError, match="train one with --mode=train_autoencoder"):
+    latent.load(tiny_config(**{**over, "autoencoder.workdir": str(tmp_path / "none")}), str(tmp_path), mesh)
+  with pytest.raises(ValueError, match="autoencoder.model.latent_channels: checkpoint has 2, config has 3"):
+    latent.load(tiny_config(**{**over, "autoencoder.model": {**AE["autoencoder.model"], "latent_channels": 3}}),
+                str(tmp_path), mesh)
+  with open(tmp_path / "samples" / "runs.json") as f:
+    assert len(json.load(f)) == 2

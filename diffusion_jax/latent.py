@@ -1,0 +1,59 @@
+"""Latent diffusion (Rombach et al. 2022): with `model.latent = True` the diffusion model works on the scaled latents
+z = scale_factor * E(x) of the autoencoder of --mode=train_autoencoder; the training images are encoded once, every
+sampler runs unchanged on latents, and samples are decoded to images at the end of the compiled sampling loop."""
+import dataclasses
+
+import jax
+import numpy as np
+
+from diffusion_jax.data.base import ArrayDataset
+
+
+def is_latent(config):
+  return bool(config.model.get("latent", False))
+
+
+def diffusion_shape(config):
+  """(H, W, C) of the space the diffusion model works in: the images, or the autoencoder's latents."""
+  s, c = config.data.image_size, config.data.channels
+  if not is_latent(config):
+    return (s, s, c)
+  f = 2 ** (len(config.autoencoder.model.block_out_channels) - 1)
+  return (s // f, s // f, config.autoencoder.model.latent_channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Latents:
+  """A trained autoencoder (flax module, parameters) and its latent scale factor."""
+  autoencoder: object
+  params: object
+  scale_factor: float
+
+  def encode(self, images, batch_size):
+    """Scaled posterior means of `images` [N, H, W, C] (numpy), in batches. With LDM's KL weight (1e-6) the
+    posterior standard deviation is a small fraction of the latents' spread, so the mean stands for a sample."""
+    encode = jax.jit(lambda x: self.scale_factor * self.autoencoder.apply({"params": self.params}, x,
+                                                                          method=self.autoencoder.encode)[0])
+    return np.concatenate([np.asarray(encode(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+  def decode(self, params, z):
+    """Images of scaled latents z (traceable; params = self.params, passed so that jit sees them as arguments)."""
+    return self.autoencoder.apply({"params": params}, z / self.scale_factor, method=self.autoencoder.decode)
+
+
+def load(config, workdir, mesh):
+  """The Latents of a latent config (None otherwise), checked against the diffusion model's input shape."""
+  if not is_latent(config):
+    return None
+  from diffusion_jax.train_autoencoder import load_autoencoder  # it imports train, which imports this module
+  autoencoder, params, stats = load_autoencoder(config, workdir, mesh)
+  if tuple(stats["latent_shape"]) != diffusion_shape(config):
+    raise ValueError(f"The autoencoder's latents have shape {tuple(stats['latent_shape'])}, but the diffusion model "
+                     f"is configured for {diffusion_shape(config)} (data.image_size / 2^(levels - 1) and "
+                     "autoencoder.model.latent_channels); retrain the autoencoder or fix the config")
+  return Latents(autoencoder, params, stats["scale_factor"])
+
+
+def encode_dataset(latents, dataset, batch_size):
+  """The dataset with its images replaced by their scaled latents."""
+  return ArrayDataset(latents.encode(dataset.images, batch_size), dataset.labels, dataset.num_classes)
