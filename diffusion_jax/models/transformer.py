@@ -1,0 +1,76 @@
+"""The spatial transformer of latent diffusion's U-Net (Rombach et al. 2022, Sec. 3.3; diffusers' `Transformer2DModel`
+with `BasicTransformerBlock`): feature-map positions attend to each other and, by cross-attention, to a context
+sequence (text-encoder states), then pass a GEGLU feed-forward layer; parameter names follow diffusers."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax.models.layers import Conv, Dense, GroupNorm, blocked_attention
+
+
+class Attention(nn.Module):
+  """Multi-head attention of x [B, N, C] to context [B, M, Cc] (x itself when None); projections without bias, as in
+  Stable Diffusion, except the output's."""
+  heads: int
+  head_dim: int
+
+  @nn.compact
+  def __call__(self, x, context=None):
+    context = x if context is None else context
+    b, n, c = x.shape
+    inner = self.heads * self.head_dim
+    fold = lambda a: a.reshape(b, a.shape[1], self.heads, self.head_dim).transpose(0, 2, 1, 3).reshape(
+        b * self.heads, a.shape[1], self.head_dim)
+    q = fold(nn.Dense(inner, use_bias=False, name="to_q")(x))
+    k, v = (fold(nn.Dense(inner, use_bias=False, name=f"to_{p}")(context)) for p in "kv")
+    o = blocked_attention(q, k, v).reshape(b, self.heads, n, self.head_dim).transpose(0, 2, 1, 3).reshape(b, n, inner)
+    return Dense(c, name="to_out")(o)
+
+
+class TransformerBlock(nn.Module):
+  """LayerNorm-self-attention, LayerNorm-cross-attention, LayerNorm-GEGLU feed-forward (Shazeer 2020), each residual."""
+  heads: int
+  head_dim: int
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, context):
+    c = x.shape[-1]
+    x = x + Attention(self.heads, self.head_dim, name="attn1")(nn.LayerNorm(self.eps, name="norm1")(x))
+    x = x + Attention(self.heads, self.head_dim, name="attn2")(nn.LayerNorm(self.eps, name="norm2")(x), context)
+    h, gate = jnp.split(Dense(8 * c, name="ff_proj")(nn.LayerNorm(self.eps, name="norm3")(x)), 2, axis=-1)
+    return x + Dense(c, name="ff_out")(h * jax.nn.gelu(gate, approximate=False))
+
+
+class SpatialTransformer(nn.Module):
+  """GroupNorm, projection in (1x1 conv, or linear as in SD 2), `depth` transformer blocks over the H*W positions with
+  cross-attention to `context` [B, M, Cc], projection out, plus the input."""
+  heads: int
+  head_dim: int
+  depth: int = 1
+  groups: int = 32
+  linear_projection: bool = False
+
+  @nn.compact
+  def __call__(self, x, context):
+    b, hgt, wid, c = x.shape
+    inner = self.heads * self.head_dim
+    h = GroupNorm(self.groups, 1e-6, name="norm")(x)
+    if self.linear_projection:
+      h = Dense(inner, name="proj_in")(h.reshape(b, hgt * wid, c))
+    else:
+      h = Conv(inner, (1, 1), name="proj_in")(h).reshape(b, hgt * wid, inner)
+    for i in range(self.depth):
+      h = TransformerBlock(self.heads, self.head_dim, name=f"transformer_blocks_{i}")(h, context)
+    if self.linear_projection:
+      return x + Dense(c, name="proj_out")(h).reshape(b, hgt, wid, c)
+    return x + Conv(c, (1, 1), name="proj_out")(h.reshape(b, hgt, wid, inner))
+
+
+def diffusers_key(path):
+  """The diffusers Transformer2DModel state-dict key of one of SpatialTransformer's parameter paths."""
+  *mods, leaf = path
+  leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
+  names = {"to_out": "to_out.0", "ff_proj": "ff.net.0.proj", "ff_out": "ff.net.2"}
+  parts = [m.replace("transformer_blocks_", "transformer_blocks.") for m in mods]
+  return ".".join([names.get(p, p) for p in parts] + [leaf])
