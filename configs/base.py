@@ -42,6 +42,10 @@ def get_base_config():
       flip_sin_to_cos=False,
       freq_shift=1.0,
       latent=False,         # latent diffusion: work on the latents of the autoencoder (--mode=train_autoencoder)
+      context_dim=0,        # > 0: cross-attention to a context sequence y [B, M, context_dim] (text-encoder states)
+      transformer_depth=1,  # transformer blocks per attention level (with context_dim)
+      linear_projection=False,  # linear (SD 2) instead of 1x1-conv (SD 1) projections around those blocks
+      downsample_padding=0,  # 0: pad right / bottom (Ho et al.); 1: all round (Stable Diffusion)
   ))
 
   c.training = ml_collections.ConfigDict(dict(

@@ -14,13 +14,23 @@ import numpy as np
 from absl import app, flags, logging
 from flax import traverse_util
 
-# diffusers block types -> whether the level has attention; anything else is refused by name
+from diffusion_jax.models.transformer import diffusers_name
+
+# diffusers block types -> whether the level has attention, for UNet2DModel and (cross-attention) for
+# UNet2DConditionModel; anything else is refused by name
 DOWN_BLOCKS = {"DownBlock2D": False, "AttnDownBlock2D": True}
 UP_BLOCKS = {"UpBlock2D": False, "AttnUpBlock2D": True}
-# fields of a UNet2DModel config this network reproduces only at these values
+COND_DOWN_BLOCKS = {"DownBlock2D": False, "CrossAttnDownBlock2D": True}
+COND_UP_BLOCKS = {"UpBlock2D": False, "CrossAttnUpBlock2D": True}
+# fields of a UNet2DModel / UNet2DConditionModel config this network reproduces only at these values
 FIXED = {"act_fn": "silu", "time_embedding_type": "positional", "center_input_sample": False,
          "mid_block_scale_factor": 1, "downsample_padding": 0, "downsample_type": "conv", "upsample_type": "conv",
          "add_attention": True, "class_embed_type": None, "num_class_embeds": None}
+COND_FIXED = {"act_fn": "silu", "time_embedding_type": "positional", "center_input_sample": False,
+              "mid_block_scale_factor": 1, "mid_block_type": "UNetMidBlock2DCrossAttn", "class_embed_type": None,
+              "num_class_embeds": None, "only_cross_attention": False, "dual_cross_attention": False,
+              "addition_embed_type": None, "encoder_hid_dim": None, "time_cond_proj_dim": None,
+              "conv_in_kernel": 3, "conv_out_kernel": 3, "attention_type": "default"}
 RENAMED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # diffusers < 0.14
 TFDS_NAMES = {"cifar10": "cifar10", "celebahq": "celeb_a_hq/256", "church": "lsun/church_outdoor",
               "bedroom": "lsun/bedroom", "cat": "lsun/cat"}
@@ -30,27 +40,35 @@ VARIANCES = {"fixed_small": "beta_tilde", "fixed_large": "beta"}
 
 
 def unet_overrides(cfg):
-  """Config overrides ({"model.block_out_channels": ..., ...}) for a diffusers UNet2DModel config.json."""
-  for key, value in FIXED.items():
+  """Config overrides ({"model.block_out_channels": ..., ...}) for a diffusers UNet2DModel config.json, or a
+  UNet2DConditionModel's (one with cross_attention_dim: Stable Diffusion's layout)."""
+  conditional = "cross_attention_dim" in cfg
+  down_blocks, up_blocks = (COND_DOWN_BLOCKS, COND_UP_BLOCKS) if conditional else (DOWN_BLOCKS, UP_BLOCKS)
+  cls = "UNet2DConditionModel" if conditional else "UNet2DModel"
+  for key, value in (COND_FIXED if conditional else FIXED).items():
     if cfg.get(key, value) != value:
-      raise ValueError(f"Unsupported UNet2DModel setting {key}={cfg[key]!r}; this converter supports {key}={value!r}")
+      raise ValueError(f"Unsupported {cls} setting {key}={cfg[key]!r}; this converter supports {key}={value!r}")
   down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
-  for kind, types, known in (("down", down, DOWN_BLOCKS), ("up", up, UP_BLOCKS)):
+  for kind, types, known in (("down", down, down_blocks), ("up", up, up_blocks)):
     bad = sorted({t for t in types if t not in known})
     if bad:
       raise ValueError(f"Unsupported {kind} block type(s) {bad}; supported: {', '.join(known)}")
   channels = list(cfg["block_out_channels"])
   if not len(down) == len(up) == len(channels):
     raise ValueError(f"{len(down)} down blocks, {len(up)} up blocks and {len(channels)} block_out_channels differ")
-  if [DOWN_BLOCKS[t] for t in down] != [UP_BLOCKS[t] for t in reversed(up)]:
+  if [down_blocks[t] for t in down] != [up_blocks[t] for t in reversed(up)]:
     raise ValueError(f"Attention levels of down_block_types {down} and up_block_types {up} do not mirror each other")
   if cfg.get("attn_norm_num_groups") not in (None, cfg.get("norm_num_groups", 32)):
     raise ValueError(f"Unsupported attn_norm_num_groups={cfg['attn_norm_num_groups']} (differs from norm_num_groups)")
   size = cfg["sample_size"]
   size = size[0] if isinstance(size, (list, tuple)) else size
   head_dim = cfg.get("attention_head_dim")
-  attn_channels = [c for c, t in zip(channels, down) if DOWN_BLOCKS[t]] + channels[-1:]  # and the middle block's
-  heads = {c // head_dim if head_dim else 1 for c in attn_channels}
+  attn_channels = [c for c, t in zip(channels, down) if down_blocks[t]] + channels[-1:]  # and the middle block's
+  if conditional:  # UNet2DConditionModel's attention_head_dim is, for historical reasons, the head count
+    heads = cfg.get("num_attention_heads") or head_dim
+    heads = set(heads) if isinstance(heads, (list, tuple)) else {heads}
+  else:
+    heads = {c // head_dim if head_dim else 1 for c in attn_channels}
   if len(heads) > 1:
     raise ValueError(f"attention_head_dim={head_dim} gives a different head count per level ({sorted(heads)}); "
                      "supported: one head count for every attention level")
@@ -63,12 +81,24 @@ def unet_overrides(cfg):
       "data.image_size": size, "data.channels": cfg.get("in_channels", 3),
       "model.name": "unet", "model.block_out_channels": tuple(channels),
       "model.layers_per_block": cfg.get("layers_per_block", 2),
-      "model.attn_resolutions": tuple(size // 2 ** i for i, t in enumerate(down) if DOWN_BLOCKS[t]),
+      "model.attn_resolutions": tuple(size // 2 ** i for i, t in enumerate(down) if down_blocks[t]),
       "model.num_heads": heads.pop(), "model.norm_groups": cfg.get("norm_num_groups", 32),
       "model.norm_eps": cfg.get("norm_eps", 1e-5), "model.dropout": cfg.get("dropout", 0.0),
       "model.scale_shift": cfg.get("resnet_time_scale_shift", "default") == "scale_shift",
       "model.flip_sin_to_cos": cfg.get("flip_sin_to_cos", True), "model.freq_shift": float(cfg.get("freq_shift", 0)),
-      "model.num_classes": 0}
+      "model.num_classes": 0, **(cond_overrides(cfg) if conditional else {})}
+
+
+def cond_overrides(cfg):
+  """The cross-attention fields of a UNet2DConditionModel config."""
+  depth = cfg.get("transformer_layers_per_block", 1)
+  if not isinstance(depth, int):
+    raise ValueError(f"Unsupported transformer_layers_per_block={depth!r}; supported: one depth for every level")
+  if cfg.get("downsample_padding", 1) not in (0, 1):
+    raise ValueError(f"Unsupported downsample_padding={cfg['downsample_padding']}; supported: 0, 1")
+  return {"model.context_dim": cfg["cross_attention_dim"], "model.transformer_depth": depth,
+          "model.linear_projection": bool(cfg.get("use_linear_projection", False)),
+          "model.downsample_padding": cfg.get("downsample_padding", 1)}
 
 
 def scheduler_overrides(cfg):
@@ -105,7 +135,7 @@ def torch_key(path):
     kind = parts[2]
     prefix = {"resnet": f"{blocks}.resnets.{parts[-1]}", "attn": f"{blocks}.attentions.{parts[-1]}",
               "downsample": f"{blocks}.downsamplers.0.conv", "upsample": f"{blocks}.upsamplers.0.conv"}[kind]
-  rest = ["to_out.0" if r == "to_out" else r for r in rest]
+  rest = [diffusers_name(r) for r in rest]
   leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[rest.pop()]
   return ".".join([prefix, *rest, leaf])
 

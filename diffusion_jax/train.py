@@ -68,6 +68,8 @@ def init_state(config, model, tx, rng):
   k_init, k_train = jax.random.split(rng)
   x = jnp.zeros((1, *latent.diffusion_shape(config)))
   y = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
+  if config.model.get("context_dim", 0):  # a text-conditional U-Net: y is a context sequence
+    y = jnp.zeros((1, 1, config.model.context_dim))
   return new_state(model.init(k_init, x, jnp.zeros((1,)), y)["params"], tx, k_train)
 
 

@@ -67,10 +67,15 @@ class SpatialTransformer(nn.Module):
     return x + Conv(c, (1, 1), name="proj_out")(h.reshape(b, hgt, wid, inner))
 
 
+DIFFUSERS_NAMES = {"to_out": "to_out.0", "ff_proj": "ff.net.0.proj", "ff_out": "ff.net.2"}
+
+
+def diffusers_name(module):
+  """diffusers' name of one of these modules (transformer_blocks_0 -> transformer_blocks.0, ff_out -> ff.net.2)."""
+  return DIFFUSERS_NAMES.get(module, module.replace("transformer_blocks_", "transformer_blocks."))
+
+
 def diffusers_key(path):
   """The diffusers Transformer2DModel state-dict key of one of SpatialTransformer's parameter paths."""
   *mods, leaf = path
-  leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
-  names = {"to_out": "to_out.0", "ff_proj": "ff.net.0.proj", "ff_out": "ff.net.2"}
-  parts = [m.replace("transformer_blocks_", "transformer_blocks.") for m in mods]
-  return ".".join([names.get(p, p) for p in parts] + [leaf])
+  return ".".join([diffusers_name(m) for m in mods] + [{"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]])

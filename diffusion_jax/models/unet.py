@@ -1,5 +1,6 @@
 """The DDPM U-Net (Ho et al. 2020) in the block layout of diffusers' `UNet2DModel`, so released checkpoints such as
-`ddpm-cifar10-32` map onto it one tensor to one tensor; plus scale-shift and class conditioning (null label = num_classes)."""
+`ddpm-cifar10-32` map onto it one tensor to one tensor; plus scale-shift and class conditioning (null label =
+num_classes), and cross-attention to a context sequence in the layout of `UNet2DConditionModel` (Stable Diffusion)."""
 import math
 from typing import Optional, Sequence
 
@@ -7,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffusion_jax.models.layers import Conv, Dense, GroupNorm, blocked_attention, class_conditioning
+from diffusion_jax.models.transformer import SpatialTransformer
 
 zero_init = nn.initializers.zeros
 
@@ -80,6 +82,12 @@ class UNet(nn.Module):
   num_classes: int = 0  # 0: unconditional; else labels 0..num_classes-1 and the null label num_classes
   flip_sin_to_cos: bool = False
   freq_shift: float = 1.0
+  # latent diffusion's text conditioning (Rombach et al. 2022): with context_dim > 0, y is a context sequence
+  # [B, M, context_dim] (text-encoder states) and the attention levels are spatial transformers attending to it
+  context_dim: int = 0
+  transformer_depth: int = 1
+  linear_projection: bool = False
+  downsample_padding: int = 0  # 0: pad right / bottom by 1 (Ho et al.); 1: pad 1 all round (Stable Diffusion)
 
   @nn.compact
   def __call__(self, x, timesteps, y: Optional[jnp.ndarray] = None, train: bool = False):
@@ -87,11 +95,22 @@ class UNet(nn.Module):
     temb = timestep_embedding(timesteps, ch0, self.flip_sin_to_cos, self.freq_shift)
     temb = Dense(4 * ch0, name="time_embedding_1")(temb)
     temb = Dense(4 * ch0, name="time_embedding_2")(nn.silu(temb))
+    context = None
+    if self.context_dim:
+      if y is None or y.ndim != 3 or y.shape[-1] != self.context_dim:
+        raise ValueError(f"A U-Net with context_dim={self.context_dim} takes y = a context sequence [B, M, "
+                         f"{self.context_dim}], got {None if y is None else y.shape}")
+      context, y = y, None
     temb = class_conditioning(temb, y, self.num_classes, "U-Net")
 
     res = lambda **kw: ResnetBlock(dropout=self.dropout, groups=self.norm_groups, eps=self.norm_eps,
                                    scale_shift=self.scale_shift, **kw)
-    attn = lambda **kw: AttentionBlock(self.num_heads, self.norm_groups, self.norm_eps, **kw)
+
+    def attn(name):
+      if not self.context_dim:
+        return AttentionBlock(self.num_heads, self.norm_groups, self.norm_eps, name=name)
+      return lambda h: SpatialTransformer(self.num_heads, h.shape[-1] // self.num_heads, self.transformer_depth,
+                                          self.norm_groups, self.linear_projection, name=name)(h, context)
     n = len(self.block_out_channels)
 
     h = Conv(ch0, (3, 3), padding=1, name="conv_in")(x)
@@ -101,16 +120,17 @@ class UNet(nn.Module):
       for j in range(self.layers_per_block):
         h = res(out_channels=ch, name=f"down_{i}_resnet_{j}")(h, temb, train)
         if use_attn:
-          h = attn(name=f"down_{i}_attn_{j}")(h)
+          h = attn(f"down_{i}_attn_{j}")(h)
         skips.append(h)
       if i < n - 1:
-        h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))  # TF "SAME" for stride 2, as in Ho et al.
-        h = Conv(ch, (3, 3), strides=2, padding=0, name=f"down_{i}_downsample")(h)
+        if not self.downsample_padding:
+          h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))  # TF "SAME" for stride 2, as in Ho et al.
+        h = Conv(ch, (3, 3), strides=2, padding=self.downsample_padding, name=f"down_{i}_downsample")(h)
         skips.append(h)
 
     ch = self.block_out_channels[-1]
     h = res(out_channels=ch, name="mid_resnet_0")(h, temb, train)
-    h = attn(name="mid_attn")(h)
+    h = attn("mid_attn")(h)
     h = res(out_channels=ch, name="mid_resnet_1")(h, temb, train)
 
     for i, ch in enumerate(reversed(self.block_out_channels)):
@@ -118,7 +138,7 @@ class UNet(nn.Module):
       for j in range(self.layers_per_block + 1):
         h = res(out_channels=ch, name=f"up_{i}_resnet_{j}")(jnp.concatenate([h, skips.pop()], axis=-1), temb, train)
         if use_attn:
-          h = attn(name=f"up_{i}_attn_{j}")(h)
+          h = attn(f"up_{i}_attn_{j}")(h)
       if i < n - 1:
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour 2x
         h = Conv(ch, (3, 3), padding=1, name=f"up_{i}_upsample")(h)
