@@ -6,9 +6,16 @@ import jax.numpy as jnp
 from diffusion_jax.losses import bcast, target, to_eps_x0
 
 
-def drop_labels(rng, y, p_uncond, null_label):
-  """Replaces each label by the null label with probability p_uncond (Ho & Salimans 2022, Alg. 1)."""
-  return jnp.where(jax.random.uniform(rng, y.shape) < p_uncond, null_label, y)
+def null_like(y, null):
+  """The null condition in y's shape: the null label, or for token ids [B, M] the empty prompt's ids [M] per row."""
+  return jnp.broadcast_to(jnp.asarray(null, y.dtype), y.shape)
+
+
+def drop_labels(rng, y, p_uncond, null):
+  """Replaces each example's condition (a label, or a row of token ids) by the null one with probability p_uncond
+  (Ho & Salimans 2022, Alg. 1)."""
+  drop = jax.random.uniform(rng, y.shape[:1]) < p_uncond
+  return jnp.where(drop.reshape(-1, *(1,) * (y.ndim - 1)), null_like(y, null), y)
 
 
 def check_labels(y, num_classes):
@@ -23,20 +30,21 @@ def check_labels(y, num_classes):
 
 
 def classifier_free(model_fn, w, null_label):
-  """eps~ = (1 + w) eps(x, y) - w eps(x, null) (Ho & Salimans 2022, eq. 6), both passes in one batched call. Valid for
+  """eps~ = (1 + w) eps(x, y) - w eps(x, null) (Ho & Salimans 2022, eq. 6), both passes in one batched call; `null` is
+  the null label, or the empty prompt's token ids when y holds token ids (null_like). Valid for
   eps, x0 and v outputs alike: weights summing to 1 commute with the affine maps between them at fixed x_t.
   w = 0 returns model_fn itself, so unguided sampling is unchanged bit for bit; w = -1 is the unconditional model,
   eps(x, null), in one pass."""
   if w == 0:
     return model_fn
   if w == -1:
-    return lambda x, t, y=None: model_fn(x, t, None if y is None else jnp.full_like(y, null_label))
+    return lambda x, t, y=None: model_fn(x, t, None if y is None else null_like(y, null_label))
 
   def guided(x, t, y=None):
     if y is None:
       raise ValueError("classifier-free guidance needs class labels y")
     out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                   jnp.concatenate([y, jnp.full_like(y, null_label)]))
+                   jnp.concatenate([y, null_like(y, null_label)]))
     cond, uncond = jnp.split(out, 2)
     return cond + w * (cond - uncond)
   return guided

@@ -132,6 +132,22 @@ def test_label_dropout_and_label_checks():
     sample_labels(0, 4, "3")
 
 
+def test_token_id_conditions_drop_and_guide_by_whole_prompts():
+  """With token ids [B, M] as the condition, dropout and classifier-free guidance swap whole rows for the empty
+  prompt's ids, and the guided output is (1 + w) cond - w uncond of the batched call."""
+  from diffusion_jax.guidance import classifier_free
+  ids = jnp.tile(jnp.arange(3, 9)[None], (4000, 1))
+  empty = jnp.array([1, 2, 0, 0, 0, 0])  # start, end, padding
+  dropped = drop_labels(jax.random.PRNGKey(0), ids, 0.2, empty)
+  rows_empty = np.all(np.asarray(dropped) == np.asarray(empty), axis=1)
+  assert abs(rows_empty.mean() - 0.2) < 0.02
+  assert np.all((np.asarray(dropped) == np.asarray(ids)).all(axis=1) | rows_empty)  # whole rows, never mixed
+  model_fn = lambda x, t, y: x * jnp.sum(y, axis=1, keepdims=True)  # a stand-in network that reads its condition
+  x, t, y = jnp.ones((2, 1)), jnp.zeros((2,)), ids[:2]
+  guided = classifier_free(model_fn, 2.0, empty)(x, t, y)
+  np.testing.assert_allclose(guided, 3 * model_fn(x, t, y) - 2 * model_fn(x, t, jnp.tile(empty, (2, 1))))
+
+
 def test_noisy_classifier_trains_on_x_t_with_accuracy_by_noise_level(trained_classifier, tiny, tmp_path):
   """The classifier trained on x_t of the diffusion process reads nearly clean digits and is at chance on pure
   noise; it keeps its own checkpoints, resumes, and refuses a config whose classifier differs from its checkpoint."""
