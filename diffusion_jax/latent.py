@@ -30,8 +30,8 @@ class Latents:
   scale_factor: float
 
   def encode(self, images, batch_size):
-    """Scaled posterior means of `images` [N, H, W, C] (numpy), in batches. With LDM's KL weight (1e-6) the
-    posterior standard deviation is a small fraction of the latents' spread, so the mean stands for a sample."""
+    """Scaled posterior means of `images` [N, H, W, C] (numpy), in batches: the training data are encoded once and
+    deterministically (LDM draws a sample of q(z | x) per step instead)."""
     encode = jax.jit(lambda x: self.scale_factor * self.autoencoder.apply({"params": self.params}, x,
                                                                           method=self.autoencoder.encode)[0])
     return np.concatenate([np.asarray(encode(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
