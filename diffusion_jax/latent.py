@@ -4,6 +4,7 @@ sampler runs unchanged on latents, and samples are decoded to images at the end 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.data.base import ArrayDataset
@@ -22,6 +23,18 @@ def diffusion_shape(config):
   return (s // f, s // f, config.autoencoder.model.latent_channels)
 
 
+def encode_images(autoencoder, params, images, batch_size, sample=False):
+  """Latents of `images` [N, H, W, C] (numpy) in batches: posterior means, or samples z ~ q(z | x) (the batch starting
+  at image i seeded by i)."""
+  @jax.jit
+  def encode(x, seed):
+    mean, logvar = autoencoder.apply({"params": params}, x, method=autoencoder.encode)
+    if not sample:
+      return mean
+    return mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.PRNGKey(seed), mean.shape, mean.dtype)
+  return np.concatenate([np.asarray(encode(images[i:i + batch_size], i)) for i in range(0, len(images), batch_size)])
+
+
 @dataclasses.dataclass(frozen=True)
 class Latents:
   """A trained autoencoder (flax module, parameters) and its latent scale factor."""
@@ -32,9 +45,7 @@ class Latents:
   def encode(self, images, batch_size):
     """Scaled posterior means of `images` [N, H, W, C] (numpy), in batches: the training data are encoded once and
     deterministically (LDM draws a sample of q(z | x) per step instead)."""
-    encode = jax.jit(lambda x: self.scale_factor * self.autoencoder.apply({"params": self.params}, x,
-                                                                          method=self.autoencoder.encode)[0])
-    return np.concatenate([np.asarray(encode(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+    return self.scale_factor * encode_images(self.autoencoder, self.params, images, batch_size)
 
   def decode(self, params, z):
     """Images of scaled latents z (traceable; params = self.params, passed so that jit sees them as arguments)."""

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from diffusion_jax import parallel
+from diffusion_jax.latent import encode_images
 from diffusion_jax.data import get_dataset
 from diffusion_jax.images import save_grid
 from diffusion_jax.models.autoencoder import AutoencoderKL, kl_to_standard_normal
@@ -58,21 +59,9 @@ def make_train_step(config, ae, tx):
   return train_step
 
 
-def encode_fn(ae, params, sample=True):
-  """A jitted images -> latents: z ~ q(z | x) (seeded by the batch index), or the mean."""
-  @jax.jit
-  def encode(x, index):
-    mean, logvar = ae.apply({"params": params}, x, method=AutoencoderKL.encode)
-    if not sample:
-      return mean
-    return mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.PRNGKey(index), mean.shape, mean.dtype)
-  return encode
-
-
 def latent_std(ae, params, images, batch_size):
   """The standard deviation of latents z ~ q(z | x) over `images`; the latent scale factor is its inverse."""
-  encode = encode_fn(ae, params)
-  z = np.concatenate([encode(images[i:i + batch_size], i) for i in range(0, len(images), batch_size)])
+  z = encode_images(ae, params, images, batch_size, sample=True)
   return float(np.std(z)), z.shape[1:]
 
 
@@ -98,8 +87,8 @@ def train_autoencoder(config, workdir, mesh=None):
   params = state.ema_params
   std, shape = latent_std(ae, params, data.images[:acfg.scale_num_images], acfg.training.batch_size)
   x = held.images[:acfg.training.batch_size]
-  rec = np.asarray(jax.jit(lambda x: ae.apply({"params": params}, encode_fn(ae, params, sample=False)(x, 0),
-                                              method=AutoencoderKL.decode))(x))
+  rec = np.asarray(jax.jit(lambda z: ae.apply({"params": params}, z, method=AutoencoderKL.decode))(
+      encode_images(ae, params, x, len(x))))
   stats = dict(step=int(state.step), scale_factor=1.0 / std, latent_std=std, latent_shape=list(shape),
                num_images=min(len(data), acfg.scale_num_images), held_out_mse=float(np.mean((rec - x) ** 2)))
   if jax.process_index() == 0:

@@ -11,14 +11,18 @@ from diffusion_jax.models.layers import Conv, GroupNorm
 from diffusion_jax.models.unet import AttentionBlock, ResnetBlock
 
 
-class Encoder(nn.Module):
-  """conv_in, per level: ResNet blocks then a stride-2 conv (not at the last level), mid ResNet-attention-ResNet,
-  GroupNorm-SiLU-conv_out to `out_channels` (mean and log-variance of the latents)."""
+class _Coder(nn.Module):
+  """The fields an encoder and a decoder share."""
   out_channels: int
   block_out_channels: Sequence[int]
   layers_per_block: int
   groups: int
   eps: float
+
+
+class Encoder(_Coder):
+  """conv_in, per level: ResNet blocks then a stride-2 conv (not at the last level), mid ResNet-attention-ResNet,
+  GroupNorm-SiLU-conv_out to `out_channels` (mean and log-variance of the latents)."""
 
   @nn.compact
   def __call__(self, x):
@@ -35,14 +39,9 @@ class Encoder(nn.Module):
     return Conv(self.out_channels, (3, 3), padding=1, name="conv_out")(h)
 
 
-class Decoder(nn.Module):
+class Decoder(_Coder):
   """conv_in, mid ResNet-attention-ResNet, per level (deepest first): ResNet blocks then nearest 2x upsampling and a
   conv (not at the last level), GroupNorm-SiLU-conv_out to image channels."""
-  out_channels: int
-  block_out_channels: Sequence[int]
-  layers_per_block: int
-  groups: int
-  eps: float
 
   @nn.compact
   def __call__(self, z):
