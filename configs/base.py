@@ -18,7 +18,7 @@ def get_base_config():
   ))
 
   c.diffusion = ml_collections.ConfigDict(dict(
-      schedule="linear",    # linear | cosine | sigmoid (discrete-time training)
+      schedule="linear",    # linear | scaled_linear | cosine | sigmoid (discrete-time training)
       num_timesteps=1000,   # T of the schedule; N of an SDE's discretisation
       prediction="eps",     # eps | x0 | v
       sde="",               # "" (discrete schedule) | vp | subvp | ve: continuous-time training on that SDE
@@ -46,6 +46,17 @@ def get_base_config():
       transformer_depth=1,  # transformer blocks per attention level (with context_dim)
       linear_projection=False,  # linear (SD 2) instead of 1x1-conv (SD 1) projections around those blocks
       downsample_padding=0,  # 0: pad right / bottom (Ho et al.); 1: all round (Stable Diffusion)
+  ))
+
+  # Text conditioning, on with model.context_dim > 0 (= encoder.hidden_size): y = token ids of captions of the class
+  # labels, through a CLIP text encoder (transformers' CLIPTextConfig fields) in front of the U-Net.
+  c.text = ml_collections.ConfigDict(dict(
+      encoder=dict(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                   max_position_embeddings=16, hidden_act="quick_gelu", eos_token_id=3),
+      train_encoder=True,    # False: frozen (e.g. Stable Diffusion's pretrained CLIP)
+      tokenizer="",          # a transformers tokenizer directory; "" -> a BPE trained on the captions (text.py)
+      captions=("a handwritten {word}", "the digit {digit}", "{word}", "the number {word}, written by hand",
+                "a small picture of a {digit}"),   # templates per class label: {digit} -> 7, {word} -> seven
   ))
 
   c.training = ml_collections.ConfigDict(dict(
@@ -85,6 +96,8 @@ def get_base_config():
       clip_x0=True,
       ddpm_variance="beta_tilde",   # beta | beta_tilde
       use_ema=True,
+      prompt="",             # text models: one prompt, or a template with {digit} / {word} filled per sampled class
+                             # ("" -> text.captions[0])
   ))
 
   # The noise-conditional classifier of classifier guidance (--mode=train_classifier), trained on x_t of the same

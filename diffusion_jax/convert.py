@@ -238,7 +238,7 @@ def abstract_params(config):
   """Shapes and dtypes of the parameters of config's network (nothing computed)."""
   from diffusion_jax import train
   model, _ = train.setup(config)
-  return jax.eval_shape(lambda: train.init_state(config, model, train.make_optimizer(config.optim),
+  return jax.eval_shape(lambda: train.init_state(config, model, train.model_optimizer(config),
                                                  jax.random.PRNGKey(0))).params
 
 
@@ -262,7 +262,7 @@ def convert_diffusers(src, dst, tfds_name=None):
   write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src))
   config = load_config_file(os.path.join(dst, "config.py"))
   params = convert_params(load_state_dict(src), abstract_params(config))
-  state = train.new_state(params, train.make_optimizer(config.optim), jax.random.PRNGKey(config.seed))
+  state = train.new_state(params, train.model_optimizer(config), jax.random.PRNGKey(config.seed))
   mngr = checkpoint.manager(os.path.join(dst, "checkpoints"))
   checkpoint.save(mngr, 0, state, config)
   mngr.wait_until_finished()

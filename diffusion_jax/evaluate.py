@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-from diffusion_jax import latent, parallel, train
+from diffusion_jax import latent, parallel, text, train
 from diffusion_jax.data import get_dataset
 from diffusion_jax.evaluation.features import Scorer
 from diffusion_jax.images import save_grid
@@ -46,6 +46,7 @@ def held_out_bpd(config, workdir, params, mesh):
   held = get_dataset(config, "eval")
   x = held.images[:config.eval.bpd_num_images]
   y = held.labels[:config.eval.bpd_num_images] if config.model.num_classes else None
+  y = text.sample_conditions(config, y, len(x))  # a text model: the ids of the labels' prompts
   sde = sampling_sde(config)
   fn = jax.jit(lambda p, x, y, rng: bits_per_dim(sampler_setup(config, model, p, process, "ode")[0], sde, x, rng, y=y,
                                                  prediction=config.diffusion.prediction,

@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from diffusion_jax import latent, parallel
+from diffusion_jax import latent, parallel, text
 from diffusion_jax.guidance import check_labels, classifier_free, classifier_grad, classifier_guided
 from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
@@ -68,8 +68,9 @@ def guidance_scales(config, kwargs, classifier):
   """Pops the guidance strengths of a run's options: `w` of classifier-free guidance (w = -1 is the model's
   unconditional mode) and `s` of classifier guidance; checks that the model and the classifier allow them."""
   w, s = kwargs.pop("w", 0.0), kwargs.pop("s", 0.0)
-  if w and not config.model.get("num_classes", 0):
-    raise ValueError(f"Classifier-free guidance (w={w}) needs a class-conditional model (model.num_classes > 0)")
+  if w and not (config.model.get("num_classes", 0) or text.is_text(config)):
+    raise ValueError(f"Classifier-free guidance (w={w}) needs a class- or text-conditional model "
+                     "(model.num_classes > 0 or model.context_dim > 0)")
   if w < -1:
     raise ValueError(f"Classifier-free guidance strength w={w} is below -1 (w = -1 is the unconditional model); "
                      "valid: w >= -1")
@@ -83,7 +84,10 @@ def guidance_scales(config, kwargs, classifier):
 
 
 def num_label_classes(config, classifier=None):
-  """Classes of the sampled labels: the model's, or for an unconditional model guided by a classifier, the classifier's."""
+  """Classes of the sampled labels: the model's, or for an unconditional model guided by a classifier, the classifier's;
+  none for a text model sampling one fixed prompt."""
+  if text.fixed_prompt(config):
+    return 0
   return config.model.get("num_classes", 0) or (classifier.num_classes if classifier is not None else 0)
 
 
@@ -105,14 +109,15 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
     accepted = inspect.signature(sampler).parameters
     kwargs = {**{k: v for k, v in generic.items() if k in accepted}, **kwargs}
   adaptive = name == "ode" and kwargs.get("solver", "dopri5") == "dopri5"
-  num_classes = config.model.get("num_classes", 0)
+  conditional = config.model.get("num_classes", 0) or text.is_text(config)
+  null = text.null_condition(config) if w else None
 
   def generate(params, rng, y, classifier_params=None, decoder_params=None):
     model_fn, on = sampler_setup(config, model, params, process, name)
-    if not num_classes:  # labels only steer the classifier
+    if not conditional:  # labels only steer the classifier
       unconditional = model_fn
       model_fn = lambda x, t, y=None: unconditional(x, t, None)
-    model_fn = classifier_free(model_fn, w, num_classes)
+    model_fn = classifier_free(model_fn, w, null)
     extra = {}
     if s:
       log_prob, _ = on_sampler_process(config, make_log_prob_fn(classifier, classifier_params, process), process, name)
@@ -152,7 +157,8 @@ def sample_batches(config, model, process, params, mesh, name, num_steps, num, r
   parallel.check_batch(bs, mesh, "sample batch size")
   nb = -(-num // bs)
   labels = sample_labels(num_label_classes(config, clf), nb * bs, config.sample.classes)
-  ys = [None if labels is None else parallel.shard_batch(labels[b * bs:(b + 1) * bs], mesh) for b in range(nb)]
+  conds = text.sample_conditions(config, labels, nb * bs)  # the labels, or a text model's prompt ids
+  ys = [None if conds is None else parallel.shard_batch(conds[b * bs:(b + 1) * bs], mesh) for b in range(nb)]
   gen = make_generate(config, model, process, mesh, name, num_steps, bs, clf, latents, **kwargs)
   dec_params = None if latents is None else latents.params
   gen = gen.lower(params, rng, ys[0], clf_params, dec_params).compile()

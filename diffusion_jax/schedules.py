@@ -81,6 +81,12 @@ def linear(T=1000, beta_start=1e-4, beta_end=0.02):
   return _from_betas(np.linspace(beta_start, beta_end, T, dtype=np.float64))
 
 
+@SCHEDULES.register("scaled_linear")
+def scaled_linear(T=1000, beta_start=0.00085, beta_end=0.012):
+  """Latent diffusion (Rombach et al. 2022; Stable Diffusion): sqrt(beta) linear from sqrt(0.00085) to sqrt(0.012)."""
+  return _from_betas(np.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=np.float64) ** 2)
+
+
 @SCHEDULES.register("cosine")
 def cosine(T=1000, s=0.008, max_beta=0.999):
   """Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2((t + s) / (1 + s) * pi / 2), betas clipped at 0.999."""

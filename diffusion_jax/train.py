@@ -13,7 +13,7 @@ from absl import logging
 from clu import metric_writers
 from tqdm import tqdm
 
-from diffusion_jax import checkpoint, latent, parallel
+from diffusion_jax import checkpoint, latent, parallel, text
 from diffusion_jax.data import get_dataset
 from diffusion_jax.guidance import drop_labels
 from diffusion_jax.images import save_grid
@@ -47,6 +47,15 @@ def make_optimizer(optim):
   return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt) if optim.grad_clip else opt
 
 
+def model_optimizer(config):
+  """The diffusion model's optimizer (config.optim); a frozen text encoder (text.train_encoder=False) is not updated."""
+  tx = make_optimizer(config.optim)
+  if not text.is_text(config) or config.text.train_encoder:
+    return tx
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: {k: "frozen" if k == "text_encoder" else "train" for k in params})
+
+
 def setup(config):
   """(model, process) for a config, validating the names it uses: the process is the discrete schedule
   diffusion.schedule, or with diffusion.sde set the SDE of continuous-time training."""
@@ -68,8 +77,8 @@ def init_state(config, model, tx, rng):
   k_init, k_train = jax.random.split(rng)
   x = jnp.zeros((1, *latent.diffusion_shape(config)))
   y = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
-  if config.model.get("context_dim", 0):  # a text-conditional U-Net: y is a context sequence
-    y = jnp.zeros((1, 1, config.model.context_dim))
+  if text.is_text(config):  # y: token ids
+    y = jnp.zeros((1, config.text.encoder.max_position_embeddings), jnp.int32)
   return new_state(model.init(k_init, x, jnp.zeros((1,)), y)["params"], tx, k_train)
 
 
@@ -138,12 +147,13 @@ def make_train_step(config, model, process, tx):
   loss summed and counted in config.training.loss_bins log-SNR bins."""
   tc = config.training
   edges = log_snr_edges(process, tc.loss_bins)
+  null = text.null_condition(config) if tc.p_uncond else None
 
   def train_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     y = batch.get("label")
     if y is not None and config.training.p_uncond:
-      y = drop_labels(jax.random.fold_in(rng, 7), y, config.training.p_uncond, config.model.num_classes)
+      y = drop_labels(jax.random.fold_in(rng, 7), y, config.training.p_uncond, null)
     loss_fn = lambda p: diffusion_loss(model.apply, p, process, batch["image"], y, rng,
                                        prediction=config.diffusion.prediction, weighting=tc.weighting, options=tc,
                                        importance=tc.t_sampling == "importance")
@@ -156,8 +166,11 @@ def make_train_step(config, model, process, tx):
 
 
 def host_batch(config, dataset, step, rows=slice(None)):
-  """This process's rows of the global batch of a step, as a dict of host arrays."""
+  """This process's rows of the global batch of a step, as a dict of host arrays; a text model's labels become the
+  token ids of captions."""
   x, y = dataset.batch(config.seed, step, config.training.batch_size, rows)
+  if text.is_text(config):
+    y = text.get_text(config).training_ids(y, config.seed, step, config.training.batch_size, rows)
   return {"image": x, "label": y} if config.model.num_classes else {"image": x}
 
 
@@ -250,7 +263,7 @@ def train(config, workdir, mesh=None):
   mesh = mesh or parallel.mesh_for(config)
   parallel.check_batch(config.training.batch_size, mesh)
   model, process = setup(config)
-  tx = make_optimizer(config.optim)
+  tx = model_optimizer(config)
   dataset = get_dataset(config, "train", parallel.local_rows(config.training.batch_size, mesh))
   latents = latent.load(config, workdir, mesh)
   if latents:
@@ -272,7 +285,7 @@ def train(config, workdir, mesh=None):
 def load_params(config, workdir, mesh):
   """The (EMA, if config.sample.use_ema) parameters of the workdir's latest checkpoint."""
   model, _ = setup(config)
-  tx = make_optimizer(config.optim)
+  tx = model_optimizer(config)
   path = os.path.join(workdir, "checkpoints")
   state = restore_latest(config, path, lambda rng: init_state(config, model, tx, rng), mesh,
                          f"No checkpoint found in {path}; train first with --mode=train")

@@ -2,6 +2,7 @@
 import dataclasses
 
 from diffusion_jax.latent import diffusion_shape
+from diffusion_jax.models.clip_text import CLIPTextConfig, CLIPTextModel, TextConditioned
 from diffusion_jax.models.ncsnpp import NCSNpp
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.registry import Registry
@@ -13,7 +14,8 @@ MODELS.register("ncsnpp")(NCSNpp)
 
 def get_model(config):
   """Builds `config.model.name` with the remaining `config.model` fields; output channels follow the data (or the
-  latents, with model.latent)."""
+  latents, with model.latent). With model.context_dim > 0 the network is conditioned on text: a CLIP text encoder
+  (config.text.encoder) in front of it, its classes named in captions rather than embedded."""
   cls = MODELS.get(config.model.name)
   kwargs = {k: v for k, v in config.model.items() if k not in ("name", "latent")}
   valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "out_channels"}
@@ -21,7 +23,14 @@ def get_model(config):
   if unknown:
     raise ValueError(f"Unknown field(s) {sorted(unknown)} for model {config.model.name!r}; valid: "
                      f"{sorted(valid | {'latent'})}")
-  return cls(out_channels=diffusion_shape(config)[-1], **kwargs)
+  if not kwargs.get("context_dim"):
+    return cls(out_channels=diffusion_shape(config)[-1], **kwargs)
+  encoder = CLIPTextConfig.from_dict(dict(config.text.encoder))
+  if encoder.hidden_size != kwargs["context_dim"]:
+    raise ValueError(f"text.encoder.hidden_size={encoder.hidden_size} must equal model.context_dim="
+                     f"{kwargs['context_dim']}: the U-Net attends to the text encoder's states")
+  denoiser = cls(out_channels=diffusion_shape(config)[-1], **{**kwargs, "num_classes": 0})
+  return TextConditioned(CLIPTextModel(encoder), denoiser, config.text.train_encoder)
 
 
 def make_model_fn(model, params, process):

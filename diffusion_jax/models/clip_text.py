@@ -141,3 +141,18 @@ def tokenize(tokenizer, prompts, max_length):
                     len(too_long), max_length, too_long[:3])
   enc = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="np")
   return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+
+class TextConditioned(nn.Module):
+  """A denoiser conditioned on text (Rombach et al. 2022): y = token ids [B, M] -> the text encoder's last hidden
+  states [B, M, C] -> the cross-attention context of `unet`. A frozen encoder (train_encoder=False) gets no gradient."""
+  text_encoder: CLIPTextModel
+  unet: nn.Module
+  train_encoder: bool = True
+
+  def __call__(self, x, timesteps, y=None, train=False):
+    if y is None or y.ndim != 2 or not jnp.issubdtype(y.dtype, jnp.integer):
+      raise ValueError(f"A text-conditioned model takes y = token ids [B, M] (int), got "
+                       f"{None if y is None else (y.shape, y.dtype)}")
+    context, _ = self.text_encoder(y)
+    return self.unet(x, timesteps, context if self.train_encoder else jax.lax.stop_gradient(context), train=train)
