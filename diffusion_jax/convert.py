@@ -1,13 +1,17 @@
 """Released checkpoints into this codebase: a diffusers `UNet2DModel` directory (config.json + safetensors or .bin, e.g.
-Ho et al.'s google/ddpm-cifar10-32 and the other DDPM releases) becomes an orbax checkpoint and a config file.
+Ho et al.'s google/ddpm-cifar10-32 and the other DDPM releases), or a whole Stable Diffusion v1 / v2 directory (unet/,
+vae/, text_encoder/, tokenizer/, scheduler/), becomes orbax checkpoints and a config file.
 
   python -m diffusion_jax.convert --from=diffusers --src=DIR --dst=DIR [--tfds_name=cifar10]
+  python -m diffusion_jax.convert --from=stable_diffusion --src=SD_DIR --dst=DIR
 
-then: python -m diffusion_jax.main --config=DIR/config.py --workdir=DIR --mode=sample"""
+then: python -m diffusion_jax.main --config=DIR/config.py --workdir=DIR --mode=sample [--config.sample.prompt="..."]"""
+import dataclasses
 import importlib.util
 import json
 import os
 import pprint
+import shutil
 
 import jax
 import numpy as np
@@ -34,7 +38,11 @@ COND_FIXED = {"act_fn": "silu", "time_embedding_type": "positional", "center_inp
 RENAMED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # diffusers < 0.14
 TFDS_NAMES = {"cifar10": "cifar10", "celebahq": "celeb_a_hq/256", "church": "lsun/church_outdoor",
               "bedroom": "lsun/bedroom", "cat": "lsun/cat"}
-SCHEDULES = {"linear": "linear", "squaredcos_cap_v2": "cosine"}
+SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
+BETAS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}  # the (beta_start, beta_end) each one supports
+# fields of an AutoencoderKL config this autoencoder reproduces only at these values
+VAE_FIXED = {"act_fn": "silu", "mid_block_add_attention": True, "use_quant_conv": True, "use_post_quant_conv": True,
+             "shift_factor": None, "latents_mean": None, "latents_std": None}
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 VARIANCES = {"fixed_small": "beta_tilde", "fixed_large": "beta"}
 
@@ -106,14 +114,21 @@ def scheduler_overrides(cfg):
   schedule = cfg.get("beta_schedule", "linear")
   if schedule not in SCHEDULES:
     raise ValueError(f"Unsupported beta_schedule {schedule!r}; supported: {', '.join(SCHEDULES)}")
-  if schedule == "linear" and (cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02)) != (1e-4, 0.02):
-    raise ValueError(f"Unsupported linear betas {cfg.get('beta_start')}..{cfg.get('beta_end')}; supported: "
-                     "1e-4..0.02 (Ho et al.)")
+  betas = BETAS.get(schedule)
+  if betas and (cfg.get("beta_start", betas[0]), cfg.get("beta_end", betas[1])) != betas:
+    raise ValueError(f"Unsupported {schedule} betas {cfg.get('beta_start')}..{cfg.get('beta_end')}; supported: "
+                     f"{betas[0]}..{betas[1]}")
   prediction, variance = cfg.get("prediction_type", "epsilon"), cfg.get("variance_type", "fixed_small")
   if prediction not in PREDICTIONS or variance not in VARIANCES:
     raise ValueError(f"Unsupported prediction_type={prediction!r} or variance_type={variance!r}; supported: "
                      f"{', '.join(PREDICTIONS)}; {', '.join(VARIANCES)}")
+  spacing = cfg.get("timestep_spacing", "leading")
+  if spacing not in ("leading", "trailing", "linspace"):
+    raise ValueError(f"Unsupported timestep_spacing={spacing!r}; supported: leading, trailing, linspace")
+  if spacing == "leading" and cfg.get("steps_offset", 0) == 1:  # Stable Diffusion's (with set_alpha_to_one=False)
+    spacing = "leading_offset"
   return {"diffusion.schedule": SCHEDULES[schedule], "diffusion.num_timesteps": cfg.get("num_train_timesteps", 1000),
+          "sample.spacing": spacing,
           "diffusion.prediction": PREDICTIONS[prediction], "sample.ddpm_variance": VARIANCES[variance],
           "sample.clip_x0": bool(cfg.get("clip_sample", True))}
 
@@ -218,8 +233,26 @@ def guess_tfds_name(src):
   return next((v for k, v in TFDS_NAMES.items() if k in name.replace("-", "").replace("_", "")), "")
 
 
-def write_config_file(path, overrides, source):
-  lines = [f'"""diffusion_jax config of the diffusers UNet2DModel converted from {source}."""',
+def vae_overrides(cfg):
+  """autoencoder.model overrides for a diffusers AutoencoderKL config.json."""
+  for key, value in VAE_FIXED.items():
+    if cfg.get(key, value) != value:
+      raise ValueError(f"Unsupported AutoencoderKL setting {key}={cfg[key]!r}; this converter supports {key}={value!r}")
+  for kind, types, known in (("down", cfg["down_block_types"], "DownEncoderBlock2D"),
+                             ("up", cfg["up_block_types"], "UpDecoderBlock2D")):
+    bad = sorted({t for t in types if t != known})
+    if bad:
+      raise ValueError(f"Unsupported AutoencoderKL {kind} block type(s) {bad}; supported: {known}")
+  if cfg.get("in_channels", 3) != cfg.get("out_channels", 3):
+    raise ValueError(f"AutoencoderKL in_channels={cfg['in_channels']} and out_channels={cfg['out_channels']} differ")
+  return {"autoencoder.model.block_out_channels": tuple(cfg["block_out_channels"]),
+          "autoencoder.model.layers_per_block": cfg.get("layers_per_block", 1),
+          "autoencoder.model.latent_channels": cfg.get("latent_channels", 4),
+          "autoencoder.model.norm_groups": cfg.get("norm_num_groups", 32)}
+
+
+def write_config_file(path, overrides, source, kind="diffusers UNet2DModel"):
+  lines = [f'"""diffusion_jax config of the {kind} converted from {source}."""',
            "from configs.base import get_base_config", "", "", "def get_config():", "  c = get_base_config()"]
   lines += [f"  c.{k} = {v!r}" for k, v in overrides.items()]
   lines += ["  return c", ""]
@@ -271,14 +304,75 @@ def convert_diffusers(src, dst, tfds_name=None):
   return config
 
 
-CONVERTERS = {"diffusers": convert_diffusers}
+def read_json(path):
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: a Stable Diffusion directory holds unet/, vae/, text_encoder/, "
+                            "tokenizer/ and scheduler/ (diffusers' save_pretrained layout)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def convert_stable_diffusion(src, dst, tfds_name=None):
+  """A Stable Diffusion directory into dst: config.py (latent, text-conditioned, frozen CLIP), checkpoints/0 (the U-Net
+  and the text encoder), autoencoder/checkpoints/0 with latent_scale.json (the VAE and its scaling_factor), and
+  tokenizer/ (copied). Returns the config."""
+  from diffusion_jax import checkpoint, train
+  from diffusion_jax.models import clip_text
+  from diffusion_jax.train_autoencoder import get_autoencoder
+  from diffusion_jax.train_autoencoder import init_state as init_autoencoder
+  del tfds_name  # the latents of no TFDS dataset
+  unet_cfg, vae_cfg = (read_json(os.path.join(src, d, "config.json")) for d in ("unet", "vae"))
+  text_cfg = clip_text.CLIPTextConfig.from_dict(read_json(os.path.join(src, "text_encoder", "config.json")))
+  overrides = unet_overrides(unet_cfg)
+  if "model.context_dim" not in overrides:
+    raise ValueError(f"{src}/unet holds a {unet_cfg.get('_class_name')} without cross-attention; Stable Diffusion's "
+                     "is a UNet2DConditionModel")
+  overrides.update(vae_overrides(vae_cfg))
+  f = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+  overrides.update({"data.image_size": overrides["data.image_size"] * f, "data.channels": vae_cfg.get("in_channels", 3),
+                    "model.latent": True, "text.train_encoder": False,
+                    "text.tokenizer": os.path.abspath(os.path.join(dst, "tokenizer"))})
+  overrides.update({f"text.encoder.{k}": v for k, v in dataclasses.asdict(text_cfg).items()})
+  overrides.update(scheduler_overrides(read_json(os.path.join(src, "scheduler", "scheduler_config.json"))))
+  overrides.update({"sample.clip_x0": False, "sample.runs": "ddim:50:w=6.5", "sample.num_samples": 4,
+                    "sample.batch_size": 4})  # guidance scale 7.5 = 1 + w
+  os.makedirs(dst, exist_ok=True)
+  shutil.copytree(os.path.join(src, "tokenizer"), os.path.join(dst, "tokenizer"), dirs_exist_ok=True)
+  write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src), "Stable Diffusion pipeline")
+  config = load_config_file(os.path.join(dst, "config.py"))
+
+  params = {"unet": convert_params(load_state_dict(os.path.join(src, "unet")), abstract_params(config)["unet"]),
+            "text_encoder": clip_text.load_pretrained(os.path.join(src, "text_encoder"))[1]}
+  state = train.new_state(params, train.model_optimizer(config), jax.random.PRNGKey(config.seed))
+  mngr = checkpoint.manager(os.path.join(dst, "checkpoints"))
+  checkpoint.save(mngr, 0, state, config)
+  mngr.wait_until_finished()
+
+  ae = get_autoencoder(config)
+  tx = train.make_optimizer(config.autoencoder.optim)
+  abstract = jax.eval_shape(lambda: init_autoencoder(config, ae, tx, jax.random.PRNGKey(0))).params
+  vae = convert_params(load_state_dict(os.path.join(src, "vae")), abstract, key=vae_key)
+  out = os.path.join(dst, "autoencoder")
+  mngr = checkpoint.manager(os.path.join(out, "checkpoints"))
+  checkpoint.save(mngr, 0, train.new_state(vae, tx, jax.random.PRNGKey(config.seed)), config)
+  mngr.wait_until_finished()
+  size = config.data.image_size // f
+  with open(os.path.join(out, "latent_scale.json"), "w") as fp:
+    json.dump({"step": 0, "scale_factor": vae_cfg.get("scaling_factor", 0.18215),
+               "latent_shape": [size, size, config.autoencoder.model.latent_channels], "source": os.path.abspath(src)},
+              fp, indent=1)
+  logging.info("Converted %s -> %s\n%s", src, dst, pprint.pformat(overrides))
+  return config
+
+
+CONVERTERS = {"diffusers": convert_diffusers, "stable_diffusion": convert_stable_diffusion}
 FLAGS = flags.FLAGS
 
 
 def define_flags():
   flags.DEFINE_enum("from", "diffusers", list(CONVERTERS), "Format of the source checkpoint.")
-  flags.DEFINE_string("src", None, "Directory of the source checkpoint (a diffusers UNet2DModel: config.json + "
-                      "weights).")
+  flags.DEFINE_string("src", None, "Directory of the source checkpoint (diffusers: a UNet2DModel's config.json + "
+                      "weights; stable_diffusion: the pipeline directory with unet/, vae/, text_encoder/, ...).")
   flags.DEFINE_string("dst", None, "Output directory: config.py and checkpoints/ (use it as main.py's workdir).")
   flags.DEFINE_string("tfds_name", None, "TFDS dataset of the model (default: guessed from the directory name).")
   flags.mark_flags_as_required(["src", "dst"])

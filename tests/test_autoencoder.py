@@ -92,27 +92,40 @@ def test_train_autoencoder_on_digits(trained):
   assert int(train_autoencoder(longer, workdir)[0].step) == 125
 
 
-def test_latent_diffusion_trains_and_samples_images(trained, tmp_path):
-  """model.latent: the U-Net trains on 4x4x2 latents, samplers run unchanged and their samples come back as 8x8
-  images; bad settings are named."""
+def test_text_to_image_latent_diffusion_trains_and_samples_images(trained, tmp_path):
+  """model.latent + model.context_dim: a text encoder and a cross-attention U-Net train jointly on the 4x4x2 latents of
+  captioned digits; DDIM with classifier-free guidance (null = the empty prompt's ids) runs unchanged and its samples
+  come back as 8x8 images; bad settings are named."""
   import json
   import os
   from conftest import tiny_config
-  from diffusion_jax import latent, parallel, sample, train
+  from diffusion_jax import latent, parallel, sample, text, train
   _, ae_workdir, _, _ = trained
   over = {**AE, "autoencoder.workdir": os.path.join(ae_workdir, "autoencoder"), "model.latent": True,
-          "sample.clip_x0": False, "sample.runs": "ddim:5", "sample.num_samples": 20,
-          "sample.batch_size": 20}
+          "model.context_dim": 16, "model.num_heads": 2, "training.p_uncond": 0.2,
+          "text.encoder": dict(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, max_position_embeddings=12, eos_token_id=3),
+          "sample.clip_x0": False, "sample.runs": "ddim:5:w=2", "sample.num_samples": 20, "sample.batch_size": 20}
   c = tiny_config(**over)
   assert latent.diffusion_shape(c) == (4, 4, 2)
   state = train.train(c, str(tmp_path))
-  assert state.params["conv_in"]["kernel"].shape[2] == 2 and state.params["conv_out"]["kernel"].shape[3] == 2
+  assert set(state.params) == {"text_encoder", "unet"}
+  assert state.params["unet"]["conv_in"]["kernel"].shape[2] == 2 and state.params["unet"]["conv_out"]["kernel"].shape[3] == 2
+  assert "class_embedding" not in state.params["unet"]  # the classes are named in the captions
   model, process = train.setup(c)
   mesh = parallel.mesh_for(c)
   records = sample.sample(c, str(tmp_path), state.ema_params, model, process, mesh)
-  assert [r["run"] for r in records] == ["ddim_5"]
-  images = np.load(tmp_path / "samples" / "ddim_5.npz")["images"]
+  assert [r["run"] for r in records] == ["ddim_5_w2"]
+  saved = np.load(tmp_path / "samples" / "ddim_5_w2.npz")
+  images = saved["images"]
   assert images.shape == (20, 8, 8, 1) and np.abs(images).max() <= 1.0 and np.std(images) > 0.05
+  np.testing.assert_array_equal(saved["labels"], np.arange(20) % 10)  # prompts name the sampled classes
+  tok = text.get_text(c).tokenizer
+  assert tok.decode(text.sample_conditions(c, saved["labels"][:2], 2)[1], skip_special_tokens=True) == "a handwritten one"
+  fixed = tiny_config(**{**over, "sample.prompt": "the digit 3"})
+  assert sample.num_label_classes(fixed) == 0 and text.sample_conditions(fixed, None, 2).shape == (2, 12)
+  with pytest.raises(ValueError, match="text.encoder.hidden_size=16 must equal model.context_dim=8"):
+    train.setup(tiny_config(**{**over, "model.context_dim": 8}))
   with pytest.raises(ValueError, match=r"sample.clip_x0=False"):
     sample.generate_samples(tiny_config(**{**over, "sample.clip_x0": True}), model, process, state.ema_params, mesh,
                             "ddim", 5, 4, None, latents=latent.load(c, str(tmp_path), mesh))

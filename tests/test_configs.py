@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import ROOT
-from diffusion_jax import train
+from diffusion_jax import latent, train
 from diffusion_jax.sample import guidance_scales
 from diffusion_jax.samplers import parse_runs
 from diffusion_jax.train_classifier import get_classifier
@@ -17,7 +17,7 @@ CONFIGS = sorted(os.path.relpath(p, ROOT)[:-3].replace(os.sep, ".")
 
 
 def test_all_configs_are_listed():
-  assert {"configs.digits", "configs.digits_cfg", "configs.digits_classifier", "configs.imagenet64_cfg",
+  assert {"configs.digits", "configs.digits_cfg", "configs.digits_text", "configs.sd15", "configs.digits_classifier", "configs.imagenet64_cfg",
           "configs.cifar10_cfg", "configs.ve.cifar10_ncsnpp_continuous"} <= set(CONFIGS)
 
 
@@ -25,7 +25,7 @@ def test_all_configs_are_listed():
 def test_config_builds(name):
   config = importlib.import_module(name).get_config()
   model, process = train.setup(config)
-  assert model.out_channels == config.data.channels
+  assert getattr(model, "unet", model).out_channels == latent.diffusion_shape(config)[-1]  # text models wrap a U-Net
   assert get_classifier(config).num_classes == config.classifier.model.num_classes
   for _, _, kwargs in parse_runs(config.sample.runs):
     guidance_scales(config, dict(kwargs), classifier=get_classifier(config))

@@ -7,7 +7,7 @@ from diffusion_jax.losses import to_eps_x0
 from diffusion_jax.registry import Registry
 
 SAMPLERS = Registry("sampler")
-SPACINGS = ("leading", "trailing", "linspace", "quadratic")
+SPACINGS = ("leading", "leading_offset", "trailing", "linspace", "quadratic")
 
 
 def get_sampler(name):
@@ -16,15 +16,16 @@ def get_sampler(name):
 
 def respace(num_timesteps, num_steps, spacing="leading"):
   """Descending 0-based indices of a `num_steps` subset of the T training steps.
-  leading: 0, T/S, 2T/S, ... (DDIM paper, Song et al. 2020); trailing: T-1, T-1-T/S, ... (Lin et al. 2024);
+  leading: 0, T/S, 2T/S, ... (DDIM paper, Song et al. 2020); leading_offset: 1, T/S + 1, ... (diffusers'
+  steps_offset=1 with set_alpha_to_one=False, Stable Diffusion's scheduler configs; see grid); trailing: T-1, T-1-T/S, ... (Lin et al. 2024);
   linspace: round(linspace(0, T-1, S)); quadratic: int(linspace(0, sqrt(0.8 T), S)^2), DDIM's CIFAR-10 grid (Song et
   al. 2020, App. D.2), which repeats early indices at large S as the released code does (a repeated step is the
   identity for DDIM and DDPM)."""
   T, S = num_timesteps, num_steps
   if not 1 <= S <= T:
     raise ValueError(f"num_steps must be in [1, {T}] for a {T}-step schedule, got {S}")
-  if spacing == "leading":
-    idx = np.arange(S) * (T // S)
+  if spacing in ("leading", "leading_offset"):
+    idx = np.arange(S) * (T // S) + (spacing == "leading_offset")
   elif spacing == "trailing":
     idx = np.round(np.arange(T, 0, -T / S)).astype(np.int64)[::-1] - 1
   elif spacing == "linspace":
@@ -39,10 +40,12 @@ def respace(num_timesteps, num_steps, spacing="leading"):
 
 
 def grid(schedule, num_steps, spacing):
-  """(t, alpha_bar_t, alpha_bar_prev) along the respaced grid, from noisiest to cleanest; alpha_bar_prev = 1 at the end."""
+  """(t, alpha_bar_t, alpha_bar_prev) along the respaced grid, from noisiest to cleanest; alpha_bar_prev = 1 at the end
+  (alpha_bar_0 with leading_offset, as diffusers' set_alpha_to_one=False)."""
   idx = respace(schedule.num_timesteps, num_steps, spacing)
   abar = schedule.alphas_cumprod[idx]
-  abar_prev = jnp.concatenate([abar[1:], jnp.ones((1,))])
+  last = schedule.alphas_cumprod[:1] if spacing == "leading_offset" else jnp.ones((1,))
+  abar_prev = jnp.concatenate([abar[1:], last])
   return schedule.index_to_t(idx), abar, abar_prev
 
 
