@@ -126,6 +126,18 @@ def test_text_to_image_latent_diffusion_trains_and_samples_images(trained, tmp_p
   assert sample.num_label_classes(fixed) == 0 and text.sample_conditions(fixed, None, 2).shape == (2, 12)
   with pytest.raises(ValueError, match="text.encoder.hidden_size=16 must equal model.context_dim=8"):
     train.setup(tiny_config(**{**over, "model.context_dim": 8}))
+  # the text-to-image demo's report on this model: a guidance sweep, and prompts next to their samples
+  from diffusion_jax.evaluation.features import metric_names
+  from experiments import text_to_image_digits as t2i
+  out = str(tmp_path / "t2i")
+  sweep = t2i.sweep_w(c, str(tmp_path), out, ["1"], "ddim:3", 2)
+  rows = t2i.prompt_grids(c, str(tmp_path), out, 1.0, "ddim:3", 2)
+  t2i.write_report(out, sweep, rows, "ddim:3", 1.0, 2, metric_names(c.eval.features))
+  assert [r["run"] for r in sweep] == ["ddim_3_w1.0"] and 0 <= sweep[0]["class_accuracy"] <= 1
+  assert len(rows) == 20 and rows[0]["prompt"] == "a handwritten zero" and rows[-1]["seen_template"] is False
+  assert all(os.path.getsize(os.path.join(out, f"prompts/{i:02d}.png")) > 100 for i in range(20))
+  report = open(os.path.join(out, "report.md")).read()
+  assert "| a handwritten zero | 0 | True |" in report and "![the digit 1](prompts/01.png)" in report
   with pytest.raises(ValueError, match=r"sample.clip_x0=False"):
     sample.generate_samples(tiny_config(**{**over, "sample.clip_x0": True}), model, process, state.ema_params, mesh,
                             "ddim", 5, 4, None, latents=latent.load(c, str(tmp_path), mesh))
