@@ -16,8 +16,7 @@ import shutil
 import jax
 import numpy as np
 from absl import app, flags, logging
-from flax import traverse_util
-
+from diffusion_jax.models.state_dict import from_state_dict
 from diffusion_jax.models.transformer import diffusers_name
 
 # diffusers block types -> whether the level has attention, for UNet2DModel and (cross-attention) for
@@ -155,15 +154,6 @@ def torch_key(path):
   return ".".join([prefix, *rest, leaf])
 
 
-def to_flax(value, leaf_shape):
-  """A torch tensor's layout to flax's: conv [O, I, kh, kw] -> [kh, kw, I, O]; linear [O, I] -> [I, O]."""
-  if value.ndim == 4 and len(leaf_shape) == 2:  # a 1x1 conv stored for a linear layer (older checkpoints)
-    value = value[:, :, 0, 0]
-  if value.ndim == 4:
-    return value.transpose(2, 3, 1, 0)
-  return value.T if value.ndim == 2 else value
-
-
 def vae_key(path):
   """The diffusers AutoencoderKL state-dict key of one of models/autoencoder.py's parameter paths."""
   if path[0] in ("quant_conv", "post_quant_conv"):
@@ -172,25 +162,9 @@ def vae_key(path):
 
 
 def convert_params(state_dict, abstract_params, key=torch_key):
-  """The flax parameter tree (shapes from abstract_params) from a diffusers state dict (numpy arrays), `key` naming
-  the state-dict key of each parameter path; raises listing missing and unexpected keys, or naming the parameter
-  whose shape differs."""
-  state_dict = {rename_attention(k): np.asarray(v, np.float32) for k, v in state_dict.items()}
-  flat = traverse_util.flatten_dict(abstract_params)
-  keys = {path: key(path) for path in flat}
-  missing = sorted(k for k in keys.values() if k not in state_dict)
-  unexpected = sorted(set(state_dict) - set(keys.values()))
-  if missing or unexpected:
-    raise ValueError(f"The state dict does not match the config's network: missing {len(missing)} key(s) {missing}; "
-                     f"unexpected {len(unexpected)} key(s) {unexpected}")
-  out = {}
-  for path, leaf in flat.items():
-    value = to_flax(state_dict[keys[path]], leaf.shape)
-    if value.shape != leaf.shape:
-      raise ValueError(f"Parameter {keys[path]}: checkpoint shape {state_dict[keys[path]].shape} gives "
-                       f"{value.shape}, the network needs {leaf.shape} (flax {'/'.join(path)})")
-    out[path] = value
-  return traverse_util.unflatten_dict(out)
+  """The flax parameter tree of a diffusers state dict (state_dict.from_state_dict, strict), with the attention names
+  of diffusers < 0.14 renamed."""
+  return from_state_dict({rename_attention(k): v for k, v in state_dict.items()}, abstract_params, key)
 
 
 def rename_attention(key):

@@ -57,10 +57,10 @@ def test_bad_inputs(tmp_path):
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   config = clip_text.CLIPTextConfig.from_dict(model.config.to_dict())
   missing = {k: v for k, v in state.items() if "layers.1.mlp.fc2" not in k}
-  with pytest.raises(ValueError, match=r"lack 2 tensor\(s\): \['encoder.layers.1.mlp.fc2.bias', "
+  with pytest.raises(ValueError, match=r"missing 2 key\(s\) \['encoder.layers.1.mlp.fc2.bias', "
                                        r"'encoder.layers.1.mlp.fc2.weight'\]"):
     clip_text.convert_params(missing, config)
-  with pytest.raises(ValueError, match=r"encoder.layers.0.self_attn.q_proj.weight: shape \(32, 16\)"):
+  with pytest.raises(ValueError, match=r"Parameter encoder.layers.0.self_attn.q_proj.weight: checkpoint shape \(16, 32\)"):
     clip_text.convert_params({**state, "encoder.layers.0.self_attn.q_proj.weight": np.zeros((16, 32))}, config)
   with pytest.raises(ValueError, match="17 tokens exceed the text encoder's context of 16"):
     params = clip_text.convert_params(state, config)

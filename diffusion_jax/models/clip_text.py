@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import traverse_util
+
+from diffusion_jax.models.state_dict import from_state_dict
 
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP's approximation (SD v1's text encoder)
@@ -102,21 +103,10 @@ def hf_key(path):
 
 def convert_params(state_dict, config):
   """The flax parameters of CLIPTextModel(config) from a transformers state dict ({key: array}, with or without the
-  `text_model.` prefix of CLIPTextModel checkpoints); raises listing missing tensors, or naming a shape mismatch."""
-  state_dict = {k.removeprefix("text_model."): np.asarray(v, np.float32) for k, v in state_dict.items()}
+  `text_model.` prefix of CLIPTextModel checkpoints; other tensors, such as a projection, are ignored)."""
   abstract = jax.eval_shape(CLIPTextModel(config).init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
-  flat = traverse_util.flatten_dict(abstract["params"])
-  missing = sorted(hf_key(p) for p in flat if hf_key(p) not in state_dict)
-  if missing:
-    raise ValueError(f"The text encoder's weights lack {len(missing)} tensor(s): {missing}")
-  out = {}
-  for path, leaf in flat.items():
-    value = state_dict[hf_key(path)]
-    value = value.T if path[-1] == "kernel" else value  # torch Linear [out, in] -> flax [in, out]
-    if value.shape != leaf.shape:
-      raise ValueError(f"Text encoder tensor {hf_key(path)}: shape {value.shape}, the network needs {leaf.shape}")
-    out[path] = value
-  return traverse_util.unflatten_dict(out)
+  return from_state_dict({k.removeprefix("text_model."): v for k, v in state_dict.items()}, abstract["params"], hf_key,
+                         strict=False)
 
 
 def load_pretrained(directory):
