@@ -53,8 +53,9 @@ def test_conditional_unet_matches_diffusers():
     section, field = key.split(".")
     config[section][field] = value
   assert (config.model.context_dim, config.model.num_heads, config.model.downsample_padding) == (24, 2, 1)
+  config.text.encoder.hidden_size = 24  # the text encoder in front of the U-Net (not compared here)
   params = convert.convert_params({k: v.numpy() for k, v in theirs.state_dict().items()},
-                                  convert.abstract_params(config))
+                                  convert.abstract_params(config)["unet"])
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 8, 8, 4)).astype(np.float32)
   context = rng.normal(size=(2, 7, 24)).astype(np.float32)
@@ -62,7 +63,7 @@ def test_conditional_unet_matches_diffusers():
   with torch.no_grad():
     ref = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t),
                  encoder_hidden_states=torch.from_numpy(context)).sample.numpy().transpose(0, 2, 3, 1)
-  model, _ = setup(config)
+  model = setup(config)[0].unet
   out = model.apply({"params": params}, jnp.asarray(x), jnp.asarray(t), jnp.asarray(context))
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
   with pytest.raises(ValueError, match=r"takes y = a context sequence \[B, M, 24\], got \(2,\)"):
