@@ -25,6 +25,7 @@ def get_config():
                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
                         layer_norm_eps=1e-5, eos_token_id=2)
   c.text.train_encoder = False
+  c.training.p_uncond = 0.1                  # Stable Diffusion drops 10% of the prompts in training
   c.text.tokenizer = "runs/sd15/tokenizer"   # where the converter above puts it; set to yours with another --dst
   c.sample.update(dict(runs="ddim:50:w=6.5", spacing="leading_offset", clip_x0=False, num_samples=4, batch_size=4,
                        prompt="a photograph of an astronaut riding a horse"))   # w = guidance scale 7.5 - 1

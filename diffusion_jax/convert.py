@@ -304,7 +304,7 @@ def convert_stable_diffusion(src, dst, tfds_name=None):
   overrides.update(vae_overrides(vae_cfg))
   f = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
   overrides.update({"data.image_size": overrides["data.image_size"] * f, "data.channels": vae_cfg.get("in_channels", 3),
-                    "model.latent": True, "text.train_encoder": False,
+                    "model.latent": True, "text.train_encoder": False, "training.p_uncond": 0.1,  # SD's text dropout
                     "text.tokenizer": os.path.abspath(os.path.join(dst, "tokenizer"))})
   overrides.update({f"text.encoder.{k}": v for k, v in dataclasses.asdict(text_cfg).items()})
   overrides.update(scheduler_overrides(read_json(os.path.join(src, "scheduler", "scheduler_config.json"))))

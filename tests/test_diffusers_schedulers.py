@@ -20,11 +20,11 @@ def eps_model(x, index, lib):
   return 0.8 * lib.tanh(x) * lib.cos(index / 700.0) + 0.1 * lib.sin(index / 100.0 + x)
 
 
-def ours(name, rng, **kwargs):
-  schedule = get_schedule("linear", T)
+def ours(name, rng, schedule="linear", spacing="leading", **kwargs):
+  schedule = get_schedule(schedule, T)
   model_fn = lambda x, t, y=None: eps_model(x, schedule.network_time(t)[:, None, None, None], jnp)
   return np.asarray(jax.jit(lambda r: get_sampler(name)(model_fn, schedule, SHAPE, r, num_steps=STEPS,
-                                                         spacing="leading", **kwargs))(rng))
+                                                         spacing=spacing, **kwargs))(rng))
 
 
 def fed_noise(rng):
@@ -50,6 +50,18 @@ def test_ddim_equals_diffusers(eta, clip):
   theirs = run_diffusers(scheduler, x_T, lambda i, eps, t, x: scheduler.step(
       eps, t, x, eta=eta, use_clipped_model_output=True, variance_noise=torch.from_numpy(z[i])).prev_sample)
   np.testing.assert_allclose(ours("ddim", rng, eta=eta, clip_x0=clip), theirs, atol=2e-5, rtol=1e-5)
+
+
+def test_ddim_equals_stable_diffusions_scheduler():
+  """scaled_linear betas with leading_offset spacing: diffusers' DDIM as Stable Diffusion configures it."""
+  rng = jax.random.PRNGKey(4)
+  x_T, _ = fed_noise(rng)
+  scheduler = DDIMScheduler(num_train_timesteps=T, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                            clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+  np.testing.assert_allclose(get_schedule("scaled_linear", T).alphas_cumprod, scheduler.alphas_cumprod, rtol=1e-6)
+  theirs = run_diffusers(scheduler, x_T, lambda i, eps, t, x: scheduler.step(eps, t, x, eta=0.0).prev_sample)
+  np.testing.assert_allclose(ours("ddim", rng, schedule="scaled_linear", spacing="leading_offset"), theirs,
+                             atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("variance_type,variance", [("fixed_small", "beta_tilde"), ("fixed_large", "beta")])

@@ -197,7 +197,7 @@ def test_classifier_guidance_of_a_network_from_a_run_option(trained_classifier, 
   assert score(guided) > score(plain) + 0.5, (score(guided), score(plain))
   gen = lambda c, **kw: sample.generate_samples(c, model, process, params, mesh, "ddim", 3, 8, jax.random.PRNGKey(1),
                                                 (clf, clf_params), **kw)
-  with pytest.raises(ValueError, match="needs a class-conditional model"):
+  with pytest.raises(ValueError, match="needs a class- or text-conditional model"):
     gen(uncond, w=1.0)
   with pytest.raises(ValueError, match="valid: w >= -1"):
     gen(config, w=-2.0)

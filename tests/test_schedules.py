@@ -44,7 +44,7 @@ def test_log_snr_interpolates_between_grid_points():
 
 
 def test_unknown_schedule_lists_valid_names():
-  with pytest.raises(ValueError, match="cosine, linear, sigmoid"):
+  with pytest.raises(ValueError, match="cosine, linear, scaled_linear, sigmoid"):
     get_schedule("quadratic", 10)
 
 
