@@ -36,7 +36,9 @@ def check_compatible(saved, config, section="model"):
   """Raises with the differing fields when the checkpoint's network (config.`section`) or input shape differs."""
   now = _flat(json.loads(config.to_json()))
   then = _flat(saved)
-  shape_field = lambda k: (k.startswith(section + ".") and k != section + ".dropout") or k in SHAPE_FIELDS
+  text = section == "model" and now.get("model.context_dim")  # a text model's encoder is part of its network
+  shape_field = lambda k: ((k.startswith(section + ".") and k != section + ".dropout") or k in SHAPE_FIELDS
+                           or (text and k.startswith("text.encoder.")))
   newer_and_off = lambda k: k not in then and not now.get(k)  # a field added since the checkpoint, left off
   diffs = [f"{k}: checkpoint has {then.get(k)!r}, config has {now.get(k)!r}"
            for k in sorted(set(now) | set(then)) if shape_field(k) and now.get(k) != then.get(k) and not newer_and_off(k)]

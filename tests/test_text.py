@@ -62,3 +62,16 @@ def test_frozen_text_encoder_is_not_updated(train_encoder):
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
   assert float(jnp.abs(updates["unet"]["w"]).min()) > 0
   assert (float(jnp.abs(updates["text_encoder"]["w"]).min()) > 0) == train_encoder
+
+
+def test_checkpoint_compatibility_covers_the_text_encoder():
+  import json
+  from diffusion_jax import checkpoint
+  c = tiny_config(**TEXT)
+  saved = json.loads(c.to_json())
+  checkpoint.check_compatible(saved, c)
+  deeper = tiny_config(**{**TEXT, "text.encoder": {**TEXT["text.encoder"], "num_hidden_layers": 2}})
+  with pytest.raises(ValueError, match="text.encoder.num_hidden_layers: checkpoint has 1, config has 2"):
+    checkpoint.check_compatible(saved, deeper)
+  plain = tiny_config(**{"text.encoder": {**TEXT["text.encoder"], "num_hidden_layers": 5}})
+  checkpoint.check_compatible(json.loads(tiny_config().to_json()), plain)  # unused by a model without text
