@@ -93,9 +93,10 @@ def num_label_classes(config, classifier=None):
 
 def make_generate(config, model, process, mesh, name, num_steps, batch_size, classifier=None, latents=None, **kwargs):
   """A jitted (params, rng, y, classifier_params=None, decoder_params=None) -> (images, nfe) function for one sampler
-  run; y may be None for unconditional models. Run options `w` (classifier-free guidance; both passes in one batched
-  network call) and `s` (classifier guidance by jax.grad through the flax module `classifier`) combine. A latent
-  model's samples are decoded by `latents` (latent.Latents) with decoder_params."""
+  run; y: class labels, a text model's token ids, or None for unconditional models. Run options `w` (classifier-free
+  guidance; both passes in one batched network call; the null condition is the null label or the empty prompt's
+  ids) and `s` (classifier guidance by jax.grad through the flax module `classifier`) combine. A latent model's
+  samples are decoded by `latents` (latent.Latents) with decoder_params."""
   sampler = get_sampler(name)
   kwargs = dict(kwargs)
   w, s = guidance_scales(config, kwargs, classifier)
