@@ -251,7 +251,7 @@ def abstract_params(config):
 
 def convert_diffusers(src, dst, tfds_name=None):
   """Writes dst/config.py and dst/checkpoints/0 (params = EMA params = the release's weights); returns the config."""
-  from diffusion_jax import checkpoint, train
+  from diffusion_jax import train
   with open(os.path.join(src, "config.json")) as f:
     unet_cfg = json.load(f)
   if unet_cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
@@ -269,13 +269,19 @@ def convert_diffusers(src, dst, tfds_name=None):
   write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src))
   config = load_config_file(os.path.join(dst, "config.py"))
   params = convert_params(load_state_dict(src), abstract_params(config))
-  state = train.new_state(params, train.model_optimizer(config), jax.random.PRNGKey(config.seed))
-  mngr = checkpoint.manager(os.path.join(dst, "checkpoints"))
-  checkpoint.save(mngr, 0, state, config)
-  mngr.wait_until_finished()
+  save_state(os.path.join(dst, "checkpoints"), train.new_state(params, train.model_optimizer(config),
+                                                               jax.random.PRNGKey(config.seed)), config)
   logging.info("Converted %s (%d parameters) -> %s\n%s", src, sum(np.size(p) for p in jax.tree.leaves(params)), dst,
                pprint.pformat(overrides))
   return config
+
+
+def save_state(directory, state, config):
+  """Writes `state` as step 0 of an orbax checkpoint in `directory` (with the config) and waits for it."""
+  from diffusion_jax import checkpoint
+  mngr = checkpoint.manager(directory)
+  checkpoint.save(mngr, 0, state, config)
+  mngr.wait_until_finished()
 
 
 def read_json(path):
@@ -290,13 +296,13 @@ def convert_stable_diffusion(src, dst, tfds_name=None):
   """A Stable Diffusion directory into dst: config.py (latent, text-conditioned, frozen CLIP), checkpoints/0 (the U-Net
   and the text encoder), autoencoder/checkpoints/0 with latent_scale.json (the VAE and its scaling_factor), and
   tokenizer/ (copied). Returns the config."""
-  from diffusion_jax import checkpoint, train
+  from diffusion_jax import train
   from diffusion_jax.models import clip_text
   from diffusion_jax.train_autoencoder import get_autoencoder
   from diffusion_jax.train_autoencoder import init_state as init_autoencoder
   del tfds_name  # the latents of no TFDS dataset
   unet_cfg, vae_cfg = (read_json(os.path.join(src, d, "config.json")) for d in ("unet", "vae"))
-  text_cfg = clip_text.CLIPTextConfig.from_dict(read_json(os.path.join(src, "text_encoder", "config.json")))
+  text_cfg, text_params = clip_text.load_pretrained(os.path.join(src, "text_encoder"))
   overrides = unet_overrides(unet_cfg)
   if "model.context_dim" not in overrides:
     raise ValueError(f"{src}/unet holds a {unet_cfg.get('_class_name')} without cross-attention; Stable Diffusion's "
@@ -316,20 +322,16 @@ def convert_stable_diffusion(src, dst, tfds_name=None):
   config = load_config_file(os.path.join(dst, "config.py"))
 
   params = {"unet": convert_params(load_state_dict(os.path.join(src, "unet")), abstract_params(config)["unet"]),
-            "text_encoder": clip_text.load_pretrained(os.path.join(src, "text_encoder"))[1]}
-  state = train.new_state(params, train.model_optimizer(config), jax.random.PRNGKey(config.seed))
-  mngr = checkpoint.manager(os.path.join(dst, "checkpoints"))
-  checkpoint.save(mngr, 0, state, config)
-  mngr.wait_until_finished()
+            "text_encoder": text_params}
+  save_state(os.path.join(dst, "checkpoints"), train.new_state(params, train.model_optimizer(config),
+                                                               jax.random.PRNGKey(config.seed)), config)
 
   ae = get_autoencoder(config)
   tx = train.make_optimizer(config.autoencoder.optim)
   abstract = jax.eval_shape(lambda: init_autoencoder(config, ae, tx, jax.random.PRNGKey(0))).params
   vae = convert_params(load_state_dict(os.path.join(src, "vae")), abstract, key=vae_key)
   out = os.path.join(dst, "autoencoder")
-  mngr = checkpoint.manager(os.path.join(out, "checkpoints"))
-  checkpoint.save(mngr, 0, train.new_state(vae, tx, jax.random.PRNGKey(config.seed)), config)
-  mngr.wait_until_finished()
+  save_state(os.path.join(out, "checkpoints"), train.new_state(vae, tx, jax.random.PRNGKey(config.seed)), config)
   size = config.data.image_size // f
   with open(os.path.join(out, "latent_scale.json"), "w") as fp:
     json.dump({"step": 0, "scale_factor": vae_cfg.get("scaling_factor", 0.18215),

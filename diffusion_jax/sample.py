@@ -64,11 +64,16 @@ def sampler_setup(config, model, params, process, name):
   return on_sampler_process(config, make_model_fn(model, params, process), process, name)
 
 
+def is_conditional(config):
+  """Whether the network takes a condition y: class labels, or a text model's token ids."""
+  return bool(config.model.get("num_classes", 0)) or text.is_text(config)
+
+
 def guidance_scales(config, kwargs, classifier):
   """Pops the guidance strengths of a run's options: `w` of classifier-free guidance (w = -1 is the model's
   unconditional mode) and `s` of classifier guidance; checks that the model and the classifier allow them."""
   w, s = kwargs.pop("w", 0.0), kwargs.pop("s", 0.0)
-  if w and not (config.model.get("num_classes", 0) or text.is_text(config)):
+  if w and not is_conditional(config):
     raise ValueError(f"Classifier-free guidance (w={w}) needs a class- or text-conditional model "
                      "(model.num_classes > 0 or model.context_dim > 0)")
   if w < -1:
@@ -110,12 +115,11 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
     accepted = inspect.signature(sampler).parameters
     kwargs = {**{k: v for k, v in generic.items() if k in accepted}, **kwargs}
   adaptive = name == "ode" and kwargs.get("solver", "dopri5") == "dopri5"
-  conditional = config.model.get("num_classes", 0) or text.is_text(config)
   null = text.null_condition(config) if w else None
 
   def generate(params, rng, y, classifier_params=None, decoder_params=None):
     model_fn, on = sampler_setup(config, model, params, process, name)
-    if not conditional:  # labels only steer the classifier
+    if not is_conditional(config):  # labels only steer the classifier
       unconditional = model_fn
       model_fn = lambda x, t, y=None: unconditional(x, t, None)
     model_fn = classifier_free(model_fn, w, null)

@@ -17,8 +17,8 @@ def get_sampler(name):
 def respace(num_timesteps, num_steps, spacing="leading"):
   """Descending 0-based indices of a `num_steps` subset of the T training steps.
   leading: 0, T/S, 2T/S, ... (DDIM paper, Song et al. 2020); leading_offset: 1, T/S + 1, ... (diffusers'
-  steps_offset=1 with set_alpha_to_one=False, Stable Diffusion's scheduler configs; see grid); trailing: T-1, T-1-T/S, ... (Lin et al. 2024);
-  linspace: round(linspace(0, T-1, S)); quadratic: int(linspace(0, sqrt(0.8 T), S)^2), DDIM's CIFAR-10 grid (Song et
+  steps_offset=1 with set_alpha_to_one=False, Stable Diffusion's scheduler configs; see grid); trailing: T-1,
+  T-1-T/S, ... (Lin et al. 2024); linspace: round(linspace(0, T-1, S)); quadratic: int(linspace(0, sqrt(0.8 T), S)^2), DDIM's CIFAR-10 grid (Song et
   al. 2020, App. D.2), which repeats early indices at large S as the released code does (a repeated step is the
   identity for DDIM and DDPM)."""
   T, S = num_timesteps, num_steps
