@@ -1,11 +1,12 @@
 """diffusion_jax against diffusers / PyTorch on the same U-Net (the same UNet2DModel weights, converted), batch and
 float32, in one process: training images/s, milliseconds per network evaluation, a 50-step DDIM sample of 64 images,
+50-step DDIM samples of a few sizes (64 images, and single images where per-step framework overhead dominates),
 memory (the growth of the process's peak RSS during the timed calls, coarse on a CPU; and for ours the buffers XLA's
 memory analysis reports), and the FLOP/s the compiled XLA programs achieve against this machine's measured matmul
 peak. The two sides are timed in interleaved rounds and each figure is a median over the rounds; `*_spread` is the
 (max - min) / median of a measurement. Prints JSON lines and a Markdown table. Needs the test requirements (torch,
 diffusers).
-Usage: python -m benchmarks.vs_diffusers [--models=medium,digits] [--rounds=3] [--train_steps=4]"""
+Usage: python -m benchmarks.vs_diffusers [--models=medium,digits] [--samples=1,64] [--rounds=3] [--train_steps=4]"""
 from diffusion_jax.xla_flags import set_cpu_flags
 
 set_cpu_flags()
@@ -22,7 +23,7 @@ from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
 
 from configs.base import get_base_config  # noqa: E402
 from diffusion_jax import convert, parallel, tables  # noqa: E402
-from diffusion_jax.sample import generate_samples  # noqa: E402
+from diffusion_jax.sample import make_generate  # noqa: E402
 from diffusion_jax.train import make_optimizer, make_train_step, new_state, setup  # noqa: E402
 
 # the U-Net of the issue (block_out_channels 64/128/128, attention at the middle level, 32x32 RGB) and the demo's;
@@ -39,7 +40,7 @@ COMMON = dict(norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_pad
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Models to compare: {', '.join(MODELS)}.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Training batch and network-evaluation batch.")
-_SAMPLES = flags.DEFINE_integer("samples", 64, "Images of the 50-step DDIM sample.")
+_SAMPLES = flags.DEFINE_list("samples", ["1", "64"], "Images of each timed 50-step DDIM sample (one batch).")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 4, "Timed training steps per framework and round.")
 _EVALS = flags.DEFINE_integer("evals", 4, "Timed network evaluations per framework and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; each figure is the median over the rounds.")
@@ -88,7 +89,8 @@ def compiled_cost(jitted, *args):
 
 
 def torch_side(unet, x, t, samples):
-  """diffusers / PyTorch: an Adam training step on the eps loss, a network evaluation, a 50-step DDIMScheduler loop."""
+  """diffusers / PyTorch: an Adam training step on the eps loss, a network evaluation, 50-step DDIMScheduler loops of
+  each size in samples."""
   opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
   abar = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))).float()
   xt, tt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t).long()
@@ -108,23 +110,23 @@ def torch_side(unet, x, t, samples):
       unet(xt, tt)
 
   scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
-  shape = (samples,) + xt.shape[1:]
 
-  def ddim():
+  def ddim(n):
     unet.eval()
     scheduler.set_timesteps(50)
-    z = torch.randn(shape)
+    z = torch.randn((n,) + xt.shape[1:])
     with torch.no_grad():
       for step in scheduler.timesteps:
         z = scheduler.step(unet(z, step).sample, step, z).prev_sample
 
   train_step()  # warm-up: allocations, kernel selection
   evaluate()
-  return dict(train=train_step, eval=evaluate, ddim=ddim), {}
+  return dict(train=train_step, eval=evaluate, **{f"ddim_{n}": lambda n=n: ddim(n) for n in samples}), {}
 
 
 def jax_side(config, params, x, t, samples):
-  """diffusion_jax: the jitted train step of train.py, a jitted network evaluation, the compiled DDIM-50 loop."""
+  """diffusion_jax: the jitted train step of train.py, a jitted network evaluation, the compiled DDIM-50 loop of
+  sample.py (compiled once per size in samples, as sample_batches does per run)."""
   model, schedule = setup(config)
   tx = make_optimizer(config.optim)
   mesh = parallel.mesh_for(config)
@@ -144,22 +146,28 @@ def jax_side(config, params, x, t, samples):
   def evaluate():
     forward(params, x, t).block_until_ready()
 
-  def ddim():  # seconds of the compiled loop, compilation excluded
-    return generate_samples(config, model, schedule, params, mesh, "ddim", 50, samples, jax.random.PRNGKey(1))[2]
+  def ddim(n):
+    rng = jax.random.PRNGKey(1)
+    gen = make_generate(config, model, schedule, mesh, "ddim", 50, n).lower(params, rng, None).compile()
+
+    def run():
+      gen(params, rng, None)[0].block_until_ready()
+    return run
 
   train_step()  # compiles
   evaluate()
-  return dict(train=train_step, eval=evaluate, ddim=ddim), dict(
+  return dict(train=train_step, eval=evaluate, **{f"ddim_{n}": ddim(n) for n in samples}), dict(
       train_flops=train_flops, eval_flops=eval_flops, train_xla_mb=train_xla_mb, eval_xla_mb=eval_xla_mb)
 
 
 def timed_rounds(sides, batch):
   """Interleaved rounds (diffusers then ours, for each measurement): the median of each measurement over the rounds,
   so that the load of this shared machine drifting over minutes does not favour either side."""
-  times = {side: {k: [] for k in ("train", "eval", "ddim")} for side in sides}
+  keys = [("train", _TRAIN_STEPS.value), ("eval", _EVALS.value)] + [(f"ddim_{n}", 1) for n in _SAMPLES.value]
+  times = {side: {k: [] for k, _ in keys} for side in sides}
   peaks = {side: {} for side in sides}
   for r in range(_ROUNDS.value):
-    for key, n in (("train", _TRAIN_STEPS.value), ("eval", _EVALS.value), ("ddim", 1)):
+    for key, n in keys:
       for side, (fns, _) in sides.items():
         seconds, mb = measure(fns[key], n)
         times[side][key].append(seconds)
@@ -167,8 +175,9 @@ def timed_rounds(sides, batch):
   out = {}
   for side, t in times.items():
     med = {k: float(np.median(v)) for k, v in t.items()}
-    out[side] = dict(train_images_per_s=batch / med["train"], ms_per_eval=1000 * med["eval"], ddim_seconds=med["ddim"],
-                     train_peak_mb=peaks[side]["train"], ddim_peak_mb=peaks[side]["ddim"],
+    out[side] = dict(train_images_per_s=batch / med["train"], ms_per_eval=1000 * med["eval"],
+                     **{f"{k}_seconds": v for k, v in med.items() if k.startswith("ddim")},
+                     train_peak_mb=peaks[side]["train"], ddim_peak_mb=peaks[side][f"ddim_{_SAMPLES.value[-1]}"],
                      train_spread=float(np.ptp(t["train"]) / med["train"]),
                      eval_spread=float(np.ptp(t["eval"]) / med["eval"]))
   return out
@@ -183,7 +192,6 @@ def compare(name, peak):
     section, field = key.split(".")
     config[section][field] = value
   config.training.batch_size = _BATCH.value
-  config.sample.batch_size = _SAMPLES.value
   size, ch = config.data.image_size, config.data.channels
   params = convert.convert_params({k: v.detach().numpy() for k, v in unet.state_dict().items()},
                                   convert.abstract_params(config))
@@ -192,7 +200,8 @@ def compare(name, peak):
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (_BATCH.value, size, size, ch)).astype(np.float32)
   t = rng.integers(0, 1000, _BATCH.value).astype(np.float32)
-  sides = dict(diffusers=torch_side(unet, x, t, _SAMPLES.value), ours=jax_side(config, params, x, t, _SAMPLES.value))
+  samples = [int(n) for n in _SAMPLES.value]
+  sides = dict(diffusers=torch_side(unet, x, t, samples), ours=jax_side(config, params, x, t, samples))
   results = timed_rounds(sides, len(x))
   theirs, ours, cost = results["diffusers"], results["ours"], sides["ours"][1]
   ours.update(train_xla_mb=cost["train_xla_mb"], eval_xla_mb=cost["eval_xla_mb"],
@@ -200,13 +209,13 @@ def compare(name, peak):
               eval_gflops_per_s=cost["eval_flops"] / ours["ms_per_eval"] / 1e6)
   ours.update(train_fraction_of_peak=ours["train_gflops_per_s"] * 1e9 / peak,
               eval_fraction_of_peak=ours["eval_gflops_per_s"] * 1e9 / peak)
-  return dict(benchmark="vs_diffusers", model=name, params=int(n_params), batch=_BATCH.value, samples=_SAMPLES.value,
+  return dict(benchmark="vs_diffusers", model=name, params=int(n_params), batch=_BATCH.value, samples=samples,
               torch_threads=torch.get_num_threads(), backend=jax.default_backend(),
               **{f"diffusers_{k}": round(v, 3) for k, v in theirs.items()},
               **{f"ours_{k}": round(v, 3) for k, v in ours.items()},
               train_speedup=round(ours["train_images_per_s"] / theirs["train_images_per_s"], 3),
               eval_speedup=round(theirs["ms_per_eval"] / ours["ms_per_eval"], 3),
-              ddim_speedup=round(theirs["ddim_seconds"] / ours["ddim_seconds"], 3))
+              **{f"ddim_{n}_speedup": round(theirs[f"ddim_{n}_seconds"] / ours[f"ddim_{n}_seconds"], 3) for n in samples})
 
 
 def main(_):
@@ -216,10 +225,12 @@ def main(_):
   for name in _MODELS.value:
     rows.append(compare(name, peak))
     print(json.dumps(rows[-1]), flush=True)
+  ddim = [f"{side}_ddim_{n}_{k}" for n in _SAMPLES.value for side, k in (("diffusers", "seconds"), ("ours", "seconds"),
+                                                                          ("", "speedup"))]
   cols = ["model", "params", "diffusers_train_images_per_s", "ours_train_images_per_s", "train_speedup",
-          "diffusers_ms_per_eval", "ours_ms_per_eval", "eval_speedup", "diffusers_ddim_seconds", "ours_ddim_seconds",
-          "ddim_speedup", "diffusers_train_peak_mb", "ours_train_peak_mb", "ours_train_xla_mb",
-          "ours_train_fraction_of_peak", "ours_eval_fraction_of_peak"]
+          "diffusers_ms_per_eval", "ours_ms_per_eval", "eval_speedup", *[c.lstrip("_") for c in ddim],
+          "diffusers_train_peak_mb", "ours_train_peak_mb", "ours_train_xla_mb", "ours_train_fraction_of_peak",
+          "ours_eval_fraction_of_peak"]
   print(tables.markdown_table(rows, cols))
 
 

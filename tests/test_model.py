@@ -6,7 +6,7 @@ import pytest
 
 from conftest import random_params
 from diffusion_jax.models import get_model, make_model_fn
-from diffusion_jax.models.layers import Conv, Dense, GroupNorm, _tiles, blocked_attention
+from diffusion_jax.models.layers import Conv, Dense, GroupNorm, UpsampleConv, _tiles, blocked_attention
 from diffusion_jax.models.unet import timestep_embedding
 from diffusion_jax.schedules import get_schedule
 
@@ -69,15 +69,17 @@ def test_timestep_embedding_matches_formula():
   np.testing.assert_allclose(e[0], np.concatenate([np.sin(3 * freqs), np.cos(3 * freqs)]), rtol=1e-5)
 
 
-def assert_same_layer(ours, ref, x, rtol=1e-5):
-  """Same parameter tree, output and gradients (wrt parameters and input) as a flax layer, random parameters."""
-  p = ref.init(jax.random.PRNGKey(1), x)
+def assert_same_layer(ours, ref, x, rtol=1e-5, ref_input=lambda x: x):
+  """Same parameter tree, output and gradients (wrt parameters and input) as a flax layer applied to ref_input(x),
+  random parameters."""
+  ref_apply = lambda p, x: ref.apply(p, ref_input(x))
+  p = ref.init(jax.random.PRNGKey(1), ref_input(x))
   assert jax.tree.structure(ours.init(jax.random.PRNGKey(1), x)) == jax.tree.structure(p)
   p = jax.tree.map(lambda a: a + jax.random.normal(jax.random.PRNGKey(2), a.shape), p)
-  np.testing.assert_allclose(ours.apply(p, x), ref.apply(p, x), rtol=rtol, atol=rtol)
-  w = jax.random.normal(jax.random.PRNGKey(3), ref.apply(p, x).shape)
-  grads = lambda m: jax.tree.leaves(jax.grad(lambda p, x: jnp.sum(w * m.apply(p, x) ** 2), argnums=(0, 1))(p, x))
-  for a, b in zip(grads(ours), grads(ref)):
+  np.testing.assert_allclose(ours.apply(p, x), ref_apply(p, x), rtol=rtol, atol=rtol)
+  w = jax.random.normal(jax.random.PRNGKey(3), ref_apply(p, x).shape)
+  grads = lambda f: jax.tree.leaves(jax.grad(lambda p, x: jnp.sum(w * f(p, x) ** 2), argnums=(0, 1))(p, x))
+  for a, b in zip(grads(ours.apply), grads(ref_apply)):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * float(np.max(np.abs(b))))
 
 
@@ -92,6 +94,12 @@ def test_groupnorm_matches_flax():
                                       (Dense(8), nn.Dense(8))])
 def test_conv_and_dense_match_flax(ours, ref):  # their bias gradients are matrix products (layers.channel_sum)
   assert_same_layer(ours, ref, jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 16)))
+
+
+def test_upsample_conv_is_nearest_upsampling_then_conv():  # the sub-pixel form: 2x2 convolutions per output phase
+  nearest = lambda x: jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  assert_same_layer(UpsampleConv(8), nn.Conv(8, (3, 3), padding=1), jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3, 6)),
+                    rtol=1e-4, ref_input=nearest)
 
 
 @pytest.mark.parametrize("r,n,nk,tile,steps", [(3, 64, 64, 64 * 16, (1, 16)), (4, 16, 16, 2 * 16 * 16, (2, 16)),

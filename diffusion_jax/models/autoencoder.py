@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import Conv, GroupNorm
+from diffusion_jax.models.layers import Conv, GroupNorm, UpsampleConv
 from diffusion_jax.models.unet import AttentionBlock, ResnetBlock
 
 
@@ -52,8 +52,7 @@ class Decoder(_Coder):
       for j in range(self.layers_per_block + 1):
         h = res(ch, f"up_{i}_resnet_{j}")(h, None, False)
       if i < len(self.block_out_channels) - 1:
-        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-        h = Conv(ch, (3, 3), padding=1, name=f"up_{i}_upsample")(h)
+        h = UpsampleConv(ch, name=f"up_{i}_upsample")(h)  # nearest-neighbour 2x, 3x3 conv
     h = nn.silu(GroupNorm(self.groups, self.eps, name="conv_norm_out")(h))
     return Conv(self.out_channels, (3, 3), padding=1, name="conv_out")(h)
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.models.layers import Conv, Dense, GroupNorm, blocked_attention, class_conditioning
+from diffusion_jax.models.layers import Conv, Dense, GroupNorm, UpsampleConv, blocked_attention, class_conditioning
 from diffusion_jax.models.unet import timestep_embedding
 
 PROGRESSIVE = ("none", "output_skip")
@@ -92,14 +92,15 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, temb, train):
     h = nn.silu(GroupNorm(groups(x.shape[-1]), 1e-6, name="GroupNorm_0")(x))
+    fold_up = self.resample == "up" and not self.fir  # the naive upsampling of h folded into its convolution
     if self.resample:
       if self.fir:
         f = fir_upsample if self.resample == "up" else fir_downsample
         f = lambda a, f=f: f(a, self.fir_kernel)
       else:
         f = naive_upsample if self.resample == "up" else naive_downsample
-      h, x = f(h), f(x)
-    h = conv(self.out_ch, name="Conv_0")(h)
+      h, x = (h if fold_up else f(h)), f(x)
+    h = (UpsampleConv(self.out_ch, _init(1.0), name="Conv_0") if fold_up else conv(self.out_ch, name="Conv_0"))(h)
     h = h + Dense(self.out_ch, kernel_init=_init(1.0), name="Dense_0")(nn.silu(temb))[:, None, None, :]
     h = nn.silu(GroupNorm(groups(self.out_ch), 1e-6, name="GroupNorm_1")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
@@ -226,7 +227,7 @@ class NCSNpp(nn.Module):
         if biggan:
           h = res(h.shape[-1], f"up_{i}_upsample", "up")(h, temb, train)
         else:
-          h = conv(h.shape[-1], name=f"up_{i}_upsample")(naive_upsample(h))
+          h = UpsampleConv(h.shape[-1], _init(1.0), name=f"up_{i}_upsample")(h)  # naive_upsample, then conv
     assert not hs
 
     if self.progressive == "output_skip":

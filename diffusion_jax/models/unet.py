@@ -7,7 +7,8 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import Conv, Dense, GroupNorm, blocked_attention, class_conditioning
+from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, blocked_attention,
+                                         class_conditioning)
 from diffusion_jax.models.transformer import SpatialTransformer
 
 zero_init = nn.initializers.zeros
@@ -140,8 +141,7 @@ class UNet(nn.Module):
         if use_attn:
           h = attn(f"up_{i}_attn_{j}")(h)
       if i < n - 1:
-        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour 2x
-        h = Conv(ch, (3, 3), padding=1, name=f"up_{i}_upsample")(h)
+        h = UpsampleConv(ch, name=f"up_{i}_upsample")(h)  # nearest-neighbour 2x, 3x3 conv
     assert not skips
 
     h = nn.silu(GroupNorm(self.norm_groups, self.norm_eps, name="conv_norm_out")(h))
