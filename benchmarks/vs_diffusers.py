@@ -160,10 +160,10 @@ def jax_side(config, params, x, t, samples):
       train_flops=train_flops, eval_flops=eval_flops, train_xla_mb=train_xla_mb, eval_xla_mb=eval_xla_mb)
 
 
-def timed_rounds(sides, batch):
+def timed_rounds(sides, batch, samples):
   """Interleaved rounds (diffusers then ours, for each measurement): the median of each measurement over the rounds,
   so that the load of this shared machine drifting over minutes does not favour either side."""
-  keys = [("train", _TRAIN_STEPS.value), ("eval", _EVALS.value)] + [(f"ddim_{n}", 1) for n in _SAMPLES.value]
+  keys = [("train", _TRAIN_STEPS.value), ("eval", _EVALS.value)] + [(f"ddim_{n}", 1) for n in samples]
   times = {side: {k: [] for k, _ in keys} for side in sides}
   peaks = {side: {} for side in sides}
   for r in range(_ROUNDS.value):
@@ -177,13 +177,13 @@ def timed_rounds(sides, batch):
     med = {k: float(np.median(v)) for k, v in t.items()}
     out[side] = dict(train_images_per_s=batch / med["train"], ms_per_eval=1000 * med["eval"],
                      **{f"{k}_seconds": v for k, v in med.items() if k.startswith("ddim")},
-                     train_peak_mb=peaks[side]["train"], ddim_peak_mb=peaks[side][f"ddim_{_SAMPLES.value[-1]}"],
+                     train_peak_mb=peaks[side]["train"], ddim_peak_mb=peaks[side][f"ddim_{max(samples)}"],
                      train_spread=float(np.ptp(t["train"]) / med["train"]),
                      eval_spread=float(np.ptp(t["eval"]) / med["eval"]))
   return out
 
 
-def compare(name, peak):
+def compare(name, peak, samples):
   torch.manual_seed(0)
   unet = UNet2DModel(**MODELS[name], **COMMON)
   overrides = convert.unet_overrides(dict(unet.config))
@@ -200,9 +200,8 @@ def compare(name, peak):
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (_BATCH.value, size, size, ch)).astype(np.float32)
   t = rng.integers(0, 1000, _BATCH.value).astype(np.float32)
-  samples = [int(n) for n in _SAMPLES.value]
   sides = dict(diffusers=torch_side(unet, x, t, samples), ours=jax_side(config, params, x, t, samples))
-  results = timed_rounds(sides, len(x))
+  results = timed_rounds(sides, len(x), samples)
   theirs, ours, cost = results["diffusers"], results["ours"], sides["ours"][1]
   ours.update(train_xla_mb=cost["train_xla_mb"], eval_xla_mb=cost["eval_xla_mb"],
               train_gflops_per_s=cost["train_flops"] * ours["train_images_per_s"] / len(x) / 1e9,
@@ -215,20 +214,21 @@ def compare(name, peak):
               **{f"ours_{k}": round(v, 3) for k, v in ours.items()},
               train_speedup=round(ours["train_images_per_s"] / theirs["train_images_per_s"], 3),
               eval_speedup=round(theirs["ms_per_eval"] / ours["ms_per_eval"], 3),
-              **{f"ddim_{n}_speedup": round(theirs[f"ddim_{n}_seconds"] / ours[f"ddim_{n}_seconds"], 3) for n in samples})
+              **{f"ddim_{n}_speedup": round(theirs[f"ddim_{n}_seconds"] / ours[f"ddim_{n}_seconds"], 3)
+                 for n in samples})
 
 
 def main(_):
   peak = matmul_peak_flops()
   print(json.dumps({"benchmark": "matmul_peak", "gflops_per_s": round(peak / 1e9, 1)}), flush=True)
+  samples = [int(n) for n in _SAMPLES.value]
   rows = []
   for name in _MODELS.value:
-    rows.append(compare(name, peak))
+    rows.append(compare(name, peak, samples))
     print(json.dumps(rows[-1]), flush=True)
-  ddim = [f"{side}_ddim_{n}_{k}" for n in _SAMPLES.value for side, k in (("diffusers", "seconds"), ("ours", "seconds"),
-                                                                          ("", "speedup"))]
+  ddim = [c for n in samples for c in (f"diffusers_ddim_{n}_seconds", f"ours_ddim_{n}_seconds", f"ddim_{n}_speedup")]
   cols = ["model", "params", "diffusers_train_images_per_s", "ours_train_images_per_s", "train_speedup",
-          "diffusers_ms_per_eval", "ours_ms_per_eval", "eval_speedup", *[c.lstrip("_") for c in ddim],
+          "diffusers_ms_per_eval", "ours_ms_per_eval", "eval_speedup", *ddim,
           "diffusers_train_peak_mb", "ours_train_peak_mb", "ours_train_xla_mb", "ours_train_fraction_of_peak",
           "ours_eval_fraction_of_peak"]
   print(tables.markdown_table(rows, cols))
