@@ -1,11 +1,11 @@
 """diffusion_jax against diffusers / PyTorch on the same U-Net (the same UNet2DModel weights, converted), batch and
-float32, in one process: training images/s, milliseconds per network evaluation, a 50-step DDIM sample of 64 images,
-50-step DDIM samples of a few sizes (64 images, and single images where per-step framework overhead dominates),
-memory (the growth of the process's peak RSS during the timed calls, coarse on a CPU; and for ours the buffers XLA's
-memory analysis reports), and the FLOP/s the compiled XLA programs achieve against this machine's measured matmul
-peak. The two sides are timed in interleaved rounds and each figure is a median over the rounds; `*_spread` is the
-(max - min) / median of a measurement. Prints JSON lines and a Markdown table. Needs the test requirements (torch,
-diffusers).
+float32, in one process: training images/s, milliseconds per network evaluation, 50-step DDIM samples of a few sizes
+(64 images, and single images where per-step framework overhead dominates), memory (the growth of the process's peak
+RSS during the timed calls, coarse on a CPU; and for ours the buffers XLA's memory analysis reports), and the FLOP/s
+the compiled XLA programs achieve against this machine's measured matmul peak. The two sides are timed in interleaved
+rounds and each figure is a median over the rounds; `*_speedup_rounds` are each round's own ratios (their range is in
+the table) and `*_spread` is the (max - min) / median of a measurement. Prints JSON lines and a Markdown table. Needs
+the test requirements (torch, diffusers).
 Usage: python -m benchmarks.vs_diffusers [--models=medium,digits] [--samples=1,64] [--rounds=3] [--train_steps=4]"""
 from diffusion_jax.xla_flags import set_cpu_flags
 
@@ -162,7 +162,8 @@ def jax_side(config, params, x, t, samples):
 
 def timed_rounds(sides, batch, samples):
   """Interleaved rounds (diffusers then ours, for each measurement): the median of each measurement over the rounds,
-  so that the load of this shared machine drifting over minutes does not favour either side."""
+  so that the load of this shared machine drifting over minutes does not favour either side; and each round's own
+  speedup (diffusers' time / ours, measured seconds apart), whose range shows what the noise allows to conclude."""
   keys = [("train", _TRAIN_STEPS.value), ("eval", _EVALS.value)] + [(f"ddim_{n}", 1) for n in samples]
   times = {side: {k: [] for k, _ in keys} for side in sides}
   peaks = {side: {} for side in sides}
@@ -180,7 +181,9 @@ def timed_rounds(sides, batch, samples):
                      train_peak_mb=peaks[side]["train"], ddim_peak_mb=peaks[side][f"ddim_{max(samples)}"],
                      train_spread=float(np.ptp(t["train"]) / med["train"]),
                      eval_spread=float(np.ptp(t["eval"]) / med["eval"]))
-  return out
+  theirs, ours = times.values()
+  rounds = {k: [a / b for a, b in zip(theirs[k], ours[k])] for k, _ in keys}
+  return out, rounds
 
 
 def compare(name, peak, samples):
@@ -201,7 +204,7 @@ def compare(name, peak, samples):
   x = rng.uniform(-1, 1, (_BATCH.value, size, size, ch)).astype(np.float32)
   t = rng.integers(0, 1000, _BATCH.value).astype(np.float32)
   sides = dict(diffusers=torch_side(unet, x, t, samples), ours=jax_side(config, params, x, t, samples))
-  results = timed_rounds(sides, len(x), samples)
+  results, rounds = timed_rounds(sides, len(x), samples)
   theirs, ours, cost = results["diffusers"], results["ours"], sides["ours"][1]
   ours.update(train_xla_mb=cost["train_xla_mb"], eval_xla_mb=cost["eval_xla_mb"],
               train_gflops_per_s=cost["train_flops"] * ours["train_images_per_s"] / len(x) / 1e9,
@@ -215,7 +218,9 @@ def compare(name, peak, samples):
               train_speedup=round(ours["train_images_per_s"] / theirs["train_images_per_s"], 3),
               eval_speedup=round(theirs["ms_per_eval"] / ours["ms_per_eval"], 3),
               **{f"ddim_{n}_speedup": round(theirs[f"ddim_{n}_seconds"] / ours[f"ddim_{n}_seconds"], 3)
-                 for n in samples})
+                 for n in samples},
+              **{f"{k}_speedup_rounds": [round(r, 3) for r in v] for k, v in rounds.items()},
+              **{f"{k}_speedup_range": f"{min(v):.2f}-{max(v):.2f}" for k, v in rounds.items()})
 
 
 def main(_):
@@ -226,9 +231,11 @@ def main(_):
   for name in _MODELS.value:
     rows.append(compare(name, peak, samples))
     print(json.dumps(rows[-1]), flush=True)
-  ddim = [c for n in samples for c in (f"diffusers_ddim_{n}_seconds", f"ours_ddim_{n}_seconds", f"ddim_{n}_speedup")]
+  ddim = [c for n in samples for c in (f"diffusers_ddim_{n}_seconds", f"ours_ddim_{n}_seconds", f"ddim_{n}_speedup",
+                                        f"ddim_{n}_speedup_range")]
   cols = ["model", "params", "diffusers_train_images_per_s", "ours_train_images_per_s", "train_speedup",
-          "diffusers_ms_per_eval", "ours_ms_per_eval", "eval_speedup", *ddim,
+          "train_speedup_range", "diffusers_ms_per_eval", "ours_ms_per_eval", "eval_speedup", "eval_speedup_range",
+          *ddim,
           "diffusers_train_peak_mb", "ours_train_peak_mb", "ours_train_xla_mb", "ours_train_fraction_of_peak",
           "ours_eval_fraction_of_peak"]
   print(tables.markdown_table(rows, cols))
