@@ -6,7 +6,8 @@ import pytest
 
 from conftest import random_params
 from diffusion_jax.models import get_model, make_model_fn
-from diffusion_jax.models.layers import Conv, Dense, GroupNorm, UpsampleConv, _tiles, blocked_attention
+from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, _tiles, blocked_attention,
+                                         multihead_attention)
 from diffusion_jax.models.unet import timestep_embedding
 from diffusion_jax.schedules import get_schedule
 
@@ -117,6 +118,15 @@ def test_blocked_attention_matches_einsum_and_grads(r, n, nk, tile, steps):
   g = lambda f: jax.grad(lambda *a: jnp.sum(w * f(*a)), argnums=(0, 1, 2))(q, kk, v)
   for a, b in zip(g(ours), g(ref)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_multihead_attention_matches_jax_dot_product_attention():
+  # head-major channel split, several heads, fewer keys than queries
+  k = jax.random.split(jax.random.PRNGKey(1), 3)
+  q, kk, v = (jax.random.normal(k[i], (2, 5 if i == 0 else 3, 12)) for i in range(3))
+  heads = lambda a: a.reshape(*a.shape[:2], 3, 4)
+  ref = jax.nn.dot_product_attention(heads(q), heads(kk), heads(v)).reshape(2, 5, 12)
+  np.testing.assert_allclose(multihead_attention(q, kk, v, 3), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_scale_shift_conditioning_shapes(tiny):

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import Conv, Dense, GroupNorm, blocked_attention
+from diffusion_jax.models.layers import Conv, Dense, GroupNorm, multihead_attention
 from diffusion_jax.models.unet import AttentionBlock, ResnetBlock, timestep_embedding
 
 
@@ -24,11 +24,9 @@ class AttentionPool(nn.Module):
     tokens = h.reshape(b, hh * ww, c)
     tokens = jnp.concatenate([tokens.mean(1, keepdims=True), tokens], axis=1)
     tokens = tokens + self.param("positional_embedding", nn.initializers.normal(c ** -0.5), (hh * ww + 1, c))
-    d, n = c // self.num_heads, hh * ww + 1
-    heads = lambda a, m: a.reshape(b, m, self.num_heads, d).transpose(0, 2, 1, 3).reshape(b * self.num_heads, m, d)
-    q = heads(Dense(c, name="to_q")(tokens[:, :1]), 1)
-    k, v = (heads(Dense(c, name=f"to_{x}")(tokens), n) for x in "kv")
-    o = blocked_attention(q, k, v).reshape(b, c)
+    q = Dense(c, name="to_q")(tokens[:, :1])
+    k, v = (Dense(c, name=f"to_{x}")(tokens) for x in "kv")
+    o = multihead_attention(q, k, v, self.num_heads).reshape(b, c)
     return Dense(self.out_dim, name="to_out")(o)
 
 

@@ -177,7 +177,10 @@ def _gn_bwd(groups, eps, res, g):
 group_norm.defvjp(_gn_fwd, _gn_bwd)
 
 
-TILE = 2 ** 19  # score entries computed per loop step (2 MB of float32): cache-sized on a CPU, few steps on a GPU
+def attention_tile():
+  """Score entries blocked_attention computes per loop step: 2 ** 19 (2 MB of float32, stays in cache) on a CPU;
+  2 ** 26 (256 MB) on an accelerator, where few large steps keep it busy (one for the attention of most U-Nets)."""
+  return 2 ** 19 if jax.default_backend() == "cpu" else 2 ** 26
 
 
 def _divisor(n, at_most):
@@ -205,16 +208,27 @@ def _unblock(a):  # [n / bq, c, bq, ...] -> [c, n, ...]
   return a.reshape(a.shape[0], a.shape[1] * a.shape[2], *a.shape[3:])
 
 
+def multihead_attention(q, k, v, num_heads):
+  """blocked_attention of num_heads heads for q [B, Nq, C], k, v [B, Nk, C], channels split head-major (as torch's
+  and flax's attention split them); returns [B, Nq, C]."""
+  b, c = q.shape[0], q.shape[-1]
+  d = c // num_heads
+  fold = lambda a: a.reshape(b, a.shape[1], num_heads, d).swapaxes(1, 2).reshape(b * num_heads, a.shape[1], d)
+  o = blocked_attention(fold(q), fold(k), fold(v))
+  return o.reshape(b, num_heads, -1, d).swapaxes(1, 2).reshape(b, -1, c)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def blocked_attention(q, k, v, tile=TILE):
+def blocked_attention(q, k, v, tile=None):
   """softmax(q k^T / sqrt(d)) v for q [R, Nq, D] and k, v [R, Nk, D] (R = batch * heads), in steps of a few rows and a
-  block of queries (_tiles), so that the scores of a step stay in cache whatever the number of heads."""
+  block of queries (_tiles) of about `tile` scores (default attention_tile()), so that the scores of a step stay in
+  cache whatever the number of heads."""
   return _attn_fwd(q, k, v, tile)[0]
 
 
 def _attn_fwd(q, k, v, tile):
   r, n, d = q.shape
-  c, bq = _tiles(r, n, k.shape[1], tile)
+  c, bq = _tiles(r, n, k.shape[1], tile or attention_tile())
   scale = 1.0 / math.sqrt(d)
 
   def chunk(x):
@@ -238,7 +252,7 @@ def _attn_fwd(q, k, v, tile):
 def _attn_bwd(tile, res, dout):
   q, k, v, out, lse = res
   r, n, d = q.shape
-  c, bq = _tiles(r, n, k.shape[1], tile)
+  c, bq = _tiles(r, n, k.shape[1], tile or attention_tile())
   scale = 1.0 / math.sqrt(d)
   delta = jnp.sum(dout * out, axis=-1)  # [R, N]
 

@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import Conv, Dense, GroupNorm, blocked_attention
+from diffusion_jax.models.layers import Conv, Dense, GroupNorm, multihead_attention
 
 
 class Attention(nn.Module):
@@ -17,14 +17,10 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, context=None):
     context = x if context is None else context
-    b, n, c = x.shape
     inner = self.heads * self.head_dim
-    fold = lambda a: a.reshape(b, a.shape[1], self.heads, self.head_dim).transpose(0, 2, 1, 3).reshape(
-        b * self.heads, a.shape[1], self.head_dim)
-    q = fold(nn.Dense(inner, use_bias=False, name="to_q")(x))
-    k, v = (fold(nn.Dense(inner, use_bias=False, name=f"to_{p}")(context)) for p in "kv")
-    o = blocked_attention(q, k, v).reshape(b, self.heads, n, self.head_dim).transpose(0, 2, 1, 3).reshape(b, n, inner)
-    return Dense(c, name="to_out")(o)
+    q = nn.Dense(inner, use_bias=False, name="to_q")(x)
+    k, v = (nn.Dense(inner, use_bias=False, name=f"to_{p}")(context) for p in "kv")
+    return Dense(x.shape[-1], name="to_out")(multihead_attention(q, k, v, self.heads))
 
 
 class TransformerBlock(nn.Module):

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, blocked_attention,
+from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, multihead_attention,
                                          class_conditioning)
 from diffusion_jax.models.transformer import SpatialTransformer
 
@@ -60,12 +60,9 @@ class AttentionBlock(nn.Module):
     b, hgt, wid, c = x.shape
     if c % self.num_heads:
       raise ValueError(f"AttentionBlock: {c} channels are not divisible by {self.num_heads} heads")
-    d = c // self.num_heads
     h = GroupNorm(self.groups, self.eps, name="group_norm")(x).reshape(b, hgt * wid, c)
-    heads = lambda a: a.reshape(b, hgt * wid, self.num_heads, d).transpose(0, 2, 1, 3).reshape(b * self.num_heads, hgt * wid, d)
-    q, k, v = (heads(Dense(c, name=n)(h)) for n in ("to_q", "to_k", "to_v"))
-    o = blocked_attention(q, k, v)
-    o = o.reshape(b, self.num_heads, hgt * wid, d).transpose(0, 2, 1, 3).reshape(b, hgt * wid, c)
+    q, k, v = (Dense(c, name=n)(h) for n in ("to_q", "to_k", "to_v"))
+    o = multihead_attention(q, k, v, self.num_heads)
     return x + Dense(c, kernel_init=zero_init, name="to_out")(o).reshape(b, hgt, wid, c)
 
 
