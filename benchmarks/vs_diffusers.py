@@ -1,12 +1,12 @@
 """diffusion_jax against diffusers / PyTorch on the same U-Net (the same UNet2DModel weights, converted), batch and
 float32, in one process: training images/s, milliseconds per network evaluation, 50-step DDIM samples of a few sizes
-(64 images, and single images where per-step framework overhead dominates), memory (the growth of the process's peak
+(64 images down to single images, where per-step framework overhead dominates), memory (the growth of the process's peak
 RSS during the timed calls, coarse on a CPU; and for ours the buffers XLA's memory analysis reports), and the FLOP/s
 the compiled XLA programs achieve against this machine's measured matmul peak. The two sides are timed in interleaved
 rounds and each figure is a median over the rounds; `*_speedup_rounds` are each round's own ratios (their range is in
 the table) and `*_spread` is the (max - min) / median of a measurement. Prints JSON lines and a Markdown table. Needs
 the test requirements (torch, diffusers).
-Usage: python -m benchmarks.vs_diffusers [--models=medium,digits] [--samples=1,64] [--rounds=3] [--train_steps=4]"""
+Usage: python -m benchmarks.vs_diffusers [--models=medium,digits] [--samples=1,8,64] [--rounds=3] [--train_steps=4]"""
 from diffusion_jax.xla_flags import set_cpu_flags
 
 set_cpu_flags()
@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from absl import app, flags  # noqa: E402
 from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
+from diffusers.training_utils import EMAModel  # noqa: E402
 
 from configs.base import get_base_config  # noqa: E402
 from diffusion_jax import convert, parallel, tables  # noqa: E402
@@ -40,7 +41,7 @@ COMMON = dict(norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_pad
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Models to compare: {', '.join(MODELS)}.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Training batch and network-evaluation batch.")
-_SAMPLES = flags.DEFINE_list("samples", ["1", "64"], "Images of each timed 50-step DDIM sample (one batch).")
+_SAMPLES = flags.DEFINE_list("samples", ["1", "8", "64"], "Images of each timed 50-step DDIM sample (one batch).")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 4, "Timed training steps per framework and round.")
 _EVALS = flags.DEFINE_integer("evals", 4, "Timed network evaluations per framework and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; each figure is the median over the rounds.")
@@ -89,9 +90,11 @@ def compiled_cost(jitted, *args):
 
 
 def torch_side(unet, x, t, samples):
-  """diffusers / PyTorch: an Adam training step on the eps loss, a network evaluation, 50-step DDIMScheduler loops of
-  each size in samples."""
+  """diffusers / PyTorch: a training step as diffusers' train_unconditional example takes it, and as ours does (eps
+  loss, gradient norm clipped to 1, Adam, EMAModel of the weights with decay 0.9999), a network evaluation, 50-step
+  DDIMScheduler loops of each size in samples."""
   opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
+  ema = EMAModel(unet.parameters(), decay=0.9999, foreach=True)
   abar = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))).float()
   xt, tt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t).long()
 
@@ -102,7 +105,9 @@ def torch_side(unet, x, t, samples):
     loss = torch.mean((unet(a.sqrt() * xt + (1 - a).sqrt() * noise, tt).sample - noise) ** 2)
     opt.zero_grad()
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
     opt.step()
+    ema.step(unet.parameters())
 
   def evaluate():
     unet.eval()
