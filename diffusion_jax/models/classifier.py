@@ -31,7 +31,8 @@ class AttentionPool(nn.Module):
 
 
 class NoisyClassifier(nn.Module):
-  """log p(y | x_t, t) up to normalisation. `timesteps` are in the diffusion network's own units (process.network_time)."""
+  """log p(y | x_t, t) up to normalisation. `timesteps` are in the diffusion network's own units
+  (process.network_time)."""
   num_classes: int
   block_out_channels: Sequence[int] = (32, 64)
   layers_per_block: int = 1

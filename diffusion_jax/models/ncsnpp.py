@@ -173,8 +173,8 @@ class NCSNpp(nn.Module):
     temb = class_conditioning(temb, y, self.num_classes, "NCSN++")
 
     biggan = self.resblock_type == "biggan"
-    res = lambda out_ch, name, resample=None: ResBlock(
-        out_ch, self.dropout, resample, biggan, self.fir, self.fir_kernel, self.skip_rescale, self.init_scale, name=name)
+    res = lambda out_ch, name, resample=None: ResBlock(out_ch, self.dropout, resample, biggan, self.fir,
+                                                      self.fir_kernel, self.skip_rescale, self.init_scale, name=name)
     attn = lambda name: AttnBlock(self.skip_rescale, self.init_scale, name=name)
     n = len(self.ch_mult)
     channels = x.shape[-1]

@@ -34,7 +34,8 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb, train):
-    h = Conv(self.out_channels, (3, 3), padding=1, name="conv1")(nn.silu(GroupNorm(self.groups, self.eps, name="norm1")(x)))
+    h = nn.silu(GroupNorm(self.groups, self.eps, name="norm1")(x))
+    h = Conv(self.out_channels, (3, 3), padding=1, name="conv1")(h)
     if temb is not None:
       emb = Dense(self.out_channels * (2 if self.scale_shift else 1), name="time_emb_proj")(nn.silu(temb))
       emb = emb[:, None, None, :]
