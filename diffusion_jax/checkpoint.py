@@ -29,7 +29,7 @@ def save(mngr, step, state, config):
                                           config=ocp.args.JsonSave(json.loads(config.to_json()))))
 
 
-SHAPE_FIELDS = ("data.image_size", "data.channels")  # besides every field of the network's section but dropout
+SHAPE_FIELDS = ("data.image_size", "data.channels")  # besides every field of the network's section but `free`
 
 
 def check_compatible(saved, config, section="model"):
@@ -37,11 +37,12 @@ def check_compatible(saved, config, section="model"):
   now = _flat(json.loads(config.to_json()))
   then = _flat(saved)
   text = section == "model" and now.get("model.context_dim")  # a text model's encoder is part of its network
-  shape_field = lambda k: ((k.startswith(section + ".") and k != section + ".dropout") or k in SHAPE_FIELDS
+  free = (section + ".dropout", section + ".dtype")  # change no parameter: a run may resume with other values
+  shape_field = lambda k: ((k.startswith(section + ".") and k not in free) or k in SHAPE_FIELDS
                            or (text and k.startswith("text.encoder.")))
   newer_and_off = lambda k: k not in then and not now.get(k)  # a field added since the checkpoint, left off
-  diffs = [f"{k}: checkpoint has {then.get(k)!r}, config has {now.get(k)!r}"
-           for k in sorted(set(now) | set(then)) if shape_field(k) and now.get(k) != then.get(k) and not newer_and_off(k)]
+  diffs = [f"{k}: checkpoint has {then.get(k)!r}, config has {now.get(k)!r}" for k in sorted(set(now) | set(then))
+           if shape_field(k) and now.get(k) != then.get(k) and not newer_and_off(k)]
   if diffs:
     raise ValueError("The config does not match the checkpoint's model:\n  " + "\n  ".join(diffs))
 

@@ -8,7 +8,7 @@ from conftest import random_params
 from diffusion_jax.models import get_model, make_model_fn
 from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, _tiles, blocked_attention,
                                          multihead_attention)
-from diffusion_jax.models.unet import timestep_embedding
+from diffusion_jax.models.unet import UNet, timestep_embedding
 from diffusion_jax.schedules import get_schedule
 
 
@@ -40,6 +40,38 @@ def test_unet_forward_and_class_conditioning(tiny):
   null = apply(jnp.full((4,), 10))
   np.testing.assert_allclose(apply(None), null, rtol=1e-6)  # y=None is the null label
   assert float(jnp.abs(out - null).max()) > 1e-4
+
+
+def test_bfloat16_unet_is_mixed_precision_and_close_to_float32(tiny):
+  model, model16 = get_model(tiny()), get_model(tiny(**{"model.dtype": "bfloat16"}))
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
+  t, y = jnp.array([0.0, 10.0, 500.0, 999.0]), jnp.array([0, 1, 2, 3])
+  params = random_params(model, x, t, y)
+  loss = lambda m: jax.jit(jax.value_and_grad(lambda p: jnp.mean((m.apply({"params": p}, x, t, y) - x) ** 2)))
+  apply = lambda m: jax.jit(lambda p: m.apply({"params": p}, x, t, y))
+  out, out16 = apply(model)(params), apply(model16)(params)
+  assert out16.dtype == jnp.float32
+  rel = float(jnp.linalg.norm(out16 - out) / jnp.linalg.norm(out))
+  assert 1e-4 < rel < 3e-2  # bfloat16 activations (8 bits of mantissa), not float32, yet close
+  (l32, g32), (l16, g16) = loss(model)(params), loss(model16)(params)
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(g16))  # float32 gradients of the float32 parameters
+  flat = lambda g: jnp.concatenate([a.ravel() for a in jax.tree.leaves(g)])
+  cosine = float(flat(g16) @ flat(g32) / (jnp.linalg.norm(flat(g16)) * jnp.linalg.norm(flat(g32))))
+  assert cosine > 0.99 and abs(float(l16 - l32)) < 1e-2 * float(l32)
+  with pytest.raises(ValueError, match="'float16' is not supported; valid: float32, bfloat16"):
+    get_model(tiny(**{"model.dtype": "float16"})).init(jax.random.PRNGKey(0), x, t, y)
+  with pytest.raises(ValueError, match="context_dim > 0 use float32"):
+    UNet(out_channels=1, context_dim=8, dtype="bfloat16").init(jax.random.PRNGKey(0), x, t, jnp.zeros((4, 3, 8)))
+
+
+def test_checkpoint_resumes_under_either_dtype(tiny):
+  import json
+  from diffusion_jax import checkpoint
+  saved = json.loads(tiny().to_json())
+  del saved["model"]["dtype"]  # a checkpoint written before the field existed
+  checkpoint.check_compatible(saved, tiny(**{"model.dtype": "bfloat16"}))
+  with pytest.raises(ValueError, match="model.norm_groups: checkpoint has 4, config has 8"):
+    checkpoint.check_compatible(saved, tiny(**{"model.norm_groups": 8}))
 
 
 def test_model_fn_maps_t_to_index(tiny):

@@ -36,7 +36,7 @@ add_bias.defvjp(lambda y, bias: (y + bias, None), lambda _, g: (g, channel_sum(g
 
 
 class Dense(nn.Module):
-  """nn.Dense (same parameters, same output) with add_bias."""
+  """nn.Dense (same parameters, same output) with add_bias; computes in x's dtype (float32 parameters cast to it)."""
   features: int
   kernel_init: Callable = nn.initializers.lecun_normal()
 
@@ -44,11 +44,11 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return add_bias(jnp.einsum("...i,io->...o", x, kernel), bias)
+    return add_bias(jnp.einsum("...i,io->...o", x, kernel.astype(x.dtype)), bias.astype(x.dtype))
 
 
 class Conv(nn.Module):
-  """nn.Conv on NHWC (same parameters, same output; integer or string padding) with add_bias."""
+  """nn.Conv on NHWC (same parameters, same output; integer or string padding) with add_bias; computes in x's dtype."""
   features: int
   kernel_size: Sequence[int]
   strides: int = 1
@@ -61,9 +61,9 @@ class Conv(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     nd = len(self.kernel_size)
     pad = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * nd
-    y = jax.lax.conv_general_dilated(x, kernel, (self.strides,) * nd, pad,
+    y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (self.strides,) * nd, pad,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return add_bias(y, bias)
+    return add_bias(y, bias.astype(x.dtype))
 
 
 # Nearest-neighbour 2x upsampling then a 3x3 convolution (padding 1) equals, at each of the four output phases (a, b),
@@ -98,6 +98,7 @@ def upsample_conv(x, kernel):
   o = kernel.shape[-1]
   taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
   phase_kernel = jnp.einsum("aur,bvc,rcio->uviabo", taps, taps, kernel).reshape(2, 2, kernel.shape[2], 4 * o)
+  phase_kernel = phase_kernel.astype(x.dtype)
   y = _conv2x2(x, phase_kernel).reshape(b, h + 1, w + 1, 2, 2, o)  # phase (a, b) at row i + a, column j + b
   rows = [jnp.stack([y[:, a:a + h, c:c + w, a, c] for c in (0, 1)], axis=3) for a in (0, 1)]  # [B, H, W, 2, O]
   return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)
@@ -113,7 +114,7 @@ class UpsampleConv(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return add_bias(upsample_conv(x, kernel), bias)
+    return add_bias(upsample_conv(x, kernel), bias.astype(x.dtype))
 
 
 class GroupNorm(nn.Module):
@@ -177,6 +178,9 @@ def _gn_bwd(groups, eps, res, g):
 group_norm.defvjp(_gn_fwd, _gn_bwd)
 
 
+F32 = jnp.float32
+
+
 def attention_tile():
   """Score entries blocked_attention computes per loop step: 2 ** 19 (2 MB of float32, stays in cache) on a CPU;
   2 ** 26 (256 MB) on an accelerator, where few large steps keep it busy (one for the attention of most U-Nets)."""
@@ -222,7 +226,7 @@ def multihead_attention(q, k, v, num_heads):
 def blocked_attention(q, k, v, tile=None):
   """softmax(q k^T / sqrt(d)) v for q [R, Nq, D] and k, v [R, Nk, D] (R = batch * heads), in steps of a few rows and a
   block of queries (_tiles) of about `tile` scores (default attention_tile()), so that the scores of a step stay in
-  cache whatever the number of heads."""
+  cache whatever the number of heads. Scores, softmax and sums are float32 whatever the dtype of q, k, v."""
   return _attn_fwd(q, k, v, tile)[0]
 
 
@@ -235,11 +239,12 @@ def _attn_fwd(q, k, v, tile):
     qc, kc, vc = x  # [c, n, d]
 
     def block(qi):  # [c, bq, d]
-      s = jnp.einsum("rqd,rkd->rqk", qi, kc) * scale
+      s = jnp.einsum("rqd,rkd->rqk", qi, kc, preferred_element_type=F32) * scale
       m = jnp.max(s, axis=-1, keepdims=True)
       p = jnp.exp(s - m)
       total = jnp.sum(p, axis=-1, keepdims=True)
-      return jnp.einsum("rqk,rkd->rqd", p, vc) / total, (m + jnp.log(total))[..., 0]
+      o = jnp.einsum("rqk,rkd->rqd", p.astype(vc.dtype), vc, preferred_element_type=F32) / total
+      return o.astype(qi.dtype), (m + jnp.log(total))[..., 0]
 
     out, lse = jax.lax.map(block, _query_blocks(qc, bq))
     return _unblock(out), _unblock(lse)
@@ -254,7 +259,8 @@ def _attn_bwd(tile, res, dout):
   r, n, d = q.shape
   c, bq = _tiles(r, n, k.shape[1], tile or attention_tile())
   scale = 1.0 / math.sqrt(d)
-  delta = jnp.sum(dout * out, axis=-1)  # [R, N]
+  delta = jnp.sum(dout.astype(F32) * out.astype(F32), axis=-1)  # [R, N]
+  dot = functools.partial(jnp.einsum, preferred_element_type=F32)
 
   def chunk(x):
     qc, kc, vc, doc, lsec, deltac = x
@@ -262,19 +268,20 @@ def _attn_bwd(tile, res, dout):
     def block(carry, xs):  # dk, dv accumulate transposed ([c, d, n]): XLA's CPU dots are twice as fast that way
       dk_t, dv_t = carry
       qi, doi, lsei, deltai = xs
-      p = jnp.exp(jnp.einsum("rqd,rkd->rqk", qi, kc) * scale - lsei[..., None])
-      dv_t = dv_t + jnp.einsum("rqd,rqk->rdk", doi, p)
-      ds = p * (jnp.einsum("rqd,rkd->rqk", doi, vc) - deltai[..., None]) * scale
-      dk_t = dk_t + jnp.einsum("rqd,rqk->rdk", qi, ds)
-      return (dk_t, dv_t), jnp.einsum("rqk,rkd->rqd", ds, kc)
+      p = jnp.exp(dot("rqd,rkd->rqk", qi, kc) * scale - lsei[..., None])
+      dv_t = dv_t + dot("rqd,rqk->rdk", doi, p.astype(doi.dtype))
+      ds = p * (dot("rqd,rkd->rqk", doi, vc) - deltai[..., None]) * scale
+      dk_t = dk_t + dot("rqd,rqk->rdk", qi, ds.astype(qi.dtype))
+      return (dk_t, dv_t), dot("rqk,rkd->rqd", ds.astype(kc.dtype), kc)
 
-    zeros = jnp.zeros(kc.shape[:1] + kc.shape[:0:-1], kc.dtype)
+    zeros = jnp.zeros(kc.shape[:1] + kc.shape[:0:-1], F32)
     (dk_t, dv_t), dq = jax.lax.scan(block, (zeros, zeros), tuple(_query_blocks(a, bq) for a in (qc, doc, lsec, deltac)))
     return _unblock(dq), dk_t, dv_t  # transposed back outside the loops, where XLA cannot fold it into the dots
 
   dq, dk_t, dv_t = jax.lax.map(chunk, tuple(_chunks(a, c) for a in (q, k, v, dout, lse, delta)))
   nk = k.shape[1]
-  return dq.reshape(r, n, d), dk_t.reshape(r, d, nk).swapaxes(1, 2), dv_t.reshape(r, d, nk).swapaxes(1, 2)
+  return (dq.reshape(r, n, d).astype(q.dtype), dk_t.reshape(r, d, nk).swapaxes(1, 2).astype(k.dtype),
+          dv_t.reshape(r, d, nk).swapaxes(1, 2).astype(v.dtype))
 
 
 blocked_attention.defvjp(_attn_fwd, _attn_bwd)

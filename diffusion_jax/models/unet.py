@@ -67,6 +67,9 @@ class AttentionBlock(nn.Module):
     return x + Dense(c, kernel_init=zero_init, name="to_out")(o).reshape(b, hgt, wid, c)
 
 
+DTYPES = ("float32", "bfloat16")
+
+
 class UNet(nn.Module):
   """DDPM U-Net. `timesteps` are in the network's own units (the discrete index for DDPM checkpoints)."""
   out_channels: int
@@ -87,9 +90,17 @@ class UNet(nn.Module):
   transformer_depth: int = 1
   linear_projection: bool = False
   downsample_padding: int = 0  # 0: pad right / bottom by 1 (Ho et al.); 1: pad 1 all round (Stable Diffusion)
+  # activations' dtype; "bfloat16" is mixed precision: float32 parameters (cast at each layer), time embedding,
+  # GroupNorm statistics and attention softmax, and a float32 output
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x, timesteps, y: Optional[jnp.ndarray] = None, train: bool = False):
+    if self.dtype not in DTYPES:
+      raise ValueError(f"U-Net dtype {self.dtype!r} is not supported; valid: {', '.join(DTYPES)}")
+    if self.dtype != "float32" and self.context_dim:
+      raise ValueError(f"dtype={self.dtype!r} is for U-Nets without text conditioning; with context_dim > 0 use "
+                       "float32")
     ch0 = self.block_out_channels[0]
     temb = timestep_embedding(timesteps, ch0, self.flip_sin_to_cos, self.freq_shift)
     temb = Dense(4 * ch0, name="time_embedding_1")(temb)
@@ -100,7 +111,8 @@ class UNet(nn.Module):
         raise ValueError(f"A U-Net with context_dim={self.context_dim} takes y = a context sequence [B, M, "
                          f"{self.context_dim}], got {None if y is None else y.shape}")
       context, y = y, None
-    temb = class_conditioning(temb, y, self.num_classes, "U-Net")
+    temb = class_conditioning(temb, y, self.num_classes, "U-Net").astype(self.dtype)
+    x = x.astype(self.dtype)
 
     res = lambda **kw: ResnetBlock(dropout=self.dropout, groups=self.norm_groups, eps=self.norm_eps,
                                    scale_shift=self.scale_shift, **kw)
@@ -143,4 +155,4 @@ class UNet(nn.Module):
     assert not skips
 
     h = nn.silu(GroupNorm(self.norm_groups, self.norm_eps, name="conv_norm_out")(h))
-    return Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv_out")(h)
+    return Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv_out")(h).astype(jnp.float32)
