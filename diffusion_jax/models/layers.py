@@ -1,7 +1,7 @@
 """Fast building blocks for the networks, on CPUs and accelerators: nn.Conv / nn.Dense / nn.GroupNorm equivalents
-(same parameters) whose backward passes avoid XLA's slow CPU reductions, upsampling + convolution in the sub-pixel
-form, tiled attention with a memory-light custom VJP (never the whole [N, N] score matrix of every head at once), and
-class conditioning."""
+(same parameters; they compute in the input's dtype, so bfloat16 activations give mixed precision) whose backward
+passes avoid XLA's slow CPU reductions, upsampling + convolution in the sub-pixel form, tiled attention with a
+memory-light custom VJP (never the whole [N, N] score matrix of every head at once), and class conditioning."""
 import functools
 import math
 from typing import Callable, Sequence, Union
