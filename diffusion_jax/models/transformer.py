@@ -10,7 +10,7 @@ from diffusion_jax.models.layers import Conv, Dense, GroupNorm, multihead_attent
 
 class Attention(nn.Module):
   """Multi-head attention of x [B, N, C] to context [B, M, Cc] (x itself when None); projections without bias, as in
-  Stable Diffusion, except the output's."""
+  Stable Diffusion, except the output's. Computes in x's dtype (the context is cast to it)."""
   heads: int
   head_dim: int
 
@@ -18,8 +18,8 @@ class Attention(nn.Module):
   def __call__(self, x, context=None):
     context = x if context is None else context
     inner = self.heads * self.head_dim
-    q = nn.Dense(inner, use_bias=False, name="to_q")(x)
-    k, v = (nn.Dense(inner, use_bias=False, name=f"to_{p}")(context) for p in "kv")
+    q = nn.Dense(inner, use_bias=False, dtype=x.dtype, name="to_q")(x)
+    k, v = (nn.Dense(inner, use_bias=False, dtype=x.dtype, name=f"to_{p}")(context) for p in "kv")
     return Dense(x.shape[-1], name="to_out")(multihead_attention(q, k, v, self.heads))
 
 
@@ -32,9 +32,10 @@ class TransformerBlock(nn.Module):
   @nn.compact
   def __call__(self, x, context):
     c = x.shape[-1]
-    x = x + Attention(self.heads, self.head_dim, name="attn1")(nn.LayerNorm(self.eps, name="norm1")(x))
-    x = x + Attention(self.heads, self.head_dim, name="attn2")(nn.LayerNorm(self.eps, name="norm2")(x), context)
-    h, gate = jnp.split(Dense(8 * c, name="ff_proj")(nn.LayerNorm(self.eps, name="norm3")(x)), 2, axis=-1)
+    norm = lambda name: nn.LayerNorm(self.eps, dtype=x.dtype, name=name)  # float32 statistics whatever x's dtype
+    x = x + Attention(self.heads, self.head_dim, name="attn1")(norm("norm1")(x))
+    x = x + Attention(self.heads, self.head_dim, name="attn2")(norm("norm2")(x), context)
+    h, gate = jnp.split(Dense(8 * c, name="ff_proj")(norm("norm3")(x)), 2, axis=-1)
     return x + Dense(c, name="ff_out")(h * jax.nn.gelu(gate, approximate=False))
 
 

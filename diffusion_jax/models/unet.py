@@ -98,9 +98,6 @@ class UNet(nn.Module):
   def __call__(self, x, timesteps, y: Optional[jnp.ndarray] = None, train: bool = False):
     if self.dtype not in DTYPES:
       raise ValueError(f"U-Net dtype {self.dtype!r} is not supported; valid: {', '.join(DTYPES)}")
-    if self.dtype != "float32" and self.context_dim:
-      raise ValueError(f"dtype={self.dtype!r} is for U-Nets without text conditioning; with context_dim > 0 use "
-                       "float32")
     ch0 = self.block_out_channels[0]
     temb = timestep_embedding(timesteps, ch0, self.flip_sin_to_cos, self.freq_shift)
     temb = Dense(4 * ch0, name="time_embedding_1")(temb)
