@@ -55,9 +55,11 @@ def test_bfloat16_unet_is_mixed_precision_and_close_to_float32(tiny):
   assert 1e-4 < rel < 3e-2  # bfloat16 activations (8 bits of mantissa), not float32, yet close
   (l32, g32), (l16, g16) = loss(model)(params), loss(model16)(params)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(g16))  # float32 gradients of the float32 parameters
-  flat = lambda g: jnp.concatenate([a.ravel() for a in jax.tree.leaves(g)])
-  cosine = float(flat(g16) @ flat(g32) / (jnp.linalg.norm(flat(g16)) * jnp.linalg.norm(flat(g32))))
-  assert cosine > 0.99 and abs(float(l16 - l32)) < 1e-2 * float(l32)
+  assert abs(float(l16 - l32)) < 1e-2 * float(l32)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g32), jax.tree.leaves(g16)):
+    if "to_k" in str(path) and "bias" in str(path):
+      continue  # exactly zero: a key bias shifts every score of a query alike, which the softmax ignores
+    assert float(jnp.linalg.norm(b - a) / jnp.linalg.norm(a)) < 0.1, jax.tree_util.keystr(path)
   with pytest.raises(ValueError, match="'float16' is not supported; valid: float32, bfloat16"):
     get_model(tiny(**{"model.dtype": "float16"})).init(jax.random.PRNGKey(0), x, t, y)
 

@@ -244,14 +244,14 @@ def _attn_fwd(q, k, v, tile):
       p = jnp.exp(s - m)
       total = jnp.sum(p, axis=-1, keepdims=True)
       o = jnp.einsum("rqk,rkd->rqd", p.astype(vc.dtype), vc, preferred_element_type=F32) / total
-      return o.astype(qi.dtype), (m + jnp.log(total))[..., 0]
+      return o, (m + jnp.log(total))[..., 0]
 
     out, lse = jax.lax.map(block, _query_blocks(qc, bq))
     return _unblock(out), _unblock(lse)
 
   out, lse = jax.lax.map(chunk, (_chunks(q, c), _chunks(k, c), _chunks(v, c)))
-  out, lse = out.reshape(r, n, d), lse.reshape(r, n)
-  return out, (q, k, v, out, lse)
+  out, lse = out.reshape(r, n, d), lse.reshape(r, n)  # float32: the backward's delta needs the unrounded output
+  return out.astype(q.dtype), (q, k, v, out, lse)
 
 
 def _attn_bwd(tile, res, dout):
