@@ -28,11 +28,13 @@ def spatial_sum(a):
 
 @jax.custom_vjp
 def add_bias(y, bias):
-  """y + bias along the last axis, with the bias gradient as channel_sum."""
-  return y + bias
+  """y + bias along the last axis, in y's dtype; the bias gradient is channel_sum in the bias's own dtype (float32
+  for float32 parameters under bfloat16 activations)."""
+  return y + bias.astype(y.dtype)
 
 
-add_bias.defvjp(lambda y, bias: (y + bias, None), lambda _, g: (g, channel_sum(g)))
+add_bias.defvjp(lambda y, bias: (y + bias.astype(y.dtype), bias),
+                lambda bias, g: (g, channel_sum(g.astype(bias.dtype))))
 
 
 class Dense(nn.Module):
@@ -44,7 +46,7 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return add_bias(jnp.einsum("...i,io->...o", x, kernel.astype(x.dtype)), bias.astype(x.dtype))
+    return add_bias(jnp.einsum("...i,io->...o", x, kernel.astype(x.dtype)), bias)
 
 
 class Conv(nn.Module):
@@ -63,7 +65,7 @@ class Conv(nn.Module):
     pad = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * nd
     y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (self.strides,) * nd, pad,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return add_bias(y, bias.astype(x.dtype))
+    return add_bias(y, bias)
 
 
 # Nearest-neighbour 2x upsampling then a 3x3 convolution (padding 1) equals, at each of the four output phases (a, b),
@@ -114,7 +116,7 @@ class UpsampleConv(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return add_bias(upsample_conv(x, kernel), bias.astype(x.dtype))
+    return add_bias(upsample_conv(x, kernel), bias)
 
 
 class GroupNorm(nn.Module):
@@ -259,7 +261,7 @@ def _attn_bwd(tile, res, dout):
   r, n, d = q.shape
   c, bq = _tiles(r, n, k.shape[1], tile or attention_tile())
   scale = 1.0 / math.sqrt(d)
-  delta = jnp.sum(dout.astype(F32) * out.astype(F32), axis=-1)  # [R, N]
+  delta = jnp.sum(dout.astype(F32) * out, axis=-1)  # [R, N]; out is float32
   dot = functools.partial(jnp.einsum, preferred_element_type=F32)
 
   def chunk(x):
