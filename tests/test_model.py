@@ -7,7 +7,7 @@ import pytest
 from conftest import random_params
 from diffusion_jax.models import get_model, make_model_fn
 from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, _tiles, blocked_attention,
-                                         multihead_attention)
+                                         multihead_attention, use_winograd, winograd_conv3x3)
 from diffusion_jax.models.unet import UNet, timestep_embedding
 from diffusion_jax.schedules import get_schedule
 
@@ -121,8 +121,10 @@ def assert_same_layer(ours, ref, x, rtol=1e-5, ref_input=lambda x: x):
   p = ref.init(jax.random.PRNGKey(1), ref_input(x))
   assert jax.tree.structure(ours.init(jax.random.PRNGKey(1), x)) == jax.tree.structure(p)
   p = jax.tree.map(lambda a: a + jax.random.normal(jax.random.PRNGKey(2), a.shape), p)
-  np.testing.assert_allclose(ours.apply(p, x), ref_apply(p, x), rtol=rtol, atol=rtol)
-  w = jax.random.normal(jax.random.PRNGKey(3), ref_apply(p, x).shape)
+  ref_out = ref_apply(p, x)
+  atol = rtol * max(1.0, float(np.max(np.abs(ref_out))))  # scale-relative: Winograd's rounding grows with the output
+  np.testing.assert_allclose(ours.apply(p, x), ref_out, rtol=rtol, atol=atol)
+  w = jax.random.normal(jax.random.PRNGKey(3), ref_out.shape)
   grads = lambda f: jax.tree.leaves(jax.grad(lambda p, x: jnp.sum(w * f(p, x) ** 2), argnums=(0, 1))(p, x))
   for a, b in zip(grads(ours.apply), grads(ref_apply)):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * float(np.max(np.abs(b))))
@@ -139,6 +141,28 @@ def test_groupnorm_matches_flax():
                                       (Dense(8), nn.Dense(8))])
 def test_conv_and_dense_match_flax(ours, ref):  # their bias gradients are matrix products (layers.channel_sum)
   assert_same_layer(ours, ref, jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 16)))
+
+
+@pytest.mark.parametrize("shape,out", [((2, 8, 8, 64), 32), ((3, 10, 6, 20), 16), ((1, 5, 5, 4), 8)])
+def test_winograd_conv_equals_direct_convolution(shape, out):  # H, W multiples of 4 or not
+  k = jax.random.split(jax.random.PRNGKey(0), 3)
+  x, kernel = jax.random.normal(k[0], shape), jax.random.normal(k[1], (3, 3, shape[-1], out))
+  direct = lambda x, kernel: jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", precision="highest",
+                                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ref = direct(x, kernel)
+  assert float(jnp.max(jnp.abs(winograd_conv3x3(x, kernel) - ref))) < 2e-5 * float(jnp.max(jnp.abs(ref)))
+  w = jax.random.normal(k[2], ref.shape)  # differentiated, it is the direct convolution
+  grads = [jax.grad(lambda x, kernel: jnp.sum(w * f(x, kernel)), (0, 1))(x, kernel) for f in (winograd_conv3x3, direct)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b))))
+
+
+def test_conv_takes_winograd_on_large_float32_maps_and_matches_flax():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 30, 64))  # 4 x 8 x 8 = 256 tiles of 4x4
+  assert use_winograd(x) == (jax.default_backend() == "cpu")
+  assert not use_winograd(x[:2]) and not use_winograd(x[..., :32]) and not use_winograd(x.astype(jnp.bfloat16))
+  for padding in (1, "SAME"):
+    assert_same_layer(Conv(8, (3, 3), padding=padding), nn.Conv(8, (3, 3), padding=padding), x, rtol=1e-4)
 
 
 def test_upsample_conv_is_nearest_upsampling_then_conv():  # the sub-pixel form: 2x2 convolutions per output phase

@@ -61,11 +61,73 @@ class Conv(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    if self.kernel_size == (3, 3) and self.strides == 1 and self.padding in (1, "SAME") and use_winograd(x):
+      return add_bias(winograd_conv3x3(x, kernel), bias)
     nd = len(self.kernel_size)
     pad = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * nd
     y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (self.strides,) * nd, pad,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return add_bias(y, bias)
+
+
+# Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016, "Fast algorithms for convolutional neural networks"):
+# each 4x4 output tile is A^T [(G g G^T) * (B^T d B)] A for its 6x6 input tile d, 36 multiplications per tile and
+# channel pair instead of 144, so the 3x3 convolution becomes 36 matrix products [tiles, I] @ [I, O].
+_WINO_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
+            (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+_WINO_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+           (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+_WINO_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+
+
+def use_winograd(x):
+  """Winograd pays on CPUs for float32 inputs of at least 64 channels and 256 tiles (e.g. 8 images of 32x32, 32 of
+  16x16); XLA's own convolutions are faster for smaller ones, on accelerators, and in bfloat16 (whose rounding the
+  transforms' coefficients, up to 8, amplify)."""
+  tiles = x.shape[0] * -(-x.shape[1] // 4) * -(-x.shape[2] // 4)
+  return jax.default_backend() == "cpu" and x.dtype == jnp.float32 and x.shape[-1] >= 64 and tiles >= 256
+
+
+def _combine(coefs, terms):
+  """sum_k coefs[k] terms[k], skipping zero coefficients (the transforms are sparse)."""
+  out = None
+  for c, t in zip(coefs, terms):
+    if c:
+      out = c * t if out is None else out + c * t
+  return out
+
+
+def _winograd_conv(x, kernel):
+  b, h, w, c = x.shape
+  nh, nw = -(-h // 4), -(-w // 4)  # zero rows / columns beyond the map (-h % 4) change no output inside it
+  xp = jnp.pad(x, ((0, 0), (1, 4 * nh - h + 1), (1, 4 * nw - w + 1), (0, 0)))
+  rows = [xp[:, k:k + 4 * nh - 3:4] for k in range(6)]  # row k of every tile: [B, nh, W + 2, I]
+  rows = [_combine(bt, rows) for bt in _WINO_BT]  # B^T d
+  v = jnp.stack([jnp.stack([_combine(bt, [r[:, :, k:k + 4 * nw - 3:4] for k in range(6)]) for bt in _WINO_BT])
+                 for r in rows])  # B^T d B: [6, 6, B, nh, nw, I]
+  g = jnp.asarray(_WINO_G, kernel.dtype)
+  u = jnp.einsum("ur,vs,rsio->uvio", g, g, kernel).reshape(36, c, -1)  # G g G^T
+  m = jnp.einsum("tpi,tio->tpo", v.reshape(36, b * nh * nw, c), u).reshape(6, 6, b, nh, nw, -1)
+  y = [_combine(at, list(m)) for at in _WINO_AT]  # A^T M: 4 x [6, B, nh, nw, O]
+  y = jnp.stack([jnp.stack([_combine(at, list(r)) for at in _WINO_AT], axis=3) for r in y], axis=2)
+  return y.reshape(b, 4 * nh, 4 * nw, -1)[:, :h, :w]  # [B, nh, 4, nw, 4, O] -> [B, H, W, O]
+
+
+def _conv3x3(x, kernel):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def winograd_conv3x3(x, kernel):
+  """The 3x3 convolution (stride 1, padding 1) of x [B, H, W, I] by kernel [3, 3, I, O] by Winograd's F(4x4, 3x3)
+  when it is not differentiated (sampling, evaluation: 1.2-1.3x faster U-Net forward passes on this CPU); equal to the
+  direct convolution to float32 rounding (~1e-5 of the output's scale). Under differentiation (training) it is
+  XLA's direct convolution and its gradients, which Winograd did not make faster here."""
+  return _winograd_conv(x, kernel)
+
+
+winograd_conv3x3.defvjp(lambda x, kernel: (_conv3x3(x, kernel), (x, kernel)),
+                        lambda res, g: jax.vjp(_conv3x3, *res)[1](g))
 
 
 # Nearest-neighbour 2x upsampling then a 3x3 convolution (padding 1) equals, at each of the four output phases (a, b),
