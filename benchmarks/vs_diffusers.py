@@ -1,6 +1,7 @@
 """diffusion_jax against diffusers / PyTorch on the same U-Net (the same UNet2DModel weights, converted), batch and
 float32, in one process: training images/s, milliseconds per network evaluation, 50-step DDIM samples of a few sizes
-(64 images down to single images, where per-step framework overhead dominates), memory (the growth of the process's peak
+(64 images down to single images, where per-step framework overhead dominates), the largest difference of the two
+networks' outputs on the timed evaluation (relative to its largest entry), memory (the growth of the process's peak
 RSS during the timed calls, coarse on a CPU; and for ours the buffers XLA's memory analysis reports), and the FLOP/s
 the compiled XLA programs achieve against this machine's measured matmul peak. The two sides are timed in interleaved
 rounds and each figure is a median over the rounds; `*_speedup_rounds` are each round's own ratios (their range is in
@@ -125,8 +126,10 @@ def torch_side(unet, x, t, samples):
         z = scheduler.step(unet(z, step).sample, step, z).prev_sample
 
   train_step()  # warm-up: allocations, kernel selection
-  evaluate()
-  return dict(train=train_step, eval=evaluate, **{f"ddim_{n}": lambda n=n: ddim(n) for n in samples}), {}
+  unet.eval()
+  with torch.no_grad():
+    out = unet(xt, tt).sample.numpy().transpose(0, 2, 3, 1)
+  return dict(train=train_step, eval=evaluate, **{f"ddim_{n}": lambda n=n: ddim(n) for n in samples}), dict(out=out)
 
 
 def jax_side(config, params, x, t, samples):
@@ -160,9 +163,9 @@ def jax_side(config, params, x, t, samples):
     return run
 
   train_step()  # compiles
-  evaluate()
   return dict(train=train_step, eval=evaluate, **{f"ddim_{n}": ddim(n) for n in samples}), dict(
-      train_flops=train_flops, eval_flops=eval_flops, train_xla_mb=train_xla_mb, eval_xla_mb=eval_xla_mb)
+      train_flops=train_flops, eval_flops=eval_flops, train_xla_mb=train_xla_mb, eval_xla_mb=eval_xla_mb,
+      out=np.asarray(forward(params, x, t)))
 
 
 def timed_rounds(sides, batch, samples):
@@ -211,6 +214,8 @@ def compare(name, peak, samples):
   sides = dict(diffusers=torch_side(unet, x, t, samples), ours=jax_side(config, params, x, t, samples))
   results, rounds = timed_rounds(sides, len(x), samples)
   theirs, ours, cost = results["diffusers"], results["ours"], sides["ours"][1]
+  reference = sides["diffusers"][1]["out"]  # the timed evaluation's output: equal to diffusers' to float32 rounding
+  ours["eval_max_rel_diff"] = float(np.max(np.abs(cost["out"] - reference)) / np.max(np.abs(reference)))
   ours.update(train_xla_mb=cost["train_xla_mb"], eval_xla_mb=cost["eval_xla_mb"],
               train_gflops_per_s=cost["train_flops"] * ours["train_images_per_s"] / len(x) / 1e9,
               eval_gflops_per_s=cost["eval_flops"] / ours["ms_per_eval"] / 1e6)
@@ -219,7 +224,7 @@ def compare(name, peak, samples):
   return dict(benchmark="vs_diffusers", model=name, params=int(n_params), batch=_BATCH.value, samples=samples,
               torch_threads=torch.get_num_threads(), backend=jax.default_backend(),
               **{f"diffusers_{k}": round(v, 3) for k, v in theirs.items()},
-              **{f"ours_{k}": round(v, 3) for k, v in ours.items()},
+              **{f"ours_{k}": v if k == "eval_max_rel_diff" else round(v, 3) for k, v in ours.items()},
               train_speedup=round(ours["train_images_per_s"] / theirs["train_images_per_s"], 3),
               eval_speedup=round(theirs["ms_per_eval"] / ours["ms_per_eval"], 3),
               **{f"ddim_{n}_speedup": round(theirs[f"ddim_{n}_seconds"] / ours[f"ddim_{n}_seconds"], 3)
@@ -242,7 +247,7 @@ def main(_):
           "train_speedup_range", "diffusers_ms_per_eval", "ours_ms_per_eval", "eval_speedup", "eval_speedup_range",
           *ddim,
           "diffusers_train_peak_mb", "ours_train_peak_mb", "ours_train_xla_mb", "ours_train_fraction_of_peak",
-          "ours_eval_fraction_of_peak"]
+          "ours_eval_fraction_of_peak", "ours_eval_max_rel_diff"]
   print(tables.markdown_table(rows, cols))
 
 
