@@ -70,6 +70,10 @@ class Conv(nn.Module):
     return add_bias(y, bias)
 
 
+def _conv(x, kernel, padding="VALID"):  # stride 1, NHWC
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 # Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray 2016, "Fast algorithms for convolutional neural networks"):
 # each 4x4 output tile is A^T [(G g G^T) * (B^T d B)] A for its 6x6 input tile d, 36 multiplications per tile and
 # channel pair instead of 144, so the 3x3 convolution becomes 36 matrix products [tiles, I] @ [I, O].
@@ -101,7 +105,7 @@ def _winograd_conv(x, kernel):
   b, h, w, c = x.shape
   nh, nw = -(-h // 4), -(-w // 4)  # zero rows / columns beyond the map (-h % 4) change no output inside it
   xp = jnp.pad(x, ((0, 0), (1, 4 * nh - h + 1), (1, 4 * nw - w + 1), (0, 0)))
-  rows = [xp[:, k:k + 4 * nh - 3:4] for k in range(6)]  # row k of every tile: [B, nh, W + 2, I]
+  rows = [xp[:, k:k + 4 * nh - 3:4] for k in range(6)]  # row k of every tile: [B, nh, 4 nw + 2, I]
   rows = [_combine(bt, rows) for bt in _WINO_BT]  # B^T d
   v = jnp.stack([jnp.stack([_combine(bt, [r[:, :, k:k + 4 * nw - 3:4] for k in range(6)]) for bt in _WINO_BT])
                  for r in rows])  # B^T d B: [6, 6, B, nh, nw, I]
@@ -113,10 +117,6 @@ def _winograd_conv(x, kernel):
   return y.reshape(b, 4 * nh, 4 * nw, -1)[:, :h, :w]  # [B, nh, 4, nw, 4, O] -> [B, H, W, O]
 
 
-def _conv3x3(x, kernel):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 @jax.custom_vjp
 def winograd_conv3x3(x, kernel):
   """The 3x3 convolution (stride 1, padding 1) of x [B, H, W, I] by kernel [3, 3, I, O] by Winograd's F(4x4, 3x3)
@@ -126,6 +126,7 @@ def winograd_conv3x3(x, kernel):
   return _winograd_conv(x, kernel)
 
 
+_conv3x3 = functools.partial(_conv, padding=((1, 1), (1, 1)))
 winograd_conv3x3.defvjp(lambda x, kernel: (_conv3x3(x, kernel), (x, kernel)),
                         lambda res, g: jax.vjp(_conv3x3, *res)[1](g))
 
@@ -136,18 +137,14 @@ winograd_conv3x3.defvjp(lambda x, kernel: (_conv3x3(x, kernel), (x, kernel)),
 _PHASE_TAPS = ((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1))
 
 
-def _valid_conv(x, kernel):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def _padded_conv2x2(x, kernel):
   """VALID 2x2 convolution of x zero-padded by 1: [B, H, W, I] -> [B, H + 1, W + 1, O]."""
-  return _valid_conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel)
+  return _conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel)
 
 
 def _conv2x2_bwd(res, g):  # dx as the flipped kernel's VALID convolution of g: XLA's own transpose is far slower here
   x, kernel = res
-  dx = _valid_conv(g, kernel[::-1, ::-1].swapaxes(2, 3))
+  dx = _conv(g, kernel[::-1, ::-1].swapaxes(2, 3))
   return dx, jax.vjp(lambda k: _padded_conv2x2(x, k), kernel)[1](g)[0]
 
 
