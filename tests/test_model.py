@@ -6,8 +6,9 @@ import pytest
 
 from conftest import random_params
 from diffusion_jax.models import get_model, make_model_fn
+from diffusion_jax.models import layers
 from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, _tiles, blocked_attention,
-                                         multihead_attention, use_winograd, winograd_conv3x3)
+                                         multihead_attention, short_attention, use_winograd, winograd_conv3x3)
 from diffusion_jax.models.unet import UNet, timestep_embedding
 from diffusion_jax.schedules import get_schedule
 
@@ -189,12 +190,40 @@ def test_blocked_attention_matches_einsum_and_grads(r, n, nk, tile, steps):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_short_attention_matches_einsum_and_grads(dtype):
+  k = jax.random.split(jax.random.PRNGKey(2), 4)
+  q, kk, v = (jax.random.normal(k[i], (6, 16 if i == 0 else 9, 8)) * 2 for i in range(3))
+  w = jax.random.normal(k[3], (6, 16, 8))
+  ref = lambda q, k, v: jax.nn.softmax(jnp.einsum("rqd,rkd->rqk", q, k) / np.sqrt(8), -1) @ v
+  out = short_attention(*(a.astype(dtype) for a in (q, kk, v)))
+  assert out.dtype == dtype
+  tol = 1e-5 if dtype == jnp.float32 else 3e-2  # bfloat16 inputs and output rounding; float32 scores and sums
+  np.testing.assert_allclose(out.astype(jnp.float32), ref(q, kk, v), rtol=tol, atol=tol)
+  g = lambda f: jax.grad(lambda *a: jnp.sum(w * f(*a)), argnums=(0, 1, 2))(q, kk, v)
+  for a, b in zip(g(short_attention), g(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_takes_the_short_form_only_for_short_narrow_heads(monkeypatch):
+  calls = []
+  monkeypatch.setattr(layers, "short_attention", lambda *a: calls.append("short") or blocked_attention(*a))
+  monkeypatch.setattr(layers, "blocked_attention", lambda *a: calls.append("blocked") or short_attention(*a))
+  for n, nk, d in [(16, 16, 8), (32, 32, 32), (16, 64, 8), (64, 64, 8), (16, 16, 64)]:
+    layers.attention(*(jnp.zeros((2, m, d)) for m in (n, nk, nk)))
+  cpu = jax.default_backend() == "cpu"
+  assert calls == (["short"] * 3 if cpu else ["blocked"] * 3) + ["blocked"] * 2
+
+
 def test_multihead_attention_matches_jax_dot_product_attention():
   # head-major channel split, several heads, fewer keys than queries
   k = jax.random.split(jax.random.PRNGKey(1), 3)
   q, kk, v = (jax.random.normal(k[i], (2, 5 if i == 0 else 3, 12)) for i in range(3))
   heads = lambda a: a.reshape(*a.shape[:2], 3, 4)
   ref = jax.nn.dot_product_attention(heads(q), heads(kk), heads(v)).reshape(2, 5, 12)
+  np.testing.assert_allclose(multihead_attention(q, kk, v, 3), ref, rtol=1e-5, atol=1e-5)
+  q, kk, v = (jax.random.normal(k[i], (2, 40, 12)) for i in range(3))  # 40 x 40 scores: blocked_attention
+  ref = jax.nn.dot_product_attention(heads(q), heads(kk), heads(v)).reshape(2, 40, 12)
   np.testing.assert_allclose(multihead_attention(q, kk, v, 3), ref, rtol=1e-5, atol=1e-5)
 
 

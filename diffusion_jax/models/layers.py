@@ -1,7 +1,8 @@
 """Fast building blocks for the networks, on CPUs and accelerators: nn.Conv / nn.Dense / nn.GroupNorm equivalents
 (same parameters; they compute in the input's dtype, so bfloat16 activations give mixed precision) whose backward
 passes avoid XLA's slow CPU reductions, upsampling + convolution in the sub-pixel form, tiled attention with a
-memory-light custom VJP (never the whole [N, N] score matrix of every head at once), and class conditioning."""
+memory-light custom VJP (never the whole [N, N] score matrix of every head at once) and fused attention for short
+sequences, and class conditioning."""
 import functools
 import math
 from typing import Callable, Sequence, Union
@@ -274,13 +275,31 @@ def _unblock(a):  # [n / bq, c, bq, ...] -> [c, n, ...]
 
 
 def multihead_attention(q, k, v, num_heads):
-  """blocked_attention of num_heads heads for q [B, Nq, C], k, v [B, Nk, C], channels split head-major (as torch's
+  """attention of num_heads heads for q [B, Nq, C], k, v [B, Nk, C], channels split head-major (as torch's
   and flax's attention split them); returns [B, Nq, C]."""
   b, c = q.shape[0], q.shape[-1]
   d = c // num_heads
   fold = lambda a: a.reshape(b, a.shape[1], num_heads, d).swapaxes(1, 2).reshape(b * num_heads, a.shape[1], d)
-  o = blocked_attention(fold(q), fold(k), fold(v))
+  o = attention(fold(q), fold(k), fold(v))
   return o.reshape(b, num_heads, -1, d).swapaxes(1, 2).reshape(b, -1, c)
+
+
+def attention(q, k, v):
+  """softmax(q k^T / sqrt(d)) v for q [R, Nq, D] and k, v [R, Nk, D]: short_attention for short sequences of narrow
+  heads on a CPU (Nq Nk <= 1024 and D <= 32, e.g. a 4x4 feature map), blocked_attention otherwise."""
+  if jax.default_backend() == "cpu" and q.shape[1] * k.shape[1] <= 1024 and q.shape[-1] <= 32:
+    return short_attention(q, k, v)
+  return blocked_attention(q, k, v)
+
+
+def short_attention(q, k, v):
+  """Attention as broadcast products and sums, which XLA fuses: for the digits U-Net's 4x4 attention (16 tokens,
+  8-channel heads) 2-4x faster on a CPU than XLA's batched products of [16, 8] matrices, forward and backward, and
+  far slower for long sequences. Float32 scores, softmax and sums, as in blocked_attention."""
+  q32, k32, v32 = (a.astype(F32) for a in (q, k, v))
+  s = jnp.sum(q32[:, :, None, :] * k32[:, None, :, :], axis=-1) / math.sqrt(q.shape[-1])  # [R, Nq, Nk]
+  p = jax.nn.softmax(s, axis=-1)
+  return jnp.sum(p[..., None] * v32[:, None, :, :], axis=2).astype(q.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
