@@ -173,6 +173,10 @@ def test_upsample_conv_is_nearest_upsampling_then_conv():  # the sub-pixel form:
   assert_same_layer(UpsampleConv(8), nn.Conv(8, (3, 3), padding=1), x, rtol=1e-4, ref_input=nearest)
 
 
+def einsum_attention(q, k, v):  # the reference: softmax(q k^T / sqrt(d)) v over the whole score matrix
+  return jax.nn.softmax(jnp.einsum("rqd,rkd->rqk", q, k) / np.sqrt(q.shape[-1]), -1) @ v
+
+
 @pytest.mark.parametrize("r,n,nk,tile,steps", [(3, 64, 64, 64 * 16, (1, 16)), (4, 16, 16, 2 * 16 * 16, (2, 16)),
                                                (3, 50, 50, 50 * 8, (1, 5)), (6, 16, 16, 10 ** 6, (6, 16)),
                                                (4, 1, 17, 2 * 17, (2, 1)), (2, 24, 5, 5 * 8, (1, 8))])
@@ -182,11 +186,10 @@ def test_blocked_attention_matches_einsum_and_grads(r, n, nk, tile, steps):
   k = jax.random.split(jax.random.PRNGKey(0), 4)
   q, kk, v = (jax.random.normal(k[i], (r, n if i == 0 else nk, 8)) * 2 for i in range(3))
   w = jax.random.normal(k[3], (r, n, 8))
-  ref = lambda q, k, v: jax.nn.softmax(jnp.einsum("rqd,rkd->rqk", q, k) / np.sqrt(8), -1) @ v
   ours = lambda q, k, v: blocked_attention(q, k, v, tile)
-  np.testing.assert_allclose(ours(q, kk, v), ref(q, kk, v), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ours(q, kk, v), einsum_attention(q, kk, v), rtol=1e-5, atol=1e-5)
   g = lambda f: jax.grad(lambda *a: jnp.sum(w * f(*a)), argnums=(0, 1, 2))(q, kk, v)
-  for a, b in zip(g(ours), g(ref)):
+  for a, b in zip(g(ours), g(einsum_attention)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -195,13 +198,12 @@ def test_short_attention_matches_einsum_and_grads(dtype):
   k = jax.random.split(jax.random.PRNGKey(2), 4)
   q, kk, v = (jax.random.normal(k[i], (6, 16 if i == 0 else 9, 8)) * 2 for i in range(3))
   w = jax.random.normal(k[3], (6, 16, 8))
-  ref = lambda q, k, v: jax.nn.softmax(jnp.einsum("rqd,rkd->rqk", q, k) / np.sqrt(8), -1) @ v
   out = short_attention(*(a.astype(dtype) for a in (q, kk, v)))
   assert out.dtype == dtype
   tol = 1e-5 if dtype == jnp.float32 else 3e-2  # bfloat16 inputs and output rounding; float32 scores and sums
-  np.testing.assert_allclose(out.astype(jnp.float32), ref(q, kk, v), rtol=tol, atol=tol)
+  np.testing.assert_allclose(out.astype(jnp.float32), einsum_attention(q, kk, v), rtol=tol, atol=tol)
   g = lambda f: jax.grad(lambda *a: jnp.sum(w * f(*a)), argnums=(0, 1, 2))(q, kk, v)
-  for a, b in zip(g(short_attention), g(ref)):
+  for a, b in zip(g(short_attention), g(einsum_attention)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
