@@ -131,9 +131,16 @@ def assert_same_layer(ours, ref, x, rtol=1e-5, ref_input=lambda x: x):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * float(np.max(np.abs(b))))
 
 
-def test_groupnorm_matches_flax():
+class GroupNormSiLU(nn.GroupNorm):  # flax's GroupNorm then SiLU, with GroupNorm's parameter tree
+  def __call__(self, x):
+    return nn.silu(super().__call__(x))
+
+
+@pytest.mark.parametrize("silu", [False, True])
+def test_groupnorm_matches_flax(silu):
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 6, 16)) * 3 + 1
-  assert_same_layer(GroupNorm(4, 1e-6), nn.GroupNorm(num_groups=4, epsilon=1e-6), x, rtol=1e-4)
+  ref = (GroupNormSiLU if silu else nn.GroupNorm)(num_groups=4, epsilon=1e-6)
+  assert_same_layer(GroupNorm(4, 1e-6, silu=silu), ref, x, rtol=1e-4)
 
 
 @pytest.mark.parametrize("ours,ref", [(Conv(8, (3, 3), padding=1), nn.Conv(8, (3, 3), padding=1)),

@@ -35,7 +35,7 @@ class Encoder(_Coder):
         h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))  # diffusers' Downsample2D(padding=0)
         h = Conv(ch, (3, 3), strides=2, padding=0, name=f"down_{i}_downsample")(h)
     h = mid_block(h, self.block_out_channels[-1], self.groups, self.eps)
-    h = nn.silu(GroupNorm(self.groups, self.eps, name="conv_norm_out")(h))
+    h = GroupNorm(self.groups, self.eps, silu=True, name="conv_norm_out")(h)
     return Conv(self.out_channels, (3, 3), padding=1, name="conv_out")(h)
 
 
@@ -53,7 +53,7 @@ class Decoder(_Coder):
         h = res(ch, f"up_{i}_resnet_{j}")(h, None, False)
       if i < len(self.block_out_channels) - 1:
         h = UpsampleConv(ch, name=f"up_{i}_upsample")(h)  # nearest-neighbour 2x, 3x3 conv
-    h = nn.silu(GroupNorm(self.groups, self.eps, name="conv_norm_out")(h))
+    h = GroupNorm(self.groups, self.eps, silu=True, name="conv_norm_out")(h)
     return Conv(self.out_channels, (3, 3), padding=1, name="conv_out")(h)
 
 

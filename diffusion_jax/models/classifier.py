@@ -62,7 +62,7 @@ class NoisyClassifier(nn.Module):
     h = res(ch, "mid_resnet_0")(h, temb, train)
     h = attn("mid_attn")(h)
     h = res(ch, "mid_resnet_1")(h, temb, train)
-    h = nn.silu(GroupNorm(self.norm_groups, 1e-6, name="norm_out")(h))
+    h = GroupNorm(self.norm_groups, 1e-6, silu=True, name="norm_out")(h)
     return AttentionPool(self.num_classes, self.num_heads, name="pool")(h)
 
 

@@ -91,7 +91,7 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb, train):
-    h = nn.silu(GroupNorm(groups(x.shape[-1]), 1e-6, name="GroupNorm_0")(x))
+    h = GroupNorm(groups(x.shape[-1]), 1e-6, silu=True, name="GroupNorm_0")(x)
     fold_up = self.resample == "up" and not self.fir  # the naive upsampling of h folded into its convolution
     if self.resample:
       if self.fir:
@@ -102,7 +102,7 @@ class ResBlock(nn.Module):
       h, x = (h if fold_up else f(h)), f(x)
     h = (UpsampleConv(self.out_ch, _init(1.0), name="Conv_0") if fold_up else conv(self.out_ch, name="Conv_0"))(h)
     h = h + Dense(self.out_ch, kernel_init=_init(1.0), name="Dense_0")(nn.silu(temb))[:, None, None, :]
-    h = nn.silu(GroupNorm(groups(self.out_ch), 1e-6, name="GroupNorm_1")(h))
+    h = GroupNorm(groups(self.out_ch), 1e-6, silu=True, name="GroupNorm_1")(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv(self.out_ch, init_scale=self.init_scale, name="Conv_1")(h)
     if x.shape[-1] != self.out_ch or self.resample:
@@ -220,7 +220,7 @@ class NCSNpp(nn.Module):
       if self.progressive == "output_skip":
         if out_pyramid is not None:
           out_pyramid = fir_upsample(out_pyramid, self.fir_kernel) if self.fir else naive_upsample(out_pyramid)
-        ph = nn.silu(GroupNorm(groups(h.shape[-1]), 1e-6, name=f"up_{i}_pyramid_norm")(h))
+        ph = GroupNorm(groups(h.shape[-1]), 1e-6, silu=True, name=f"up_{i}_pyramid_norm")(h)
         ph = conv(channels, init_scale=self.init_scale, name=f"up_{i}_pyramid_conv")(ph)
         out_pyramid = ph if out_pyramid is None else out_pyramid + ph
       if i:
@@ -232,5 +232,5 @@ class NCSNpp(nn.Module):
 
     if self.progressive == "output_skip":
       return out_pyramid
-    h = nn.silu(GroupNorm(groups(h.shape[-1]), 1e-6, name="norm_out")(h))
+    h = GroupNorm(groups(h.shape[-1]), 1e-6, silu=True, name="norm_out")(h)
     return conv(self.out_channels, init_scale=self.init_scale, name="conv_out")(h)

@@ -34,16 +34,18 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb, train):
-    h = nn.silu(GroupNorm(self.groups, self.eps, name="norm1")(x))
+    h = GroupNorm(self.groups, self.eps, silu=True, name="norm1")(x)
     h = Conv(self.out_channels, (3, 3), padding=1, name="conv1")(h)
     if temb is not None:
       emb = Dense(self.out_channels * (2 if self.scale_shift else 1), name="time_emb_proj")(nn.silu(temb))
       emb = emb[:, None, None, :]
-    h = GroupNorm(self.groups, self.eps, name="norm2")(h + emb if temb is not None and not self.scale_shift else h)
-    if temb is not None and self.scale_shift:
+    scale_shift = temb is not None and self.scale_shift
+    h = GroupNorm(self.groups, self.eps, silu=not scale_shift, name="norm2")(h + emb if temb is not None and
+                                                                            not scale_shift else h)
+    if scale_shift:
       scale, shift = jnp.split(emb, 2, axis=-1)
-      h = h * (1 + scale) + shift
-    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+      h = nn.silu(h * (1 + scale) + shift)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv2")(h)
     if x.shape[-1] != self.out_channels:
       x = Conv(self.out_channels, (1, 1), name="conv_shortcut")(x)
@@ -151,5 +153,5 @@ class UNet(nn.Module):
         h = UpsampleConv(ch, name=f"up_{i}_upsample")(h)  # nearest-neighbour 2x, 3x3 conv
     assert not skips
 
-    h = nn.silu(GroupNorm(self.norm_groups, self.norm_eps, name="conv_norm_out")(h))
+    h = GroupNorm(self.norm_groups, self.norm_eps, silu=True, name="conv_norm_out")(h)
     return Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv_out")(h).astype(jnp.float32)
