@@ -1,8 +1,8 @@
-"""Fast building blocks for the networks, on CPUs and accelerators: nn.Conv / nn.Dense / nn.GroupNorm equivalents
-(same parameters; they compute in the input's dtype, so bfloat16 activations give mixed precision) whose backward
-passes avoid XLA's slow CPU reductions, upsampling + convolution in the sub-pixel form, tiled attention with a
-memory-light custom VJP (never the whole [N, N] score matrix of every head at once) and fused attention for short
-sequences, and class conditioning."""
+"""Fast building blocks for the networks, on CPUs and accelerators: nn.Conv / nn.Dense / nn.GroupNorm (optionally
+with SiLU) equivalents (same parameters; they compute in the input's dtype, so bfloat16 activations give mixed
+precision) whose backward passes avoid XLA's slow CPU reductions, upsampling + convolution in the sub-pixel form,
+tiled attention with a memory-light custom VJP (never the whole [N, N] score matrix of every head at once) and fused
+attention for short sequences, and class conditioning."""
 import functools
 import math
 from typing import Callable, Sequence, Union
