@@ -270,8 +270,7 @@ def _gns_bwd(groups, eps, res, g):
   z = _gn_apply(x.astype(jnp.float32), scale, bias, mean, inv)
   s = jax.nn.sigmoid(z)
   gz = g.astype(jnp.float32) * s * (1 + z * (1 - s))  # silu'(z) = s (1 + z (1 - s))
-  dx, dscale, dbias = _gn_bwd(groups, eps, (x, scale, mean, inv), gz)
-  return dx, dscale, dbias
+  return _gn_bwd(groups, eps, (x, scale, mean, inv), gz)
 
 
 group_norm_silu.defvjp(_gns_fwd, _gns_bwd)

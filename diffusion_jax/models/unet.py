@@ -40,8 +40,9 @@ class ResnetBlock(nn.Module):
       emb = Dense(self.out_channels * (2 if self.scale_shift else 1), name="time_emb_proj")(nn.silu(temb))
       emb = emb[:, None, None, :]
     scale_shift = temb is not None and self.scale_shift
-    h = GroupNorm(self.groups, self.eps, silu=not scale_shift, name="norm2")(h + emb if temb is not None and
-                                                                            not scale_shift else h)
+    if temb is not None and not scale_shift:
+      h = h + emb
+    h = GroupNorm(self.groups, self.eps, silu=not scale_shift, name="norm2")(h)
     if scale_shift:
       scale, shift = jnp.split(emb, 2, axis=-1)
       h = nn.silu(h * (1 + scale) + shift)
