@@ -3,16 +3,18 @@ float32, in one process: training images/s, milliseconds per network evaluation,
 (64 images down to single images, where per-step framework overhead dominates), the largest difference of the two
 networks' outputs on the timed evaluation (relative to its largest entry), memory (the growth of the process's peak
 RSS during the timed calls, coarse on a CPU; and for ours the buffers XLA's memory analysis reports), and the FLOP/s
-the compiled XLA programs achieve against this machine's measured matmul peak. The two sides are timed in interleaved
+the compiled XLA programs achieve against this machine's measured matmul peak. JAX sees one CPU device per core:
+evaluation and sampling split the batch over them, training runs on one. The two sides are timed in interleaved
 rounds and each figure is a median over the rounds; `*_speedup_rounds` are each round's own ratios (their range is in
 the table) and `*_spread` is the (max - min) / median of a measurement. Prints JSON lines and a Markdown table. Needs
 the test requirements (torch, diffusers).
 Usage: python -m benchmarks.vs_diffusers [--models=medium,digits] [--samples=1,8,64] [--rounds=3] [--train_steps=4]"""
-from diffusion_jax.xla_flags import set_cpu_flags
+from diffusion_jax.xla_flags import cpu_cores, set_cpu_flags
 
-set_cpu_flags()
+set_cpu_flags(devices=cpu_cores())  # XLA_FLAGS=--xla_force_host_platform_device_count=1 compares one device
 
 import json  # noqa: E402
+import math  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -80,14 +82,15 @@ def matmul_peak_flops(n=2048, reps=10):
   return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
-def compiled_cost(jitted, *args):
-  """(FLOPs, MB of arguments + outputs + temporaries) of the compiled XLA program, from XLA's own analyses."""
+def compiled_cost(jitted, devices, *args):
+  """(FLOPs, MB of arguments + outputs + temporaries) of the compiled XLA program, from XLA's own analyses, summed
+  over the `devices` that each run one partition of it."""
   compiled = jitted.lower(*args).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   mem = compiled.memory_analysis()
   mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 1e6 if mem else float("nan")
-  return float(cost.get("flops", 0.0)), mb
+  return devices * float(cost.get("flops", 0.0)), devices * mb
 
 
 def torch_side(unet, x, t, samples):
@@ -133,15 +136,23 @@ def torch_side(unet, x, t, samples):
 
 
 def jax_side(config, params, x, t, samples):
-  """diffusion_jax: the jitted train step of train.py, a jitted network evaluation, the compiled DDIM-50 loop of
-  sample.py (compiled once per size in samples, as sample_batches does per run)."""
+  """diffusion_jax: the jitted train step of train.py on one device; a jitted network evaluation and the compiled
+  DDIM-50 loop of sample.py (compiled once per size in samples, as sample_batches does per run) with the batch split
+  over the CPU's JAX devices (one per core)."""
   model, schedule = setup(config)
   tx = make_optimizer(config.optim)
   mesh = parallel.mesh_for(config)
+  # training on one device: the gradients' all-reduce between CPU devices takes a rendezvous per tensor (~20 ms a
+  # step for the digits U-Net's 212), more than splitting the batch gains
+  train_mesh = parallel.make_mesh(devices=jax.devices()[:1])
   state = new_state(params, tx, jax.random.PRNGKey(0))
-  step = jax.jit(make_train_step(config, model, schedule, tx), donate_argnums=0)
-  batch = {"image": jnp.asarray(x)}
-  train_flops, train_xla_mb = compiled_cost(step, state, batch)
+  shardings = parallel.state_shardings(state, train_mesh)
+  step = jax.jit(make_train_step(config, model, schedule, tx), donate_argnums=0,
+                 in_shardings=(shardings, parallel.batch_sharded(train_mesh)),
+                 out_shardings=(shardings, parallel.replicated(train_mesh)))  # as train.fit
+  state = jax.device_put(state, shardings)
+  batch = parallel.shard_batch({"image": x}, train_mesh)
+  train_flops, train_xla_mb = compiled_cost(step, 1, state, batch)
   holder = [state]
 
   def train_step():
@@ -149,17 +160,21 @@ def jax_side(config, params, x, t, samples):
     m["loss"].block_until_ready()
 
   forward = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
-  eval_flops, eval_xla_mb = compiled_cost(forward, params, x, t)
+  params = jax.device_put(params, parallel.replicated(mesh))
+  x, t = parallel.shard_batch((x, t), mesh)
+  eval_flops, eval_xla_mb = compiled_cost(forward, mesh.devices.size, params, x, t)
 
   def evaluate():
     forward(params, x, t).block_until_ready()
 
-  def ddim(n):
+  def ddim(n):  # split over as many devices as divide n
     rng = jax.random.PRNGKey(1)
-    gen = make_generate(config, model, schedule, mesh, "ddim", 50, n).lower(params, rng, None).compile()
+    sub_mesh = parallel.make_mesh(devices=jax.devices()[:math.gcd(n, len(jax.devices()))])
+    placed = jax.device_put(params, parallel.replicated(sub_mesh))
+    gen = make_generate(config, model, schedule, sub_mesh, "ddim", 50, n).lower(placed, rng, None).compile()
 
     def run():
-      gen(params, rng, None)[0].block_until_ready()
+      gen(placed, rng, None)[0].block_until_ready()
     return run
 
   train_step()  # compiles
@@ -222,7 +237,7 @@ def compare(name, peak, samples):
   ours.update(train_fraction_of_peak=ours["train_gflops_per_s"] * 1e9 / peak,
               eval_fraction_of_peak=ours["eval_gflops_per_s"] * 1e9 / peak)
   return dict(benchmark="vs_diffusers", model=name, params=int(n_params), batch=_BATCH.value, samples=samples,
-              torch_threads=torch.get_num_threads(), backend=jax.default_backend(),
+              torch_threads=torch.get_num_threads(), backend=jax.default_backend(), jax_devices=jax.device_count(),
               **{f"diffusers_{k}": round(v, 3) for k, v in theirs.items()},
               **{f"ours_{k}": round(v, 3) for k, v in ours.items()}, ours_eval_max_rel_diff=max_rel_diff,
               train_speedup=round(ours["train_images_per_s"] / theirs["train_images_per_s"], 3),

@@ -42,3 +42,17 @@ def test_bad_mode(tiny, tmp_path):
   from diffusion_jax.main import run
   with pytest.raises(ValueError, match="valid modes: train, sample, eval, all, train_classifier"):
     run(tiny(), str(tmp_path), "fit")
+
+
+def test_set_cpu_flags_adds_the_device_split_and_keeps_flags_already_set(monkeypatch):
+  from diffusion_jax import xla_flags
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  xla_flags.set_cpu_flags()
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_backend_optimization_level=0", *xla_flags.CPU_FLAGS]
+  xla_flags.set_cpu_flags(devices=2)  # adds the split once, the other flags are not repeated
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_backend_optimization_level=0", *xla_flags.CPU_FLAGS,
+                                             "--xla_force_host_platform_device_count=2"]
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  xla_flags.set_cpu_flags(devices=xla_flags.cpu_cores())  # the user's own split wins
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=1", *xla_flags.CPU_FLAGS]
+  assert xla_flags.cpu_cores() >= 1
