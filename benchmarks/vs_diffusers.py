@@ -82,9 +82,10 @@ def matmul_peak_flops(n=2048, reps=10):
   return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
-def compiled_cost(jitted, devices, *args):
+def compiled_cost(jitted, *args):
   """(FLOPs, MB of arguments + outputs + temporaries) of the compiled XLA program, from XLA's own analyses, summed
-  over the `devices` that each run one partition of it."""
+  over the devices of its arguments' mesh, each of which runs one partition of it."""
+  devices = len(jax.tree.leaves(args)[0].sharding.device_set)
   compiled = jitted.lower(*args).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -152,7 +153,7 @@ def jax_side(config, params, x, t, samples):
                  out_shardings=(shardings, parallel.replicated(train_mesh)))  # as train.fit
   state = jax.device_put(state, shardings)
   batch = parallel.shard_batch({"image": x}, train_mesh)
-  train_flops, train_xla_mb = compiled_cost(step, 1, state, batch)
+  train_flops, train_xla_mb = compiled_cost(step, state, batch)
   holder = [state]
 
   def train_step():
@@ -162,7 +163,7 @@ def jax_side(config, params, x, t, samples):
   forward = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
   params = jax.device_put(params, parallel.replicated(mesh))
   x, t = parallel.shard_batch((x, t), mesh)
-  eval_flops, eval_xla_mb = compiled_cost(forward, mesh.devices.size, params, x, t)
+  eval_flops, eval_xla_mb = compiled_cost(forward, params, x, t)
 
   def evaluate():
     forward(params, x, t).block_until_ready()

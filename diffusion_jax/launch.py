@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 
+from diffusion_jax.xla_flags import DEVICES_FLAG
+
 
 def free_port():
   with socket.socket() as s:
@@ -29,9 +31,8 @@ def launch(python_args, num_processes, devices_per_process=1, timeout=600, env=N
   for i in range(num_processes):
     e = dict(env or os.environ, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(num_processes),
              JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu")
-    e["XLA_FLAGS"] = " ".join([f for f in e.get("XLA_FLAGS", "").split()
-                               if not f.startswith("--xla_force_host_platform_device_count")] +
-                              [f"--xla_force_host_platform_device_count={devices_per_process}"])
+    e["XLA_FLAGS"] = " ".join([f for f in e.get("XLA_FLAGS", "").split() if not f.startswith(DEVICES_FLAG)] +
+                              [f"{DEVICES_FLAG}={devices_per_process}"])
     procs.append(subprocess.Popen([sys.executable, *python_args], env=e, stdout=logs[i], stderr=subprocess.STDOUT))
   deadline, code = time.time() + timeout, 0
   while None in [p.poll() for p in procs]:  # poll every process: a list, not a short-circuiting any()
