@@ -201,25 +201,26 @@ def test_blocked_attention_matches_einsum_and_grads(r, n, nk, tile, steps):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_short_attention_matches_einsum_and_grads(dtype):
+def test_short_attention_matches_jax_dot_product_attention_and_grads(dtype):
+  # [B, N, H, D], several heads, fewer keys than queries
   k = jax.random.split(jax.random.PRNGKey(2), 4)
-  q, kk, v = (jax.random.normal(k[i], (6, 16 if i == 0 else 9, 8)) * 2 for i in range(3))
-  w = jax.random.normal(k[3], (6, 16, 8))
+  q, kk, v = (jax.random.normal(k[i], (2, 16 if i == 0 else 9, 3, 8)) * 2 for i in range(3))
+  w = jax.random.normal(k[3], (2, 16, 3, 8))
   out = short_attention(*(a.astype(dtype) for a in (q, kk, v)))
   assert out.dtype == dtype
   tol = 1e-5 if dtype == jnp.float32 else 3e-2  # bfloat16 inputs and output rounding; float32 scores and sums
-  np.testing.assert_allclose(out.astype(jnp.float32), einsum_attention(q, kk, v), rtol=tol, atol=tol)
+  np.testing.assert_allclose(out.astype(jnp.float32), jax.nn.dot_product_attention(q, kk, v), rtol=tol, atol=tol)
   g = lambda f: jax.grad(lambda *a: jnp.sum(w * f(*a)), argnums=(0, 1, 2))(q, kk, v)
-  for a, b in zip(g(short_attention), g(einsum_attention)):
+  for a, b in zip(g(short_attention), g(jax.nn.dot_product_attention)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_takes_the_short_form_only_for_short_narrow_heads(monkeypatch):
   calls = []
-  monkeypatch.setattr(layers, "short_attention", lambda *a: calls.append("short") or blocked_attention(*a))
-  monkeypatch.setattr(layers, "blocked_attention", lambda *a: calls.append("blocked") or short_attention(*a))
+  monkeypatch.setattr(layers, "short_attention", lambda *a: calls.append("short") or jnp.zeros(a[0].shape))
+  monkeypatch.setattr(layers, "blocked_attention", lambda *a: calls.append("blocked") or jnp.zeros(a[0].shape))
   for n, nk, d in [(16, 16, 8), (32, 32, 32), (16, 64, 8), (64, 64, 8), (16, 16, 64)]:
-    layers.attention(*(jnp.zeros((2, m, d)) for m in (n, nk, nk)))
+    layers.attention(*(jnp.zeros((2, m, 3, d)) for m in (n, nk, nk)))
   cpu = jax.default_backend() == "cpu"
   assert calls == (["short"] * 3 if cpu else ["blocked"] * 3) + ["blocked"] * 2
 

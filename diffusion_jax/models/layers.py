@@ -314,28 +314,30 @@ def multihead_attention(q, k, v, num_heads):
   """attention of num_heads heads for q [B, Nq, C], k, v [B, Nk, C], channels split head-major (as torch's
   and flax's attention split them); returns [B, Nq, C]."""
   b, c = q.shape[0], q.shape[-1]
-  d = c // num_heads
-  fold = lambda a: a.reshape(b, a.shape[1], num_heads, d).swapaxes(1, 2).reshape(b * num_heads, a.shape[1], d)
-  o = attention(fold(q), fold(k), fold(v))
-  return o.reshape(b, num_heads, -1, d).swapaxes(1, 2).reshape(b, -1, c)
+  heads = lambda a: a.reshape(b, a.shape[1], num_heads, c // num_heads)
+  return attention(heads(q), heads(k), heads(v)).reshape(b, -1, c)
 
 
 def attention(q, k, v):
-  """softmax(q k^T / sqrt(d)) v for q [R, Nq, D] and k, v [R, Nk, D]: short_attention for short sequences of narrow
-  heads on a CPU (Nq Nk <= 1024 and D <= 32, e.g. a 4x4 feature map), blocked_attention otherwise."""
+  """softmax(q k^T / sqrt(d)) v of each head for q [B, Nq, H, D] and k, v [B, Nk, H, D] (the layout of
+  jax.nn.dot_product_attention): short_attention for short sequences of narrow heads on a CPU (Nq Nk <= 1024 and
+  D <= 32, e.g. a 4x4 feature map), blocked_attention over the [B H, N, D] rows of the heads otherwise."""
   if jax.default_backend() == "cpu" and q.shape[1] * k.shape[1] <= 1024 and q.shape[-1] <= 32:
     return short_attention(q, k, v)
-  return blocked_attention(q, k, v)
+  rows = lambda a: a.swapaxes(1, 2).reshape(-1, a.shape[1], a.shape[-1])
+  o = blocked_attention(rows(q), rows(k), rows(v))
+  return o.reshape(q.shape[0], q.shape[2], q.shape[1], -1).swapaxes(1, 2)
 
 
 def short_attention(q, k, v):
-  """Attention as broadcast products and sums, which XLA fuses: for the digits U-Net's 4x4 attention (16 tokens,
-  8-channel heads) 2-4x faster on a CPU than XLA's batched products of [16, 8] matrices, forward and backward, and
-  far slower for long sequences. Float32 scores, softmax and sums, as in blocked_attention."""
+  """Attention as broadcast products and sums over q [B, Nq, H, D], k, v [B, Nk, H, D], which XLA fuses, with no
+  transpose of the heads: for the digits U-Net's 4x4 attention (16 tokens, 8-channel heads) 2-4x faster on a CPU than
+  XLA's batched products of [16, 8] matrices, forward and backward, and far slower for long sequences. Float32
+  scores, softmax and sums, as in blocked_attention."""
   q32, k32, v32 = (a.astype(F32) for a in (q, k, v))
-  s = jnp.sum(q32[:, :, None, :] * k32[:, None, :, :], axis=-1) / math.sqrt(q.shape[-1])  # [R, Nq, Nk]
-  p = jax.nn.softmax(s, axis=-1)
-  return jnp.sum(p[..., None] * v32[:, None, :, :], axis=2).astype(q.dtype)
+  s = jnp.sum(q32[:, :, None] * k32[:, None], axis=-1) / math.sqrt(q.shape[-1])  # [B, Nq, Nk, H]
+  p = jax.nn.softmax(s, axis=2)
+  return jnp.sum(p[..., None] * v32[:, None], axis=2).astype(q.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.models.layers import Conv, Dense, GroupNorm, UpsampleConv, attention, class_conditioning
+from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, class_conditioning,
+                                         multihead_attention)
 from diffusion_jax.models.unet import timestep_embedding
 
 PROGRESSIVE = ("none", "output_skip")
@@ -120,7 +121,7 @@ class AttnBlock(nn.Module):
     b, hh, ww, c = x.shape
     h = GroupNorm(groups(c), 1e-6, name="GroupNorm_0")(x).reshape(b, hh * ww, c)
     q, k, v = (Dense(c, kernel_init=_init(1.0), name=f"NIN_{i}")(h) for i in range(3))
-    o = Dense(c, kernel_init=_init(self.init_scale), name="NIN_3")(attention(q, k, v))
+    o = Dense(c, kernel_init=_init(self.init_scale), name="NIN_3")(multihead_attention(q, k, v, 1))
     x = x + o.reshape(x.shape)
     return x / math.sqrt(2.0) if self.skip_rescale else x
 
