@@ -166,12 +166,18 @@ def test_winograd_conv_equals_direct_convolution(shape, out):  # H, W multiples 
     np.testing.assert_array_equal(a, b)
 
 
-def test_conv_takes_winograd_on_large_float32_maps_and_matches_flax():
+def test_conv_takes_winograd_on_large_float32_maps_and_matches_flax(monkeypatch):
+  cpu = jax.default_backend() == "cpu"
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 30, 64))  # 4 x 8 x 8 = 256 tiles of 4x4
-  assert use_winograd(x) == (jax.default_backend() == "cpu")
-  assert not use_winograd(x[:2]) and not use_winograd(x[..., :32]) and not use_winograd(x.astype(jnp.bfloat16))
+  monkeypatch.setattr(layers, "cpu_cores", lambda: 2 * jax.device_count())  # devices spanning several cores
+  assert use_winograd(x, 8) == cpu
+  assert not use_winograd(x[:2], 8) and not use_winograd(x[..., :32], 8) and not use_winograd(x.astype(jnp.bfloat16), 8)
   for padding in (1, "SAME"):
     assert_same_layer(Conv(8, (3, 3), padding=padding), nn.Conv(8, (3, 3), padding=padding), x, rtol=1e-4)
+  monkeypatch.setattr(layers, "cpu_cores", lambda: jax.device_count())  # one core per device: work per device counts
+  small = jnp.zeros((16, 8, 8, 32))  # 16 x 2 x 2 tiles x 32 x 32 channels = 2^16
+  assert use_winograd(small, 32) == cpu and not use_winograd(small[:8], 32) and not use_winograd(small, 16)
+  assert use_winograd(x[:1], 16) == cpu and not use_winograd(x[:1], 8)  # 64 tiles x 64 x 16 = 2^16
 
 
 def test_upsample_conv_is_nearest_upsampling_then_conv():  # the sub-pixel form: 2x2 convolutions per output phase
