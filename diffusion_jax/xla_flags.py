@@ -6,7 +6,8 @@ DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 
 def cpu_cores():
-  return len(os.sched_getaffinity(0))
+  """The cores this process may run on (its affinity mask where the OS has one, e.g. not on macOS)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def set_cpu_flags(devices=None):
