@@ -65,7 +65,8 @@ class Conv(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    if self.kernel_size == (3, 3) and self.strides == 1 and self.padding in (1, "SAME") and use_winograd(x, self.features):
+    if (self.kernel_size == (3, 3) and self.strides == 1 and self.padding in (1, "SAME")
+        and use_winograd(x, self.features)):
       return add_bias(winograd_conv3x3(x, kernel), bias)
     nd = len(self.kernel_size)
     pad = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * nd
@@ -90,12 +91,12 @@ _WINO_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1,
 
 def use_winograd(x, features):
   """Whether Winograd pays for the 3x3 convolution of x [B, H, W, I] to `features` channels: on CPUs, for float32
-  (whose rounding the transforms' coefficients, up to 8, amplify less than bfloat16's), given enough work per
-  device. With one JAX device per core (xla_flags.set_cpu_flags(devices=cores), the batch split over them): 4x4
-  tiles x I x features of at least 2^16 per device, e.g. 16 digits images of 8x8x32 (DDIM-50 loops of the digits
-  U-Net 1.3-1.4x faster at 32 and 64 images). On a device spanning several cores, whose direct convolution uses them
-  all while Winograd's 36 small products do not: at least 64 channels and 256 tiles (e.g. 8 images of 32x32, 32 of
-  16x16). XLA's direct convolutions are faster for smaller maps and on accelerators."""
+  only (the transforms' coefficients, up to 8, amplify bfloat16's rounding), given enough work per device. With one
+  JAX device per core (xla_flags.set_cpu_flags(devices=cores), the batch split over them): 4x4 tiles x I x features
+  of at least 2^16 per device, e.g. 16 digits images of 8x8x32 (DDIM-50 loops of the digits U-Net 1.3-1.4x faster
+  at 32 and 64 images). On a device spanning several cores, whose direct convolution uses them all while
+  Winograd's 36 small products do not: at least 64 channels and 256 tiles (e.g. 8 images of 32x32, 32 of 16x16).
+  XLA's direct convolutions are faster for smaller maps and on accelerators."""
   if jax.default_backend() != "cpu" or x.dtype != jnp.float32:
     return False
   tiles = x.shape[0] * -(-x.shape[1] // 4) * -(-x.shape[2] // 4)
