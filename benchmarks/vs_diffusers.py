@@ -4,7 +4,7 @@ float32, in one process: training images/s, milliseconds per network evaluation,
 networks' outputs on the timed evaluation (relative to its largest entry), memory (the growth of the process's peak
 RSS during the timed calls, coarse on a CPU; and for ours the buffers XLA's memory analysis reports), and the FLOP/s
 the compiled XLA programs achieve against this machine's measured matmul peak. JAX sees one CPU device per core:
-evaluation and sampling split the batch over them, training runs on one. The two sides are timed in interleaved
+training, evaluation and sampling split the batch over them. The two sides are timed in interleaved
 rounds and each figure is a median over the rounds; `*_speedup_rounds` are each round's own ratios (their range is in
 the table) and `*_spread` is the (max - min) / median of a measurement. Prints JSON lines and a Markdown table. Needs
 the test requirements (torch, diffusers).
@@ -48,6 +48,9 @@ _SAMPLES = flags.DEFINE_list("samples", ["1", "8", "64"], "Images of each timed 
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 4, "Timed training steps per framework and round.")
 _EVALS = flags.DEFINE_integer("evals", 4, "Timed network evaluations per framework and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; each figure is the median over the rounds.")
+_TRAIN_DEVICES = flags.DEFINE_integer("train_devices", 0, "JAX devices the training step splits its batch over (0: "
+                                      "all). 1 is faster for the digits U-Net, whose 212 gradients each take a "
+                                      "rendezvous in the CPU all-reduce.")
 
 
 def peak_rss_reset():
@@ -137,15 +140,13 @@ def torch_side(unet, x, t, samples):
 
 
 def jax_side(config, params, x, t, samples):
-  """diffusion_jax: the jitted train step of train.py on one device; a jitted network evaluation and the compiled
-  DDIM-50 loop of sample.py (compiled once per size in samples, as sample_batches does per run) with the batch split
-  over the CPU's JAX devices (one per core)."""
+  """diffusion_jax: the jitted train step of train.py, a jitted network evaluation and the compiled DDIM-50 loop of
+  sample.py (compiled once per size in samples, as sample_batches does per run), with the batch split over the CPU's
+  JAX devices (one per core; training over --train_devices of them)."""
   model, schedule = setup(config)
   tx = make_optimizer(config.optim)
   mesh = parallel.mesh_for(config)
-  # training on one device: the gradients' all-reduce between CPU devices takes a rendezvous per tensor (~20 ms a
-  # step for the digits U-Net's 212), more than splitting the batch gains
-  train_mesh = parallel.make_mesh(devices=jax.devices()[:1])
+  train_mesh = parallel.make_mesh(devices=jax.devices()[:_TRAIN_DEVICES.value or None])
   state = new_state(params, tx, jax.random.PRNGKey(0))
   shardings = parallel.state_shardings(state, train_mesh)
   step = jax.jit(make_train_step(config, model, schedule, tx), donate_argnums=0,
@@ -239,6 +240,7 @@ def compare(name, peak, samples):
               eval_fraction_of_peak=ours["eval_gflops_per_s"] * 1e9 / peak)
   return dict(benchmark="vs_diffusers", model=name, params=int(n_params), batch=_BATCH.value, samples=samples,
               torch_threads=torch.get_num_threads(), backend=jax.default_backend(), jax_devices=jax.device_count(),
+              train_devices=len(jax.devices()[:_TRAIN_DEVICES.value or None]),
               **{f"diffusers_{k}": round(v, 3) for k, v in theirs.items()},
               **{f"ours_{k}": round(v, 3) for k, v in ours.items()}, ours_eval_max_rel_diff=max_rel_diff,
               train_speedup=round(ours["train_images_per_s"] / theirs["train_images_per_s"], 3),

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_params
+from conftest import random_params, run_python
 from diffusion_jax.models import get_model, make_model_fn
 from diffusion_jax.models import layers
 from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, _tiles, blocked_attention,
@@ -204,6 +204,36 @@ def test_blocked_attention_matches_einsum_and_grads(r, n, nk, tile, steps):
   g = lambda f: jax.grad(lambda *a: jnp.sum(w * f(*a)), argnums=(0, 1, 2))(q, kk, v)
   for a, b in zip(g(ours), g(einsum_attention)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+SHARDED_ATTENTION = """
+from diffusion_jax.xla_flags import set_cpu_flags
+set_cpu_flags(devices=2)
+import jax, jax.numpy as jnp, numpy as np
+from diffusion_jax import parallel
+from diffusion_jax.models.layers import _tiles, blocked_attention
+from test_model import einsum_attention
+assert _tiles(12, 16, 16, 2 * 16 * 16) == (4, 16)  # 2 rows of each device's 6 per step
+mesh = parallel.make_mesh()
+q, k, v, w = (jax.random.normal(jax.random.PRNGKey(i), (12, 16, 8)) for i in range(4))
+loss = lambda f: lambda q, k, v: jnp.sum(w * f(q, k, v))
+ours = jax.jit(jax.value_and_grad(loss(lambda *a: blocked_attention(*a, 2 * 16 * 16)), argnums=(0, 1, 2)))
+args = jax.device_put((q, k, v), parallel.batch_sharded(mesh))
+hlo = ours.lower(*args).compile().as_text()
+assert "all-gather" not in hlo and "all-to-all" not in hlo, "the rows left their devices"
+(value, grads), (ref, ref_grads) = ours(*args), jax.value_and_grad(loss(einsum_attention), argnums=(0, 1, 2))(q, k, v)
+np.testing.assert_allclose(value, ref, rtol=1e-5)
+for a, b in zip(grads, ref_grads):
+  assert a.sharding.spec == parallel.batch_sharded(mesh).spec
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+print("OK")
+"""
+
+
+def test_blocked_attention_keeps_a_sharded_batch_on_its_devices():
+  # each device loops over its own rows of a batch split over 2 devices: no gather of q, k, v (which had made every
+  # device compute the whole batch's attention), the same values and gradients
+  assert run_python(SHARDED_ATTENTION).stdout.strip().endswith("OK")
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

@@ -304,14 +304,22 @@ def _divisor(n, at_most):
 
 
 def _tiles(r, nq, nk, tile):
-  """(rows per chunk, queries per block) so that one step's scores [rows, queries, nk] hold about `tile` entries."""
+  """(rows per chunk, queries per block) so that one step's scores [rows, queries, nk] hold about `tile` entries on
+  each device: when the rows split evenly over the devices (a batch sharded over them), a chunk takes the same number
+  of rows from each device's share (_chunks), so every device loops over its own rows."""
+  d = jax.device_count() if r % jax.device_count() == 0 else 1
   if nq * nk >= tile:
-    return 1, _divisor(nq, tile // nk)
-  return _divisor(r, tile // (nq * nk)), nq
+    return d, _divisor(nq, tile // nk)
+  return d * _divisor(r // d, tile // (nq * nk)), nq
 
 
-def _chunks(a, c):
-  return a.reshape(a.shape[0] // c, c, *a.shape[1:])
+def _chunks(a, c):  # [R, ...] -> [R / c, c, ...]; chunk j holds rows j, j + R / c, ..., evenly from each device's share
+  return a.reshape(c, a.shape[0] // c, *a.shape[1:]).swapaxes(0, 1)
+
+
+def _unchunk(a):  # [R / c, c, ...] -> [R, ...]
+  a = a.swapaxes(0, 1)
+  return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
 
 
 def _query_blocks(a, bq):  # [c, n, ...] -> [n / bq, c, bq, ...]
@@ -382,7 +390,7 @@ def _attn_fwd(q, k, v, tile):
     return _unblock(out), _unblock(lse)
 
   out, lse = jax.lax.map(chunk, (_chunks(q, c), _chunks(k, c), _chunks(v, c)))
-  out, lse = out.reshape(r, n, d), lse.reshape(r, n)  # float32: the backward's delta needs the unrounded output
+  out, lse = _unchunk(out), _unchunk(lse)  # float32: the backward's delta needs the unrounded output
   return out.astype(q.dtype), (q, k, v, out, lse)
 
 
@@ -411,9 +419,8 @@ def _attn_bwd(tile, res, dout):
     return _unblock(dq), dk_t, dv_t  # transposed back outside the loops, where XLA cannot fold it into the dots
 
   dq, dk_t, dv_t = jax.lax.map(chunk, tuple(_chunks(a, c) for a in (q, k, v, dout, lse, delta)))
-  nk = k.shape[1]
-  return (dq.reshape(r, n, d).astype(q.dtype), dk_t.reshape(r, d, nk).swapaxes(1, 2).astype(k.dtype),
-          dv_t.reshape(r, d, nk).swapaxes(1, 2).astype(v.dtype))
+  return (_unchunk(dq).astype(q.dtype), _unchunk(dk_t).swapaxes(1, 2).astype(k.dtype),
+          _unchunk(dv_t).swapaxes(1, 2).astype(v.dtype))
 
 
 blocked_attention.defvjp(_attn_fwd, _attn_bwd)
