@@ -4,7 +4,7 @@ float32, in one process: training images/s, milliseconds per network evaluation,
 networks' outputs on the timed evaluation (relative to its largest entry), memory (the growth of the process's peak
 RSS during the timed calls, coarse on a CPU; and for ours the buffers XLA's memory analysis reports), and the FLOP/s
 the compiled XLA programs achieve against this machine's measured matmul peak. JAX sees one CPU device per core:
-training, evaluation and sampling split the batch over them. The two sides are timed in interleaved
+training (TRAIN_DEVICES), evaluation and sampling split the batch over them. The two sides are timed in interleaved
 rounds and each figure is a median over the rounds; `*_speedup_rounds` are each round's own ratios (their range is in
 the table) and `*_spread` is the (max - min) / median of a measurement. Prints JSON lines and a Markdown table. Needs
 the test requirements (torch, diffusers).
@@ -41,6 +41,10 @@ MODELS = {
                    norm_num_groups=8),
 }
 COMMON = dict(norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0)
+# the JAX devices each model's training step splits its batch over (0: all, one per core). The digits U-Net's step is
+# too short for the CPU all-reduce, which takes a rendezvous for each of its 212 gradients: 52 ms a step on one
+# device, 67 ms on two (batch 32)
+TRAIN_DEVICES = {"medium": 0, "digits": 1}
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Models to compare: {', '.join(MODELS)}.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Training batch and network-evaluation batch.")
@@ -48,9 +52,8 @@ _SAMPLES = flags.DEFINE_list("samples", ["1", "8", "64"], "Images of each timed 
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 4, "Timed training steps per framework and round.")
 _EVALS = flags.DEFINE_integer("evals", 4, "Timed network evaluations per framework and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; each figure is the median over the rounds.")
-_TRAIN_DEVICES = flags.DEFINE_integer("train_devices", 0, "JAX devices the training step splits its batch over (0: "
-                                      "all). 1 is faster for the digits U-Net, whose 212 gradients each take a "
-                                      "rendezvous in the CPU all-reduce.")
+_TRAIN_DEVICES = flags.DEFINE_integer("train_devices", None, "JAX devices the training step splits its batch over "
+                                      "(default: TRAIN_DEVICES of the model; 0: all).")
 
 
 def peak_rss_reset():
@@ -139,14 +142,14 @@ def torch_side(unet, x, t, samples):
   return dict(train=train_step, eval=evaluate, **{f"ddim_{n}": lambda n=n: ddim(n) for n in samples}), dict(out=out)
 
 
-def jax_side(config, params, x, t, samples):
+def jax_side(config, params, x, t, samples, train_devices):
   """diffusion_jax: the jitted train step of train.py, a jitted network evaluation and the compiled DDIM-50 loop of
   sample.py (compiled once per size in samples, as sample_batches does per run), with the batch split over the CPU's
-  JAX devices (one per core; training over --train_devices of them)."""
+  JAX devices (one per core; training over `train_devices` of them, 0: all)."""
   model, schedule = setup(config)
   tx = make_optimizer(config.optim)
   mesh = parallel.mesh_for(config)
-  train_mesh = parallel.make_mesh(devices=jax.devices()[:_TRAIN_DEVICES.value or None])
+  train_mesh = parallel.make_mesh(devices=jax.devices()[:train_devices or None])
   state = new_state(params, tx, jax.random.PRNGKey(0))
   shardings = parallel.state_shardings(state, train_mesh)
   step = jax.jit(make_train_step(config, model, schedule, tx), donate_argnums=0,
@@ -228,7 +231,8 @@ def compare(name, peak, samples):
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (_BATCH.value, size, size, ch)).astype(np.float32)
   t = rng.integers(0, 1000, _BATCH.value).astype(np.float32)
-  sides = dict(diffusers=torch_side(unet, x, t, samples), ours=jax_side(config, params, x, t, samples))
+  train_devices = TRAIN_DEVICES[name] if _TRAIN_DEVICES.value is None else _TRAIN_DEVICES.value
+  sides = dict(diffusers=torch_side(unet, x, t, samples), ours=jax_side(config, params, x, t, samples, train_devices))
   results, rounds = timed_rounds(sides, len(x), samples)
   theirs, ours, cost = results["diffusers"], results["ours"], sides["ours"][1]
   reference = sides["diffusers"][1]["out"]  # the timed evaluation's output: equal to diffusers' to float32 rounding
@@ -240,7 +244,7 @@ def compare(name, peak, samples):
               eval_fraction_of_peak=ours["eval_gflops_per_s"] * 1e9 / peak)
   return dict(benchmark="vs_diffusers", model=name, params=int(n_params), batch=_BATCH.value, samples=samples,
               torch_threads=torch.get_num_threads(), backend=jax.default_backend(), jax_devices=jax.device_count(),
-              train_devices=len(jax.devices()[:_TRAIN_DEVICES.value or None]),
+              train_devices=len(jax.devices()[:train_devices or None]),
               **{f"diffusers_{k}": round(v, 3) for k, v in theirs.items()},
               **{f"ours_{k}": round(v, 3) for k, v in ours.items()}, ours_eval_max_rel_diff=max_rel_diff,
               train_speedup=round(ours["train_images_per_s"] / theirs["train_images_per_s"], 3),

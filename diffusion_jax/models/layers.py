@@ -89,21 +89,40 @@ _WINO_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 
 _WINO_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
 
+def _work_per_core(x, features):
+  """4x4 tiles x input x output channels per device for the 3x3 convolution of x [B, H, W, I] to `features` channels
+  when each JAX device has one core (xla_flags.set_cpu_flags(devices=cores)) and its share of the batch; 0 for fewer
+  than 32 input or output channels (a 3-channel conv_in: 2x slower by Winograd); None on devices spanning several
+  cores."""
+  devices = jax.device_count()
+  if devices < cpu_cores() or x.shape[0] % devices:
+    return None
+  tiles = x.shape[0] // devices * -(-x.shape[1] // 4) * -(-x.shape[2] // 4)
+  return tiles * x.shape[-1] * features if min(x.shape[-1], features) >= 32 else 0
+
+
 def use_winograd(x, features):
   """Whether Winograd pays for the 3x3 convolution of x [B, H, W, I] to `features` channels: on CPUs, for float32
   only (the transforms' coefficients, up to 8, amplify bfloat16's rounding), given enough work per device. With one
-  JAX device per core (xla_flags.set_cpu_flags(devices=cores), the batch split over them): 4x4 tiles x I x features
-  of at least 2^16 per device, e.g. 16 digits images of 8x8x32 (DDIM-50 loops of the digits U-Net 1.3-1.4x faster
-  at 32 and 64 images). On a device spanning several cores, whose direct convolution uses them all while
-  Winograd's 36 small products do not: at least 64 channels and 256 tiles (e.g. 8 images of 32x32, 32 of 16x16).
-  XLA's direct convolutions are faster for smaller maps and on accelerators."""
+  JAX device per core: _work_per_core of at least 2^16, e.g. 16 digits images of 8x8x32 (DDIM-50 loops of the
+  digits U-Net 1.3-1.4x faster at 32 and 64 images). On a device spanning several cores, whose direct convolution
+  uses them all while Winograd's 36 small products do not: at least 64 channels and 256 tiles (e.g. 8 images of
+  32x32, 32 of 16x16). XLA's direct convolutions are faster for smaller maps and on accelerators."""
   if jax.default_backend() != "cpu" or x.dtype != jnp.float32:
     return False
+  work = _work_per_core(x, features)
+  if work is not None:
+    return work >= 2 ** 16
   tiles = x.shape[0] * -(-x.shape[1] // 4) * -(-x.shape[2] // 4)
-  devices = jax.device_count()
-  if devices >= cpu_cores() and x.shape[0] % devices == 0:  # one core per device, each with its share of the batch
-    return tiles // devices * x.shape[-1] * features >= 2 ** 16
   return x.shape[-1] >= 64 and tiles >= 256
+
+
+def winograd_trains(x, features):
+  """Whether training takes Winograd's forward pass and gradients too (winograd_conv3x3's VJP): with one JAX device
+  per core and _work_per_core of at least 2^20 (the medium U-Net's maps of 16 images: its training step 1.04-1.07x
+  faster; a 16x16x128 ResNet block's gradient 1.7x). The digits U-Net's 2^16 maps train slower by Winograd (0.74x),
+  and so do devices spanning several cores (0.88x)."""
+  return (_work_per_core(x, features) or 0) >= 2 ** 20
 
 
 def _combine(coefs, terms):
@@ -115,7 +134,13 @@ def _combine(coefs, terms):
   return out
 
 
-def _winograd_conv(x, kernel):
+def _tiles4(a):  # [B, H, W, C] -> [B, nh, nw] 4x4 tiles: (nh, nw), a zero-padded to [B, 4 nh, 4 nw, C]
+  nh, nw = -(-a.shape[1] // 4), -(-a.shape[2] // 4)
+  return nh, nw, jnp.pad(a, ((0, 0), (0, 4 * nh - a.shape[1]), (0, 4 * nw - a.shape[2]), (0, 0)))
+
+
+def _winograd_input(x):
+  """B^T d B for the 6x6 input tile d of every 4x4 output tile: [36, B nh nw, I]."""
   b, h, w, c = x.shape
   nh, nw = -(-h // 4), -(-w // 4)  # zero rows / columns beyond the map (-h % 4) change no output inside it
   xp = jnp.pad(x, ((0, 0), (1, 4 * nh - h + 1), (1, 4 * nw - w + 1), (0, 0)))
@@ -123,26 +148,59 @@ def _winograd_conv(x, kernel):
   rows = [_combine(bt, rows) for bt in _WINO_BT]  # B^T d
   v = jnp.stack([jnp.stack([_combine(bt, [r[:, :, k:k + 4 * nw - 3:4] for k in range(6)]) for bt in _WINO_BT])
                  for r in rows])  # B^T d B: [6, 6, B, nh, nw, I]
-  gg = jnp.asarray(np.kron(_WINO_G, _WINO_G), kernel.dtype)  # [36, 9]: G g G^T for every channel pair, one product
-  u = (gg @ kernel.reshape(9, -1)).reshape(36, c, -1)
-  m = jnp.einsum("tpi,tio->tpo", v.reshape(36, b * nh * nw, c), u).reshape(6, 6, b, nh, nw, -1)
+  return v.reshape(36, b * nh * nw, c)
+
+
+def _winograd_g(dtype):  # [36, 9]: G g G^T for every channel pair as one product with the flattened 3x3 kernel
+  return jnp.asarray(np.kron(_WINO_G, _WINO_G), dtype)
+
+
+def _winograd_conv(x, kernel):
+  b, h, w, c = x.shape
+  nh, nw = -(-h // 4), -(-w // 4)
+  u = (_winograd_g(kernel.dtype) @ kernel.reshape(9, -1)).reshape(36, c, -1)
+  m = jnp.einsum("tpi,tio->tpo", _winograd_input(x), u).reshape(6, 6, b, nh, nw, -1)
   y = [_combine(at, list(m)) for at in _WINO_AT]  # A^T M: 4 x [6, B, nh, nw, O]
   y = jnp.stack([jnp.stack([_combine(at, list(r)) for at in _WINO_AT], axis=3) for r in y], axis=2)
   return y.reshape(b, 4 * nh, 4 * nw, -1)[:, :h, :w]  # [B, nh, 4, nw, 4, O] -> [B, H, W, O]
 
 
+def _winograd_kernel_grad(x, g):
+  """The gradient of _winograd_conv(x, kernel) with respect to the kernel for the output gradient g [B, H, W, O]:
+  the same transforms transposed, G^T [sum over tiles of (B^T d B) * (A g A^T)] G, 36 products [I, tiles] @
+  [tiles, O]."""
+  c, o = x.shape[-1], g.shape[-1]
+  nh, nw, gp = _tiles4(g)
+  at = np.asarray(_WINO_AT).T  # [6, 4]: A
+  rows = [_combine(a, [gp[:, i::4] for i in range(4)]) for a in at]  # A g: 6 x [B, nh, 4 nw, O]
+  dm = jnp.stack([jnp.stack([_combine(a, [r[:, :, j::4] for j in range(4)]) for a in at]) for r in rows])
+  du = jnp.einsum("tpi,tpo->tio", _winograd_input(x), dm.reshape(36, -1, o))
+  return (_winograd_g(du.dtype).T @ du.reshape(36, -1)).reshape(3, 3, c, o)
+
+
 @jax.custom_vjp
 def winograd_conv3x3(x, kernel):
   """The 3x3 convolution (stride 1, padding 1) of x [B, H, W, I] by kernel [3, 3, I, O] by Winograd's F(4x4, 3x3)
-  when it is not differentiated (sampling, evaluation: 1.2-1.3x faster U-Net forward passes on this CPU); equal to the
-  direct convolution to float32 rounding (~1e-5 of the output's scale). Under differentiation (training) it is
-  XLA's direct convolution and its gradients, which Winograd did not make faster here."""
+  (sampling, evaluation: 1.2-1.3x faster U-Net forward passes on this CPU); equal to the direct convolution to float32
+  rounding (~1e-5 of the output's scale). Differentiated, it is Winograd's forward pass, input gradient (the flipped
+  kernel's convolution) and kernel gradient (_winograd_kernel_grad) where winograd_trains, else XLA's direct
+  convolution and its gradients."""
   return _winograd_conv(x, kernel)
 
 
+def _winograd_fwd(x, kernel):
+  return (_winograd_conv if winograd_trains(x, kernel.shape[-1]) else _conv3x3)(x, kernel), (x, kernel)
+
+
+def _winograd_bwd(res, g):
+  x, kernel = res
+  if winograd_trains(x, kernel.shape[-1]):
+    return _winograd_conv(g, kernel[::-1, ::-1].swapaxes(2, 3)), _winograd_kernel_grad(x, g)
+  return jax.vjp(_conv3x3, x, kernel)[1](g)
+
+
 _conv3x3 = functools.partial(_conv, padding=((1, 1), (1, 1)))
-winograd_conv3x3.defvjp(lambda x, kernel: (_conv3x3(x, kernel), (x, kernel)),
-                        lambda res, g: jax.vjp(_conv3x3, *res)[1](g))
+winograd_conv3x3.defvjp(_winograd_fwd, _winograd_bwd)
 
 
 # Nearest-neighbour 2x upsampling then a 3x3 convolution (padding 1) equals, at each of the four output phases (a, b),
