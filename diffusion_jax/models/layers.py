@@ -134,11 +134,6 @@ def _combine(coefs, terms):
   return out
 
 
-def _tiles4(a):  # [B, H, W, C] -> [B, nh, nw] 4x4 tiles: (nh, nw), a zero-padded to [B, 4 nh, 4 nw, C]
-  nh, nw = -(-a.shape[1] // 4), -(-a.shape[2] // 4)
-  return nh, nw, jnp.pad(a, ((0, 0), (0, 4 * nh - a.shape[1]), (0, 4 * nw - a.shape[2]), (0, 0)))
-
-
 def _winograd_input(x):
   """B^T d B for the 6x6 input tile d of every 4x4 output tile: [36, B nh nw, I]."""
   b, h, w, c = x.shape
@@ -169,13 +164,14 @@ def _winograd_kernel_grad(x, g):
   """The gradient of _winograd_conv(x, kernel) with respect to the kernel for the output gradient g [B, H, W, O]:
   the same transforms transposed, G^T [sum over tiles of (B^T d B) * (A g A^T)] G, 36 products [I, tiles] @
   [tiles, O]."""
-  c, o = x.shape[-1], g.shape[-1]
-  nh, nw, gp = _tiles4(g)
+  _, h, w, o = g.shape
+  nh, nw = -(-h // 4), -(-w // 4)
+  gp = jnp.pad(g, ((0, 0), (0, 4 * nh - h), (0, 4 * nw - w), (0, 0)))
   at = np.asarray(_WINO_AT).T  # [6, 4]: A
   rows = [_combine(a, [gp[:, i::4] for i in range(4)]) for a in at]  # A g: 6 x [B, nh, 4 nw, O]
   dm = jnp.stack([jnp.stack([_combine(a, [r[:, :, j::4] for j in range(4)]) for a in at]) for r in rows])
   du = jnp.einsum("tpi,tpo->tio", _winograd_input(x), dm.reshape(36, -1, o))
-  return (_winograd_g(du.dtype).T @ du.reshape(36, -1)).reshape(3, 3, c, o)
+  return (_winograd_g(du.dtype).T @ du.reshape(36, -1)).reshape(3, 3, x.shape[-1], o)
 
 
 @jax.custom_vjp
