@@ -145,11 +145,11 @@ def torch_side(unet, x, t, samples):
 def jax_side(config, params, x, t, samples, train_devices):
   """diffusion_jax: the jitted train step of train.py, a jitted network evaluation and the compiled DDIM-50 loop of
   sample.py (compiled once per size in samples, as sample_batches does per run), with the batch split over the CPU's
-  JAX devices (one per core; training over `train_devices` of them, 0: all)."""
+  JAX devices (one per core; training over the devices `train_devices`)."""
   model, schedule = setup(config)
   tx = make_optimizer(config.optim)
   mesh = parallel.mesh_for(config)
-  train_mesh = parallel.make_mesh(devices=jax.devices()[:train_devices or None])
+  train_mesh = parallel.make_mesh(devices=train_devices)
   state = new_state(params, tx, jax.random.PRNGKey(0))
   shardings = parallel.state_shardings(state, train_mesh)
   step = jax.jit(make_train_step(config, model, schedule, tx), donate_argnums=0,
@@ -231,7 +231,8 @@ def compare(name, peak, samples):
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (_BATCH.value, size, size, ch)).astype(np.float32)
   t = rng.integers(0, 1000, _BATCH.value).astype(np.float32)
-  train_devices = TRAIN_DEVICES[name] if _TRAIN_DEVICES.value is None else _TRAIN_DEVICES.value
+  n_train = TRAIN_DEVICES[name] if _TRAIN_DEVICES.value is None else _TRAIN_DEVICES.value
+  train_devices = jax.devices()[:n_train or None]
   sides = dict(diffusers=torch_side(unet, x, t, samples), ours=jax_side(config, params, x, t, samples, train_devices))
   results, rounds = timed_rounds(sides, len(x), samples)
   theirs, ours, cost = results["diffusers"], results["ours"], sides["ours"][1]
@@ -244,7 +245,7 @@ def compare(name, peak, samples):
               eval_fraction_of_peak=ours["eval_gflops_per_s"] * 1e9 / peak)
   return dict(benchmark="vs_diffusers", model=name, params=int(n_params), batch=_BATCH.value, samples=samples,
               torch_threads=torch.get_num_threads(), backend=jax.default_backend(), jax_devices=jax.device_count(),
-              train_devices=len(jax.devices()[:train_devices or None]),
+              train_devices=len(train_devices),
               **{f"diffusers_{k}": round(v, 3) for k, v in theirs.items()},
               **{f"ours_{k}": round(v, 3) for k, v in ours.items()}, ours_eval_max_rel_diff=max_rel_diff,
               train_speedup=round(ours["train_images_per_s"] / theirs["train_images_per_s"], 3),

@@ -89,6 +89,10 @@ _WINO_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 
 _WINO_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
 
+def _tile_grid(a):  # (nh, nw): the 4x4 output tiles covering the map of a [B, H, W, C]
+  return -(-a.shape[1] // 4), -(-a.shape[2] // 4)
+
+
 def _work_per_core(x, features):
   """4x4 tiles x input x output channels per device for the 3x3 convolution of x [B, H, W, I] to `features` channels
   when each JAX device has one core (xla_flags.set_cpu_flags(devices=cores)) and its share of the batch; 0 for fewer
@@ -97,7 +101,7 @@ def _work_per_core(x, features):
   devices = jax.device_count()
   if devices < cpu_cores() or x.shape[0] % devices:
     return None
-  tiles = x.shape[0] // devices * -(-x.shape[1] // 4) * -(-x.shape[2] // 4)
+  tiles = x.shape[0] // devices * math.prod(_tile_grid(x))
   return tiles * x.shape[-1] * features if min(x.shape[-1], features) >= 32 else 0
 
 
@@ -113,7 +117,7 @@ def use_winograd(x, features):
   work = _work_per_core(x, features)
   if work is not None:
     return work >= 2 ** 16
-  tiles = x.shape[0] * -(-x.shape[1] // 4) * -(-x.shape[2] // 4)
+  tiles = x.shape[0] * math.prod(_tile_grid(x))
   return x.shape[-1] >= 64 and tiles >= 256
 
 
@@ -137,7 +141,7 @@ def _combine(coefs, terms):
 def _winograd_input(x):
   """B^T d B for the 6x6 input tile d of every 4x4 output tile: [36, B nh nw, I]."""
   b, h, w, c = x.shape
-  nh, nw = -(-h // 4), -(-w // 4)  # zero rows / columns beyond the map (-h % 4) change no output inside it
+  nh, nw = _tile_grid(x)  # zero rows / columns beyond the map (-h % 4) change no output inside it
   xp = jnp.pad(x, ((0, 0), (1, 4 * nh - h + 1), (1, 4 * nw - w + 1), (0, 0)))
   rows = [xp[:, k:k + 4 * nh - 3:4] for k in range(6)]  # row k of every tile: [B, nh, 4 nw + 2, I]
   rows = [_combine(bt, rows) for bt in _WINO_BT]  # B^T d
@@ -152,7 +156,7 @@ def _winograd_g(dtype):  # [36, 9]: G g G^T for every channel pair as one produc
 
 def _winograd_conv(x, kernel):
   b, h, w, c = x.shape
-  nh, nw = -(-h // 4), -(-w // 4)
+  nh, nw = _tile_grid(x)
   u = (_winograd_g(kernel.dtype) @ kernel.reshape(9, -1)).reshape(36, c, -1)
   m = jnp.einsum("tpi,tio->tpo", _winograd_input(x), u).reshape(6, 6, b, nh, nw, -1)
   y = [_combine(at, list(m)) for at in _WINO_AT]  # A^T M: 4 x [6, B, nh, nw, O]
@@ -165,7 +169,7 @@ def _winograd_kernel_grad(x, g):
   the same transforms transposed, G^T [sum over tiles of (B^T d B) * (A g A^T)] G, 36 products [I, tiles] @
   [tiles, O]."""
   _, h, w, o = g.shape
-  nh, nw = -(-h // 4), -(-w // 4)
+  nh, nw = _tile_grid(g)
   gp = jnp.pad(g, ((0, 0), (0, 4 * nh - h), (0, 4 * nw - w), (0, 0)))
   at = np.asarray(_WINO_AT).T  # [6, 4]: A
   rows = [_combine(a, [gp[:, i::4] for i in range(4)]) for a in at]  # A g: 6 x [B, nh, 4 nw, O]
@@ -361,7 +365,8 @@ def _tiles(r, nq, nk, tile):
   """(rows per chunk, queries per block) so that one step's scores [rows, queries, nk] hold about `tile` entries on
   each device: when the rows split evenly over the devices (a batch sharded over them), a chunk takes the same number
   of rows from each device's share (_chunks), so every device loops over its own rows."""
-  d = jax.device_count() if r % jax.device_count() == 0 else 1
+  d = jax.device_count()
+  d = d if r % d == 0 else 1
   if nq * nk >= tile:
     return d, _divisor(nq, tile // nk)
   return d * _divisor(r // d, tile // (nq * nk)), nq
