@@ -1,3 +1,5 @@
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -150,6 +152,22 @@ def test_groupnorm_matches_flax(silu):
                                       (Dense(8), nn.Dense(8))])
 def test_conv_and_dense_match_flax(ours, ref):  # their bias gradients are matrix products (layers.channel_sum)
   assert_same_layer(ours, ref, jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 16)))
+
+
+def test_layer_output_gradient_is_materialized_exactly_by_a_full_size_division():
+  a = jnp.asarray([[0.0, -0.0, 1e-30, -3.4e38, 1.7], [np.inf, -np.inf, 2.0 ** -126, 7.0, -1e-7]], jnp.float32)
+  np.testing.assert_array_equal(layers.materialize(a), a)  # bit for bit, signed zeros included (XLA's CPU
+  # arithmetic flushes subnormals to zero everywhere, this division like any other operation)
+  assert np.array_equal(np.signbit(layers.materialize(a)), np.signbit(a))
+  x, w = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 8, 8, 16))
+  grads = jax.jit(jax.grad(lambda x, b: jnp.sum(w * layers.add_bias(x * x, b) ** 2), (0, 1)))
+  dx, db = grads(x, jnp.zeros(16))
+  np.testing.assert_allclose(dx, 4 * w * x ** 3, rtol=1e-6)
+  np.testing.assert_allclose(db, jnp.sum(2 * w * x ** 2, axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+  # the division survives XLA's simplifier at the gradient's full shape (a broadcast divisor would become a
+  # multiplication by its reciprocal, which XLA duplicates into every reader)
+  hlo = grads.lower(x, jnp.zeros(16)).compile().as_text()
+  assert re.search(r"f32\[4,8,8,16\]\{[0-9,]*\} divide\(", hlo), "materialize's division was simplified away"
 
 
 @pytest.mark.parametrize("trains", [False, True])
