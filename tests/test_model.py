@@ -219,6 +219,12 @@ def einsum_attention(q, k, v):  # the reference: softmax(q k^T / sqrt(d)) v over
   return jax.nn.softmax(jnp.einsum("rqd,rkd->rqk", q, k) / np.sqrt(q.shape[-1]), -1) @ v
 
 
+@pytest.mark.parametrize("n", [17, 32, 96, 100])
+def test_row_max_equals_max(n):  # blocked_attention's softmax shift: 32-column slices when n divides into them
+  s = jax.random.normal(jax.random.PRNGKey(n), (3, 5, n)) * 50
+  np.testing.assert_array_equal(layers._row_max(s), jnp.max(s, axis=-1, keepdims=True))
+
+
 @pytest.mark.parametrize("r,n,nk,tile,steps", [(3, 64, 64, 64 * 16, (1, 16)), (4, 16, 16, 2 * 16 * 16, (2, 16)),
                                                (3, 50, 50, 50 * 8, (1, 5)), (6, 16, 16, 10 ** 6, (6, 16)),
                                                (4, 1, 17, 2 * 17, (2, 1)), (2, 24, 5, 5 * 8, (1, 8))])
