@@ -156,8 +156,9 @@ def test_conv_and_dense_match_flax(ours, ref):  # their bias gradients are matri
 
 def test_layer_output_gradient_is_materialized_exactly_by_a_full_size_division():
   a = jnp.asarray([[0.0, -0.0, 1e-30, -3.4e38, 1.7], [np.inf, -np.inf, 2.0 ** -126, 7.0, -1e-7]], jnp.float32)
-  np.testing.assert_array_equal(layers.materialize(a), a)  # bit for bit, signed zeros included (XLA's CPU
-  # arithmetic flushes subnormals to zero everywhere, this division like any other operation)
+  # bit for bit, signed zeros included (XLA's CPU arithmetic flushes subnormals to zero everywhere, this division
+  # like any other operation, so the smallest value here is the smallest normal float32)
+  np.testing.assert_array_equal(layers.materialize(a), a)
   assert np.array_equal(np.signbit(layers.materialize(a)), np.signbit(a))
   x, w = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 8, 8, 16))
   grads = jax.jit(jax.grad(lambda x, b: jnp.sum(w * layers.add_bias(x * x, b) ** 2), (0, 1)))
