@@ -130,6 +130,11 @@ def get_base_config():
   # also splits the parameters, EMA and optimizer state over `fsdp` devices. fsdp must divide the device count.
   c.parallel = ml_collections.ConfigDict(dict(fsdp=1))
 
+  # Losing no work (preemption.py, workdir_lock.py): SIGTERM / SIGINT stop training after the step in progress,
+  # checkpoint it and exit with status 75 within grace_s seconds (set it below the scheduler's notice; 0: signals
+  # keep their default effect); one run per workdir, a lock not refreshed for lock_stale_s seconds is taken over.
+  c.job = ml_collections.ConfigDict(dict(grace_s=25.0, lock_stale_s=3600.0))
+
   c.eval = ml_collections.ConfigDict(dict(
       features="inception",   # inception | digits: the network behind FID / IS (evaluation/features.py)
       inception_weights="",   # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (.pth / .npz / .msgpack);

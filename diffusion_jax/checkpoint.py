@@ -1,9 +1,18 @@
-"""Orbax checkpoints of the whole train state (params, EMA, optimizer, step, RNG) plus the config that made them;
-orbax writes each step to a temporary directory and renames it, so a kill never leaves a half-written checkpoint."""
+"""Orbax checkpoints of the whole train state (params, EMA, optimizer, step, RNG) plus the config that made them.
+Orbax writes each step to a temporary directory and renames it, so a kill never leaves a half-written step; a step
+damaged afterwards (an interrupted copy or upload, a full disk) is moved aside to `corrupt-STEP` and the newest
+intact older step is restored instead."""
 import json
+import logging as py_logging
 import os
+import sys
+import traceback
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 
 def _flat(d, prefix=""):
@@ -32,33 +41,119 @@ def save(mngr, step, state, config):
 SHAPE_FIELDS = ("data.image_size", "data.channels")  # besides every field of the network's section but `free`
 
 
+def config_diffs(saved, config, field=lambda k: True):
+  """{field: (checkpoint's value, config's value)} for the flattened config fields that differ and pass `field`;
+  a field added to the code since the checkpoint and left off (False, 0, "") is no difference."""
+  now, then = _flat(json.loads(config.to_json())), _flat(saved)
+  return {k: (then.get(k), now.get(k)) for k in sorted(set(now) | set(then))
+          if field(k) and now.get(k) != then.get(k) and not (k not in then and not now.get(k))}
+
+
 def check_compatible(saved, config, section="model"):
   """Raises with the differing fields when the checkpoint's network (config.`section`) or input shape differs."""
-  now = _flat(json.loads(config.to_json()))
-  then = _flat(saved)
-  text = section == "model" and now.get("model.context_dim")  # a text model's encoder is part of its network
+  text = section == "model" and config.model.get("context_dim")  # a text model's encoder is part of its network
   free = (section + ".dropout", section + ".dtype")  # change no parameter: a run may resume with other values
   shape_field = lambda k: ((k.startswith(section + ".") and k not in free) or k in SHAPE_FIELDS
                            or (text and k.startswith("text.encoder.")))
-  newer_and_off = lambda k: k not in then and not now.get(k)  # a field added since the checkpoint, left off
-  diffs = [f"{k}: checkpoint has {then.get(k)!r}, config has {now.get(k)!r}" for k in sorted(set(now) | set(then))
-           if shape_field(k) and now.get(k) != then.get(k) and not newer_and_off(k)]
+  diffs = config_diffs(saved, config, shape_field)
   if diffs:
-    raise ValueError("The config does not match the checkpoint's model:\n  " + "\n  ".join(diffs))
+    raise ValueError("The config does not match the checkpoint's model:\n  " + "\n  ".join(
+        f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diffs.items()))
+
+
+class CorruptCheckpoint(RuntimeError):
+  """A checkpoint step that cannot be read back (missing files, truncated arrays, unreadable metadata)."""
+
+
+def _reason(e):
+  """The innermost cause of an orbax / TensorStore error, on one line (not the several-kB TensorStore spec)."""
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  line = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}" if str(e).strip() else type(e).__name__
+  return line if len(line) <= 240 else line[:237] + "..."
+
+
+_RESTORING = set()  # checkpoint directories that restore_step has read from in this process
+
+
+def _is_read_echo(exc):
+  """Whether an exception echoes a failed restore: TensorStore reads still in flight when orbax's event loop closed
+  (`RuntimeError: Event loop is closed`), or the errors of read tasks nobody awaited any more (raised in orbax, or
+  naming a checkpoint directory restored from)."""
+  return ((isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed")
+          or any(d in str(exc) for d in _RESTORING)
+          or any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in traceback.extract_tb(exc.__traceback__)))
+
+
+def _drop_read_echoes(directory):
+  """Drops the echoes of failed restores from `directory` (_is_read_echo), which arrive later and from other threads
+  as unraisable exceptions and asyncio's "exception was never retrieved": a dozen tracebacks and TensorStore specs
+  about nothing. Every other unraisable exception and asyncio record passes. Installed once per process."""
+  if not _RESTORING:
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda u: None if _is_read_echo(u.exc_value) else previous(u)
+    py_logging.getLogger("asyncio").addFilter(lambda r: not (r.exc_info and _is_read_echo(r.exc_info[1])))
+  _RESTORING.add(directory)
+
+
+def restore_step(mngr, step, abstract_state, config, section="model"):
+  """(train state, saved config) of one step, checked against config.`section`; CorruptCheckpoint when unreadable,
+  ValueError when the config's network differs from the checkpoint's."""
+  _drop_read_echoes(str(mngr.directory))  # before reading: the first echoes may come before the error
+  try:
+    saved_config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  except Exception as e:  # orbax raises many types (ValueError, FileNotFoundError, JSONDecodeError, ...)
+    raise CorruptCheckpoint(f"cannot read its config: {_reason(e)}") from e
+  check_compatible(saved_config, config, section)
+  try:
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+  except Exception as e:
+    raise CorruptCheckpoint(f"cannot restore the train state: {_reason(e)}") from e
+  return state, saved_config
+
+
+def _all_processes_ok(ok):
+  """Whether `ok` holds on every process (a process may fail to read only its own shards)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def move_aside(mngr, step):
+  """Renames step's directory to corrupt-STEP (corrupt-STEP-2, ... if taken), never deleting it; returns the path."""
+  directory = str(mngr.directory)
+  dst, n = os.path.join(directory, f"corrupt-{step}"), 1
+  if jax.process_index() == 0:
+    while os.path.exists(dst):
+      n += 1
+      dst = os.path.join(directory, f"corrupt-{step}-{n}")
+    os.rename(os.path.join(directory, str(step)), dst)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"checkpoint moved aside {step}")
+  mngr.reload()
+  return dst
 
 
 def restore(mngr, abstract_state, config, step=None, section="model"):
-  """Restores the latest (or given) step onto the shardings of `abstract_state`; None when there is none."""
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    return None
-  path = os.path.join(str(mngr.directory), str(step))
-  try:
-    saved_config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  except Exception as e:
-    raise RuntimeError(f"Checkpoint {path} is corrupt or incomplete (cannot read its config): {e}") from e
-  check_compatible(saved_config, config, section)
-  try:
-    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
-  except Exception as e:
-    raise RuntimeError(f"Checkpoint {path} is corrupt or incomplete (cannot restore the train state): {e}") from e
+  """(train state, saved config) of the given step, or of the newest step that can be restored onto the shardings
+  of `abstract_state`; the damaged newer steps are logged in one line each and moved aside (move_aside). None when
+  there is no checkpoint; RuntimeError naming every step tried, with nothing moved, when none is intact."""
+  if step is not None:
+    return restore_step(mngr, step, abstract_state, config, section)
+  damaged = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      restored, error = restore_step(mngr, step, abstract_state, config, section), None
+    except CorruptCheckpoint as e:
+      restored, error = None, e
+    if _all_processes_ok(error is None):
+      for bad, reason in damaged:
+        logging.warning("Checkpoint step %d in %s is damaged (%s); moved it aside to %s and resumed from step %d",
+                        bad, mngr.directory, reason, move_aside(mngr, bad), step)
+      return restored
+    damaged.append((step, str(error) if error else "another process could not read its part"))
+  if damaged:
+    raise RuntimeError(f"No intact checkpoint in {mngr.directory}; tried:\n  " +
+                       "\n  ".join(f"step {s}: {r}" for s, r in damaged) +
+                       "\nMove or delete the damaged steps to start afresh, or restore them from a copy.")
+  return None

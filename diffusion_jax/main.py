@@ -1,17 +1,22 @@
 """Command line: python -m diffusion_jax.main --config=configs/digits.py --workdir=runs/x
---mode=train|sample|eval|all|train_classifier|train_autoencoder [--config.training.num_steps=2000 ...]."""
+--mode=train|sample|eval|all|train_classifier|train_autoencoder [--config.training.num_steps=2000 ...].
+
+Exit status: 0 done; 1 an error, printed in one or two lines (the full trace with --verbosity=1 or
+DIFFUSION_JAX_TRACEBACK=1); 75 stopped by SIGTERM / SIGINT with a checkpoint saved (run the same command to resume);
+128 + signal when the checkpoint could not be written within job.grace_s."""
 from diffusion_jax.xla_flags import set_cpu_flags
 
 set_cpu_flags()
 
 import os  # noqa: E402
+import sys  # noqa: E402
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion_jax import (distributed, evaluate, parallel, sample, train, train_autoencoder,  # noqa: E402
-                           train_classifier)
+from diffusion_jax import (distributed, evaluate, parallel, preemption, sample, train,  # noqa: E402
+                           train_autoencoder, train_classifier, workdir_lock)
 
 MODES = ("train", "sample", "eval", "all", "train_classifier", "train_autoencoder")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -20,10 +25,23 @@ _MODE = flags.DEFINE_string("mode", "all", f"One of {', '.join(MODES)}.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# What a user can fix (a config, a path, a damaged or locked workdir): reported without the library's trace.
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, FloatingPointError)
+
+
 def run(config, workdir, mode):
+  """Runs `mode` on the workdir, which it holds for the duration (workdir_lock); the sampling settings are checked
+  before anything trains or compiles."""
   if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+  if mode in ("sample", "eval", "all"):
+    sample.check_sampling(config, train.setup(config)[1])
   os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold(workdir, config.job.lock_stale_s, mode):
+    return _run(config, workdir, mode)
+
+
+def _run(config, workdir, mode):
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1))
@@ -50,7 +68,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   distributed.initialize()  # one of several processes (diffusion_jax.launch, a TPU pod, SLURM); else a no-op
-  run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+  try:
+    run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+  except preemption.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(preemption.EXIT_CODE)
+  except USER_ERRORS as e:
+    if logging.get_verbosity() >= 1 or os.environ.get("DIFFUSION_JAX_TRACEBACK"):
+      raise
+    sys.exit(f"Error: {e}\n(the full trace: --verbosity=1 or DIFFUSION_JAX_TRACEBACK=1)")
 
 
 if __name__ == "__main__":

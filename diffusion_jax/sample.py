@@ -1,6 +1,5 @@
 """Draws samples from a trained model with the samplers named in `config.sample.runs`, sharded over the mesh;
 writes one PNG grid and one .npz of samples per run, with the wall-clock time."""
-import inspect
 import json
 import os
 import time
@@ -17,6 +16,7 @@ from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
 from diffusion_jax.models.classifier import make_log_prob_fn
 from diffusion_jax.samplers import get_sampler, parse_runs
+from diffusion_jax.samplers.common import sampler_options
 from diffusion_jax.schedules import Schedule
 from diffusion_jax.sde import VPSDE, on_sde, sde_from_config
 
@@ -69,7 +69,7 @@ def is_conditional(config):
   return bool(config.model.get("num_classes", 0)) or text.is_text(config)
 
 
-def guidance_scales(config, kwargs, classifier):
+def guidance_scales(config, kwargs, has_classifier):
   """Pops the guidance strengths of a run's options: `w` of classifier-free guidance (w = -1 is the model's
   unconditional mode) and `s` of classifier guidance; checks that the model and the classifier allow them."""
   w, s = kwargs.pop("w", 0.0), kwargs.pop("s", 0.0)
@@ -82,10 +82,46 @@ def guidance_scales(config, kwargs, classifier):
   if w and not config.training.p_uncond:
     logging.warning("Classifier-free guidance with w=%s on a model trained without label dropout "
                     "(training.p_uncond = 0): it has no trained unconditional mode", w)
-  if s and classifier is None:
+  if s and not has_classifier:
     raise ValueError(f"Classifier guidance (s={s}) needs a trained noise-conditional classifier "
                      "(--mode=train_classifier)")
+  if latent.is_latent(config) and (config.sample.clip_x0 or s):
+    raise ValueError("A latent diffusion model samples with sample.clip_x0=False (latents are not in [-1, 1]) and "
+                     "without classifier guidance (s=): the classifier sees images")
   return w, s
+
+
+def sampler_kwargs(config, name, kwargs):
+  """A run's options, with the sample section's clip_x0, spacing and ddpm_variance where the sampler takes them."""
+  generic = dict(clip_x0=config.sample.clip_x0, spacing=config.sample.spacing, variance=config.sample.ddpm_variance)
+  accepted = sampler_options(name)
+  return {**{k: v for k, v in generic.items() if k in accepted}, **kwargs}
+
+
+def check_sampling(config, process):
+  """Checks the sample section before anything compiles (`--mode=all` fails before training, not after it): the
+  prompt and the classes against the model's conditioning, and every run of sample.runs, its options (parse_runs),
+  its guidance, and its values, by tracing the sampler once around a stand-in network."""
+  conditional = is_conditional(config)
+  if config.sample.prompt and not text.is_text(config):
+    raise ValueError(f"sample.prompt={config.sample.prompt!r} needs a text-conditioned model (model.context_dim > 0);"
+                     + (" this one is class-conditional: pick classes with sample.classes" if conditional else
+                        " this one is unconditional"))
+  runs = parse_runs(config.sample.runs)
+  if config.sample.classes and not conditional and not all(kwargs.get("s") for _, _, kwargs in runs):
+    raise ValueError(f"sample.classes={config.sample.classes!r} needs class labels, which this unconditional model "
+                     "does not take: give every run classifier guidance (s=), or leave sample.classes empty")
+  if config.sample.classes and text.fixed_prompt(config):
+    raise ValueError(f"sample.classes={config.sample.classes!r} with the fixed prompt {config.sample.prompt!r}: "
+                     "put {digit} or {word} in the prompt to sample those classes, or leave sample.classes empty")
+  shape = (1, *latent.diffusion_shape(config))
+  for name, steps, kwargs in runs:
+    kwargs = dict(kwargs)
+    guidance_scales(config, kwargs, has_classifier=True)  # load_classifier says so if none was trained
+    fn, on = on_sampler_process(config, lambda x, t, y=None: jnp.zeros_like(x), process, name)
+    jax.eval_shape(lambda rng: get_sampler(name)(fn, on, shape, rng, num_steps=steps,
+                                                 prediction=config.diffusion.prediction,
+                                                 **sampler_kwargs(config, name, kwargs)), jax.random.PRNGKey(0))
 
 
 def num_label_classes(config, classifier=None):
@@ -104,16 +140,12 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
   samples are decoded by `latents` (latent.Latents) with decoder_params."""
   sampler = get_sampler(name)
   kwargs = dict(kwargs)
-  w, s = guidance_scales(config, kwargs, classifier)
-  if latent.is_latent(config) and (latents is None or config.sample.clip_x0 or s):
-    raise ValueError("A latent diffusion model samples with its autoencoder (latent.load), with sample.clip_x0=False "
-                     "(latents are not in [-1, 1]) and without classifier guidance (s=): the classifier sees images")
+  w, s = guidance_scales(config, kwargs, classifier is not None)
+  if latent.is_latent(config) and latents is None:
+    raise ValueError("A latent diffusion model samples with its autoencoder (latent.load)")
   shape = (batch_size, *latent.diffusion_shape(config))
   sampler_setup(config, model, None, process, name)  # fails early if the sampler does not apply
-  if name not in SDE_SAMPLERS:
-    generic = dict(clip_x0=config.sample.clip_x0, spacing=config.sample.spacing, variance=config.sample.ddpm_variance)
-    accepted = inspect.signature(sampler).parameters
-    kwargs = {**{k: v for k, v in generic.items() if k in accepted}, **kwargs}
+  kwargs = sampler_kwargs(config, name, kwargs)
   adaptive = name == "ode" and kwargs.get("solver", "dopri5") == "dopri5"
   null = text.null_condition(config) if w else None
 

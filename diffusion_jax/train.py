@@ -13,7 +13,7 @@ from absl import logging
 from clu import metric_writers
 from tqdm import tqdm
 
-from diffusion_jax import checkpoint, latent, parallel, text
+from diffusion_jax import checkpoint, latent, parallel, preemption, text
 from diffusion_jax.data import get_dataset
 from diffusion_jax.guidance import drop_labels
 from diffusion_jax.images import save_grid
@@ -174,10 +174,11 @@ def host_batch(config, dataset, step, rows=slice(None)):
   return {"image": x, "label": y} if config.model.num_classes else {"image": x}
 
 
-def create_or_restore(config, directory, init, mesh, keep=2, section="model"):
-  """The train state from the latest checkpoint in `directory` (whose config.`section` must match), or init(rng);
-  placed on the mesh with parallel.state_shardings, whatever mesh and process count saved it. Returns (state,
-  checkpoint manager)."""
+def create_or_restore(config, directory, init, mesh, keep=2, section="model", resume_log=None):
+  """The train state from the newest intact checkpoint in `directory` (whose config.`section` must match), or
+  init(rng); placed on the mesh with parallel.state_shardings, whatever mesh and process count saved it. On a resume
+  with resume_log (a JSON path) set, the config fields that differ from the checkpoint's are logged and recorded
+  there (record_drift). Returns (state, checkpoint manager)."""
   abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
   shardings = parallel.state_shardings(abstract, mesh)
   init = jax.jit(init, out_shardings=shardings)
@@ -186,12 +187,30 @@ def create_or_restore(config, directory, init, mesh, keep=2, section="model"):
   logging.info("Train state: %.2f MB, %.2f MB per device (mesh data=%d x fsdp=%d, %d process(es))", total / 1e6,
                per_device / 1e6, mesh.shape["data"], mesh.shape["fsdp"], jax.process_count())
   mngr = checkpoint.manager(directory, keep)
-  state = checkpoint.restore(mngr, abstract, config, section=section)
-  if state is None:
-    state = init(jax.random.PRNGKey(config.seed))
-  else:
-    logging.info("Resumed from step %d in %s", int(state.step), directory)
+  restored = checkpoint.restore(mngr, abstract, config, section=section)
+  if restored is None:
+    return init(jax.random.PRNGKey(config.seed)), mngr
+  state, saved_config = restored
+  logging.info("Resumed from step %d in %s", int(state.step), directory)
+  if resume_log:
+    record_drift(resume_log, int(state.step), checkpoint.config_diffs(saved_config, config))
   return state, mngr
+
+
+def record_drift(path, step, diffs):
+  """Logs each config field that differs from the resumed checkpoint's (old -> new) and appends {step, changes} to
+  the JSON list at `path` (WORKDIR/resume_log.json; report.md shows it)."""
+  if not diffs:
+    return
+  for k, (old, new) in diffs.items():
+    logging.warning("Resuming step %d with %s changed: %r -> %r", step, k, old, new)
+  if jax.process_index() == 0:
+    log = json.load(open(path)) if os.path.exists(path) else []
+    log.append(dict(step=step, time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                    changes={k: dict(checkpoint=old, now=new) for k, (old, new) in diffs.items()}))
+    with open(path + ".tmp", "w") as f:
+      json.dump(log, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def write_training_grid(config, model, process, state, mesh, path, latents=None):
@@ -210,51 +229,65 @@ def mean_scalars(sums, n):
 def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=None, desc="train",
         summarize=mean_scalars, on_log=None):
   """The training loop: runs step_fn(state, batch) up to tcfg.num_steps, where batch_fn(step, rows) gives this
-  process's rows of the global batch; every tcfg.log_every steps logs
+  process's rows of the global batch (a dict); every tcfg.log_every steps logs
   summarize(metrics summed over the interval, steps) (default: their means) and calls on_log(done, logged);
-  checkpoints every tcfg.checkpoint_every steps and on exit (Ctrl-C, errors), stops on a non-finite loss without
-  saving it, and calls after_step(done, state, writer). Returns the final state."""
+  checkpoints every tcfg.checkpoint_every steps and on exit (errors, Ctrl-C), stops on a non-finite loss without
+  saving it, and calls after_step(done, state, writer). On SIGTERM / SIGINT (preemption.StopRequests) every process
+  stops after the same step, saves it and raises preemption.Preempted. Returns the final state."""
   writer = (metric_writers.create_default_writer(logdir) if jax.process_index() == 0
             else metric_writers.MultiWriter([]))  # metrics are logged and written by process 0 only
   shardings = parallel.state_shardings(state, mesh)
-  step_fn = jax.jit(step_fn, in_shardings=(shardings, parallel.batch_sharded(mesh)),
-                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+
+  def step_and_stop(state, batch):  # the stop requests of every process's rows, reduced: all stop after one step
+    batch = dict(batch)
+    stop = jnp.max(batch.pop("stop_requested"))
+    return (*step_fn(state, batch), stop)
+  jitted = jax.jit(step_and_stop, in_shardings=(shardings, parallel.batch_sharded(mesh)),
+                   out_shardings=(shardings, parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
   rows = parallel.local_rows(tcfg.batch_size, mesh)
   start = int(state.step)
   pbar = tqdm(total=tcfg.num_steps, initial=start, desc=desc, mininterval=2.0, disable=jax.process_index() > 0)
-  last_save, t0, seen, diverged, sums, n = start, time.time(), 0, False, None, 0
-  try:
-    for step in range(start, tcfg.num_steps):
-      state, metrics = step_fn(state, parallel.shard_local_batch(batch_fn(step, rows), mesh, tcfg.batch_size))
-      loss = float(metrics["loss"])
-      if not np.isfinite(loss):
-        diverged = True
-        raise FloatingPointError(
-            f"Training loss became {loss} at step {step}; stopped without saving this state. The last good "
-            f"checkpoint (step {mngr.latest_step()}) is in {mngr.directory}; lower the learning rate or enable "
-            "gradient clipping (grad_clip).")
-      seen, n, done = seen + tcfg.batch_size, n + 1, step + 1
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-      if done % tcfg.log_every == 0 or done == tcfg.num_steps:
-        ips = seen / (time.time() - t0)
-        logged = summarize(jax.device_get(sums), n)
-        writer.write_scalars(done, {**logged, "images_per_sec": ips})
-        pbar.set_postfix(loss=f"{logged['loss']:.4f}", img_s=f"{ips:.0f}")
-        if on_log:
-          on_log(done, logged)
-        t0, seen, sums, n = time.time(), 0, None, 0
-      pbar.update(1)
-      if done % tcfg.checkpoint_every == 0:
-        checkpoint.save(mngr, done, state, config)
-        last_save = done
-      if after_step:
-        after_step(done, state, writer)
-  finally:  # also on Ctrl-C or an error: keep the progress made, unless the state diverged
-    pbar.close()
-    if not diverged and int(state.step) > last_save:
-      checkpoint.save(mngr, int(state.step), state, config)
-    mngr.wait_until_finished()
-    writer.flush()
+  last_save, t0, seen, diverged, stopped, sums, n = start, time.time(), 0, False, False, None, 0
+  with preemption.StopRequests(config.job.grace_s) as stops:
+    try:
+      for step in range(start, tcfg.num_steps):
+        batch = dict(batch_fn(step, rows), stop_requested=np.full(rows.stop - rows.start, stops.requested, np.int32))
+        state, metrics, stop = jitted(state, parallel.shard_local_batch(batch, mesh, tcfg.batch_size))
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+          diverged = True
+          raise FloatingPointError(
+              f"Training loss became {loss} at step {step}; stopped without saving this state. The last good "
+              f"checkpoint (step {mngr.latest_step()}) is in {mngr.directory}; lower the learning rate or enable "
+              "gradient clipping (grad_clip).")
+        seen, n, done = seen + tcfg.batch_size, n + 1, step + 1
+        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        if done % tcfg.log_every == 0 or done == tcfg.num_steps:
+          ips = seen / (time.time() - t0)
+          logged = summarize(jax.device_get(sums), n)
+          writer.write_scalars(done, {**logged, "images_per_sec": ips})
+          pbar.set_postfix(loss=f"{logged['loss']:.4f}", img_s=f"{ips:.0f}")
+          if on_log:
+            on_log(done, logged)
+          t0, seen, sums, n = time.time(), 0, None, 0
+        pbar.update(1)
+        if done % tcfg.checkpoint_every == 0:
+          checkpoint.save(mngr, done, state, config)
+          last_save = done
+        if int(stop):
+          stopped = True
+          break
+        if after_step:
+          after_step(done, state, writer)
+    finally:  # also on a signal, Ctrl-C or an error: keep the progress made, unless the state diverged
+      pbar.close()
+      if not diverged and int(state.step) > last_save:
+        checkpoint.save(mngr, int(state.step), state, config)
+      mngr.wait_until_finished()
+      writer.flush()
+  if stopped:
+    raise preemption.Preempted(f"Stopped on request at step {int(state.step)} of {tcfg.num_steps}; saved in "
+                               f"{mngr.directory}. Run the same command to resume.")
   return state
 
 
@@ -269,7 +302,8 @@ def train(config, workdir, mesh=None):
   if latents:
     dataset = latent.encode_dataset(latents, dataset, config.training.batch_size)
   state, mngr = create_or_restore(config, os.path.join(workdir, "checkpoints"),
-                                  lambda rng: init_state(config, model, tx, rng), mesh, config.training.keep_checkpoints)
+                                  lambda rng: init_state(config, model, tx, rng), mesh, config.training.keep_checkpoints,
+                                  resume_log=os.path.join(workdir, "resume_log.json"))
   every = config.training.sample_every
   edges = log_snr_edges(process, config.training.loss_bins)
 

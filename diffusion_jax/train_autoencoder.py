@@ -78,7 +78,8 @@ def train_autoencoder(config, workdir, mesh=None):
                      f"factor {ae.downsampling} (2 ^ (levels - 1) of autoencoder.model.block_out_channels)")
   out = autoencoder_dir(config, workdir)
   state, mngr = create_or_restore(config, os.path.join(out, "checkpoints"), lambda rng: init_state(config, ae, tx, rng),
-                                  mesh, acfg.training.keep_checkpoints, section="autoencoder.model")
+                                  mesh, acfg.training.keep_checkpoints, section="autoencoder.model",
+                                  resume_log=os.path.join(out, "resume_log.json"))
 
   def batch(step, rows):
     return {"image": data.batch(config.seed, step, acfg.training.batch_size, rows)[0]}

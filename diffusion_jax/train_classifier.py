@@ -85,7 +85,8 @@ def train_classifier(config, workdir, mesh=None):
   clf, tx = get_classifier(config), make_optimizer(ccfg.optim)
   out = classifier_dir(config, workdir)
   state, mngr = create_or_restore(config, os.path.join(out, "checkpoints"), lambda rng: init_state(config, clf, tx, rng),
-                                  mesh, ccfg.training.keep_checkpoints, section="classifier.model")
+                                  mesh, ccfg.training.keep_checkpoints, section="classifier.model",
+                                  resume_log=os.path.join(out, "resume_log.json"))
   accuracy = accuracy_by_noise(clf, process, held.images, held.labels, config.seed)
   evaluated = {}  # step -> rows, so the final evaluation is not repeated
 

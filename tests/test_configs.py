@@ -6,9 +6,7 @@ import os
 import pytest
 
 from conftest import ROOT
-from diffusion_jax import latent, train
-from diffusion_jax.sample import guidance_scales
-from diffusion_jax.samplers import parse_runs
+from diffusion_jax import latent, sample, train
 from diffusion_jax.train_classifier import get_classifier
 
 CONFIGS = sorted(os.path.relpath(p, ROOT)[:-3].replace(os.sep, ".")
@@ -27,8 +25,7 @@ def test_config_builds(name):
   model, process = train.setup(config)
   assert getattr(model, "unet", model).out_channels == latent.diffusion_shape(config)[-1]  # text models wrap a U-Net
   assert get_classifier(config).num_classes == config.classifier.model.num_classes
-  for _, _, kwargs in parse_runs(config.sample.runs):
-    guidance_scales(config, dict(kwargs), classifier=get_classifier(config))
+  sample.check_sampling(config, process)  # every run's options, guidance and values, traced
 
 
 def test_p2_configs_take_gamma():

@@ -1,4 +1,7 @@
-"""What every discrete-time sampler shares: the registry, respaced timestep grids and eps / x0 prediction."""
+"""What every discrete-time sampler shares: the registry, run options, respaced timestep grids and eps / x0
+prediction."""
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +13,48 @@ SAMPLERS = Registry("sampler")
 SPACINGS = ("leading", "leading_offset", "trailing", "linspace", "quadratic")
 
 
+# Keyword arguments that the caller sets for every sampler (the common signature), not run options.
+CONTRACT = ("num_steps", "y", "prediction", "return_nfe", "classifier_grad")
+# Run options that every sampler takes, applied around the model by sample.py: classifier-free guidance strength w
+# and classifier guidance scale s.
+GUIDANCE_OPTIONS = {"w": 0.0, "s": 0.0}
+
+
 def get_sampler(name):
   return SAMPLERS.get(name)
+
+
+def sampler_options(name):
+  """{option: default} of the run options of sampler `name`: its keyword arguments beyond the common signature,
+  and the guidance options."""
+  params = inspect.signature(get_sampler(name)).parameters.values()
+  own = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in CONTRACT}
+  return {**own, **GUIDANCE_OPTIONS}
+
+
+def _kind(default):
+  """(test, description) of the values an option with this default takes (None: a number)."""
+  number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  if isinstance(default, bool):
+    return lambda v: isinstance(v, bool), "true or false"
+  if isinstance(default, int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"
+  if isinstance(default, str):
+    return lambda v: isinstance(v, str), "a name"
+  return number, "a number"
+
+
+def check_options(name, kwargs, run=""):
+  """Raises ValueError for an option that sampler `name` does not take (listing those it takes) or a value of the
+  wrong type."""
+  valid = sampler_options(name)
+  for k, v in kwargs.items():
+    if k not in valid:
+      raise ValueError(f"Sampler {name!r} has no option {k!r} (in run {run or name!r}); valid options: "
+                       + ", ".join(f"{o}={d}" for o, d in valid.items()))
+    ok, what = _kind(valid[k])
+    if not ok(v):
+      raise ValueError(f"Option {k}={v!r} of sampler run {run or name!r} must be {what} (default {valid[k]!r})")
 
 
 def respace(num_timesteps, num_steps, spacing="leading"):
@@ -72,7 +115,8 @@ def _value(v):
 
 def parse_runs(spec):
   """'ddpm:1000,ddim:50:eta=0.5,ode:20:solver=heun' ->
-  [('ddpm', 1000, {}), ('ddim', 50, {'eta': 0.5}), ('ode', 20, {'solver': 'heun'})]."""
+  [('ddpm', 1000, {}), ('ddim', 50, {'eta': 0.5}), ('ode', 20, {'solver': 'heun'})], each run's options checked
+  against its sampler's (check_options)."""
   runs = []
   for item in [s.strip() for s in spec.split(",") if s.strip()]:
     parts = item.split(":")
@@ -85,6 +129,7 @@ def parse_runs(spec):
       if not sep:
         raise ValueError(f"Bad option {kv!r} in sampler run {item!r}: options look like key=value")
       kwargs[k] = _value(v)
+    check_options(parts[0], kwargs, item)
     runs.append((parts[0], int(parts[1]), kwargs))
   return runs
 
