@@ -16,6 +16,7 @@ import shutil
 import jax
 import numpy as np
 from absl import app, flags, logging
+from diffusion_jax.cli_errors import short_errors
 from diffusion_jax.models.state_dict import from_state_dict
 from diffusion_jax.models.transformer import diffusers_name
 
@@ -357,7 +358,8 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  CONVERTERS[FLAGS["from"].value](FLAGS.src, FLAGS.dst, FLAGS.tfds_name)
+  with short_errors():
+    CONVERTERS[FLAGS["from"].value](FLAGS.src, FLAGS.dst, FLAGS.tfds_name)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,19 @@ def evaluate(config, workdir, params=None, mesh=None):
   return results
 
 
+def resume_section(workdir):
+  """report.md's lines on the config fields changed when training resumed (WORKDIR/resume_log.json), if any."""
+  path = os.path.join(workdir, "resume_log.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [dict(step=r["step"], field=k, checkpoint=v["checkpoint"], now=v["now"])
+            for r in json.load(f) for k, v in r["changes"].items()]
+  return ["## Config changed on resume", "", "Training resumed with these fields changed from the checkpoint's "
+          "config (`resume_log.json`): the steps after `step` used `now`.", "",
+          markdown_table(rows, ("step", "field", "checkpoint", "now")), ""]
+
+
 def write_report(workdir, results, names):
   cols = columns(names)
   runs = [r for r in results["rows"] if "sampler" in r]
@@ -118,6 +131,7 @@ def write_report(workdir, results, names):
     lines += [f"Likelihood ({lk['sde']} probability-flow ODE, {lk['num_images']} held-out images, "
               f"{'class-conditional' if lk['conditional'] else 'unconditional'}): "
               f"{lk['bpd']:.3f} ± {lk['bpd_stderr']:.3f} bits/dim, {lk['nfe']} network evaluations.", ""]
+  lines += resume_section(workdir)
   for r in runs:
     lines += [f"## {r['run']}", "", f"![{r['run']}](samples/{r['run']}.png)", ""]
   with open(os.path.join(workdir, "report.md"), "w") as f:

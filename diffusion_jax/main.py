@@ -17,16 +17,13 @@ from ml_collections import config_flags  # noqa: E402
 
 from diffusion_jax import (distributed, evaluate, parallel, preemption, sample, train,  # noqa: E402
                            train_autoencoder, train_classifier, workdir_lock)
+from diffusion_jax.cli_errors import short_errors  # noqa: E402
 
 MODES = ("train", "sample", "eval", "all", "train_classifier", "train_autoencoder")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and reports.")
 _MODE = flags.DEFINE_string("mode", "all", f"One of {', '.join(MODES)}.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-# What a user can fix (a config, a path, a damaged or locked workdir): reported without the library's trace.
-USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, FloatingPointError)
 
 
 def run(config, workdir, mode):
@@ -69,14 +66,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   distributed.initialize()  # one of several processes (diffusion_jax.launch, a TPU pod, SLURM); else a no-op
   try:
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    with short_errors():
+      run(_CONFIG.value, _WORKDIR.value, _MODE.value)
   except preemption.Preempted as e:
     logging.warning("%s", e)
     sys.exit(preemption.EXIT_CODE)
-  except USER_ERRORS as e:
-    if logging.get_verbosity() >= 1 or os.environ.get("DIFFUSION_JAX_TRACEBACK"):
-      raise
-    sys.exit(f"Error: {e}\n(the full trace: --verbosity=1 or DIFFUSION_JAX_TRACEBACK=1)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import jax
@@ -144,8 +147,8 @@ def saved_params(workdir, step):
                                                      jax.random.PRNGKey(0)))
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract)
-  return jax.tree.leaves(checkpoint.restore(checkpoint.manager(os.path.join(workdir, "checkpoints")), abstract, cfg,
-                                            step).params)
+  state, _ = checkpoint.restore(checkpoint.manager(os.path.join(workdir, "checkpoints")), abstract, cfg, step)
+  return jax.tree.leaves(state.params)
 
 
 def assert_params_close(a, b):
@@ -216,3 +219,29 @@ def test_sampling_and_evaluation_over_two_processes_equal_one(topologies):
   mine = Scorer(cfg, wd["1x4"], mesh)(one)  # the digits classifier and reference statistics the run cached
   assert rows["ddim_5"]["num_samples"] == 64
   assert rows["ddim_5"]["fid_digits"] == pytest.approx(mine["fid_digits"], abs=2e-3)
+
+
+def test_sigterm_stops_every_process_after_one_step_and_saves_it(tmp_path):
+  """SIGTERM to the launcher reaches both processes; they stop after the same step (their stop requests are reduced
+  inside the train step), save it together and exit 75; resumed in one process, the run continues as one that was
+  never stopped."""
+  from diffusion_jax import checkpoint, preemption, train
+  wd = str(tmp_path / "run")
+  with open(tmp_path / "out.txt", "w") as out:
+    proc = subprocess.Popen([sys.executable, "-m", "diffusion_jax.launch", "--num_processes=2", "--timeout=300", "--",
+                             *MAIN, f"--workdir={wd}", "--mode=train", "--config.training.num_steps=100000",
+                             "--config.training.checkpoint_every=100000"], cwd=ROOT, env=env(), stdout=out,
+                            stderr=subprocess.STDOUT)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None and not os.path.exists(os.path.join(wd, "training_log.json")):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  code = proc.wait(timeout=200)
+  out = open(tmp_path / "out.txt").read()
+  assert code == preemption.EXIT_CODE, out[-6000:]
+  stopped = {int(s) for s in re.findall(r"Stopped on request at step (\d+) of 100000", out)}
+  saved = checkpoint.manager(os.path.join(wd, "checkpoints")).latest_step()
+  assert len(re.findall(r"Stopped on request", out)) == 2 and stopped == {saved}, out[-6000:]
+  resumed = train.train(small_config(**{"training.num_steps": saved + 2}), wd)
+  reference = train.train(small_config(**{"training.num_steps": saved + 2}), str(tmp_path / "reference"))
+  assert_params_close(jax.tree.leaves(resumed.params), jax.tree.leaves(reference.params))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_python
-from diffusion_jax import checkpoint, parallel, train
+from diffusion_jax import checkpoint, evaluate, parallel, preemption, train
 
 
 def params_of(state):
@@ -60,6 +60,9 @@ def test_resume_gives_same_parameters(uninterrupted, tiny, tmp_path):
   assert int(resumed.step) == 6
   records = json.load(open(tmp_path / "training_log.json"))["records"]
   assert [r["step"] for r in records] == [2, 3, 4, 6] and records[0]["seconds"] <= records[-1]["seconds"]
+  drift = json.load(open(tmp_path / "resume_log.json"))  # the longer run is recorded, and shown in report.md
+  assert [(r["step"], r["changes"]) for r in drift] == [(3, {"training.num_steps": {"checkpoint": 3, "now": 6}})]
+  assert "| 3 | training.num_steps | 3 | 6 |" in "\n".join(evaluate.resume_section(str(tmp_path)))
   for a, b in zip(jax.tree.leaves(params_of(full)), jax.tree.leaves(params_of(resumed))):
     np.testing.assert_array_equal(a, b)
 
@@ -110,18 +113,94 @@ def test_model_mismatch_names_the_field(uninterrupted, tiny, tmp_path):
     train.train(tiny(**{"model.block_out_channels": (16, 48), "training.num_steps": 8}), str(tmp_path / "wd"))
 
 
-def test_corrupt_and_missing_checkpoints(uninterrupted, tiny, tmp_path):
+def damage(step_dir, how):
+  """Damages a checkpoint step as a preemption mid-upload, a full disk or an interrupted copy would."""
+  state = os.path.join(step_dir, "state")
+  files = [os.path.join(r, f) for r, _, fs in os.walk(state) for f in fs]
+  largest = max(files, key=os.path.getsize)  # array data
+  if how == "truncated":
+    os.truncate(largest, os.path.getsize(largest) // 2)
+  elif how == "part_deleted":
+    shutil.rmtree(os.path.dirname(largest))
+  elif how == "garbage_metadata":
+    with open(os.path.join(state, "_METADATA"), "w") as f:
+      f.write("garbage")
+  elif how == "all_garbage":
+    for f in files:
+      with open(f, "wb") as fh:
+        fh.write(b"garbage")
+
+
+@pytest.mark.parametrize("how", ["truncated", "part_deleted", "garbage_metadata"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tiny, tmp_path, caplog, how):
+  wd, full = uninterrupted
+  shutil.copytree(wd, tmp_path / "wd")
+  ckpt = tmp_path / "wd" / "checkpoints"
+  damage(ckpt / "6", how)
+  with caplog.at_level("WARNING"):
+    resumed = train.train(tiny(), str(tmp_path / "wd"))
+  damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+  assert len(damaged) == 1 and "step 6" in damaged[0] and "resumed from step 3" in damaged[0], damaged
+  assert "TensorStore" not in damaged[0] and len(damaged[0]) < 600
+  assert sorted(os.listdir(ckpt)) == ["3", "6", "corrupt-6"]  # moved aside, never deleted; 6 trained again
+  for a, b in zip(jax.tree.leaves(params_of(full)), jax.tree.leaves(params_of(resumed))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_the_command_line_says_one_line_per_damaged_step_and_logs_config_drift(uninterrupted, tmp_path):
+  """Through main.py: no TensorStore spec, no asyncio tracebacks; a changed learning rate is logged and recorded."""
+  wd, _ = uninterrupted
+  shutil.copytree(wd, tmp_path / "wd")
+  damage(tmp_path / "wd" / "checkpoints" / "6", "truncated")
+  proc = run_python(["-m", "diffusion_jax.main", "--config=tests/tiny_config.py", f"--workdir={tmp_path / 'wd'}",
+                     "--mode=train", "--config.optim.lr=0.002"])
+  err = proc.stderr
+  assert err.count("is damaged") == 1 and "Traceback" not in err and "TensorStore({" not in err, err[-3000:]
+  assert "Event loop is closed" not in err and "never retrieved" not in err
+  assert "Resuming step 3 with optim.lr changed: 0.001 -> 0.002" in err
+  log = json.load(open(tmp_path / "wd" / "resume_log.json"))
+  assert log[-1]["step"] == 3 and log[-1]["changes"]["optim.lr"] == {"checkpoint": 0.001, "now": 0.002}
+  assert "training.batch_size" not in log[-1]["changes"]
+
+
+def test_no_intact_checkpoint_names_every_step_and_moves_nothing(uninterrupted, tiny, tmp_path):
   wd, _ = uninterrupted
   with pytest.raises(FileNotFoundError, match="No checkpoint found"):
     train.load_params(tiny(), str(tmp_path / "empty"), parallel.make_mesh())
   shutil.copytree(wd, tmp_path / "wd")
-  step_dir = tmp_path / "wd" / "checkpoints" / "6" / "state"
-  for root, _, files in os.walk(step_dir):
-    for f in files:
-      with open(os.path.join(root, f), "wb") as fh:
-        fh.write(b"garbage")
-  with pytest.raises(RuntimeError, match="corrupt or incomplete"):
+  for step in ("3", "6"):
+    damage(tmp_path / "wd" / "checkpoints" / step, "all_garbage")
+  with pytest.raises(RuntimeError, match=r"No intact checkpoint in .*\n  step 6: cannot .*\n  step 3: cannot "):
     train.load_params(tiny(), str(tmp_path / "wd"), parallel.make_mesh())
+  assert sorted(os.listdir(tmp_path / "wd" / "checkpoints")) == ["3", "6"]
+
+
+def test_sigterm_saves_the_step_and_exits_75_and_a_second_run_is_refused(tiny, tmp_path):
+  """A run stopped by SIGTERM checkpoints its current step and exits with preemption.EXIT_CODE; resumed, it gives
+  the parameters of an uninterrupted run. While it runs, a second run on its workdir is refused, naming it."""
+  wd = str(tmp_path / "run")
+  args = [sys.executable, "-m", "diffusion_jax.main", "--config=tests/tiny_config.py", f"--workdir={wd}",
+          "--mode=train", "--config.training.num_steps=100000", "--config.training.checkpoint_every=100000"]
+  with open(tmp_path / "stderr.txt", "w") as err:
+    proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
+                            stderr=err)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None and not os.path.exists(os.path.join(wd, "training_log.json")):
+    time.sleep(0.05)
+  assert proc.poll() is None, open(tmp_path / "stderr.txt").read()[-3000:]
+  second = run_python(["-m", "diffusion_jax.main", "--config=tests/tiny_config.py", f"--workdir={wd}", "--mode=train"],
+                      check=False)
+  assert second.returncode == 1 and f"is in use by pid {proc.pid} on " in second.stderr, second.stderr[-3000:]
+  assert "Traceback" not in second.stderr  # one message, not the library's trace
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == preemption.EXIT_CODE, open(tmp_path / "stderr.txt").read()[-3000:]
+  saved = checkpoint.manager(os.path.join(wd, "checkpoints")).latest_step()
+  assert saved is not None and 2 <= saved < 100000 and not os.path.exists(os.path.join(wd, "run.lock"))
+  assert f"Stopped on request at step {saved} of 100000" in open(tmp_path / "stderr.txt").read()
+  resumed = train.train(tiny(**{"training.num_steps": saved + 3}), wd)
+  reference = train.train(tiny(**{"training.num_steps": saved + 3}), str(tmp_path / "reference"))
+  for a, b in zip(jax.tree.leaves(params_of(reference)), jax.tree.leaves(params_of(resumed))):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_unknown_config_key_is_rejected(tmp_path):

@@ -18,7 +18,13 @@ def load_tfds(data_config, split, needed=None):
   num_lanes = data_config.get("lanes", 1)
   lanes = range(num_lanes) if needed is None else lanes_of(*needed, num_lanes)
   name, split_name = data_config.tfds_name, data_config.get("tfds_split", {}).get(split, TFDS_SPLITS[split])
-  builder = tfds.builder(name, data_dir=data_config.get("data_dir") or None)
+  data_dir = data_config.get("data_dir") or None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:  # its message lists every data set TFDS knows
+    hint = next((" " + line.strip() for line in str(e).splitlines() if line.startswith("Did you mean")), "")
+    raise ValueError(f"Unknown TFDS data set data.tfds_name={name!r}.{hint} The names: "
+                     "https://www.tensorflow.org/datasets/catalog") from e
   label_key = data_config.get("label_key", "label")
   num_classes = builder.info.features[label_key].num_classes if label_key in builder.info.features else 0
   size = data_config.image_size
@@ -34,7 +40,14 @@ def load_tfds(data_config, split, needed=None):
     return img * 2.0 - 1.0, tf.cast(label, tf.int32)
 
   def load(part):
-    images, labels = zip(*tfds.as_numpy(builder.as_dataset(split=part).map(prep).batch(1024)))
+    try:
+      ds = builder.as_dataset(split=part)
+    except AssertionError as e:  # TFDS's "could not find data in ..."
+      raise FileNotFoundError(
+          f"TFDS data set {name!r} is not prepared in {data_dir or 'the default TFDS directory'}; nothing is "
+          f"downloaded at run time: prepare it once where there is network (tfds build {name} --data_dir=DIR) and "
+          "set data.data_dir=DIR") from e
+    images, labels = zip(*tfds.as_numpy(ds.map(prep).batch(1024)))
     return ArrayDataset(np.concatenate(images).astype(np.float32), np.concatenate(labels), num_classes)
 
   parts = tfds.even_splits(split_name, num_lanes)

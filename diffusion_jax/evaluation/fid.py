@@ -16,6 +16,7 @@ import os  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from diffusion_jax.cli_errors import short_errors  # noqa: E402
 from diffusion_jax.evaluation import features, inception, metrics  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -50,7 +51,8 @@ def main(argv):
   if len(argv) != 3:
     raise app.UsageError("usage: python -m diffusion_jax.evaluation.fid PATH_A PATH_B --weights=...")
   params_fn = functools.cache(lambda: inception.load_params(flags.FLAGS.weights))
-  stats = [statistics(p, params_fn, flags.FLAGS.batch_size) for p in argv[1:]]
+  with short_errors():
+    stats = [statistics(p, params_fn, flags.FLAGS.batch_size) for p in argv[1:]]
   if flags.FLAGS.save_stats:
     metrics.save_stats(flags.FLAGS.save_stats, *stats[0])
   print(f"FID: {metrics.frechet_distance(*stats[0], *stats[1]):.6f}")

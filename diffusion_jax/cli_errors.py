@@ -1,0 +1,20 @@
+"""How the command-line tools report what a user can fix (a config value, a path, missing weights or data, a damaged
+or locked workdir): the error's own message, without the library's trace, and exit status 1. The full trace:
+--verbosity=1 (absl) or DIFFUSION_JAX_TRACEBACK=1."""
+import contextlib
+import os
+import sys
+
+from absl import logging
+
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, FloatingPointError, ImportError)
+
+
+@contextlib.contextmanager
+def short_errors():
+  try:
+    yield
+  except USER_ERRORS as e:
+    if logging.get_verbosity() >= 1 or os.environ.get("DIFFUSION_JAX_TRACEBACK"):
+      raise
+    sys.exit(f"Error: {e}\n(the full trace: --verbosity=1 or DIFFUSION_JAX_TRACEBACK=1)")
