@@ -242,6 +242,7 @@ def test_sigterm_stops_every_process_after_one_step_and_saves_it(tmp_path):
   stopped = {int(s) for s in re.findall(r"Stopped on request at step (\d+) of 100000", out)}
   saved = checkpoint.manager(os.path.join(wd, "checkpoints")).latest_step()
   assert len(re.findall(r"Stopped on request", out)) == 2 and stopped == {saved}, out[-6000:]
+  assert not os.path.exists(os.path.join(wd, "run.lock"))  # the job's one lock, released by process 0
   resumed = train.train(small_config(**{"training.num_steps": saved + 2}), wd)
   reference = train.train(small_config(**{"training.num_steps": saved + 2}), str(tmp_path / "reference"))
   assert_params_close(jax.tree.leaves(resumed.params), jax.tree.leaves(reference.params))

@@ -184,14 +184,18 @@ def test_sigterm_saves_the_step_and_exits_75_and_a_second_run_is_refused(tiny, t
   with open(tmp_path / "stderr.txt", "w") as err:
     proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
                             stderr=err)
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None and not os.path.exists(os.path.join(wd, "training_log.json")):
-    time.sleep(0.05)
-  assert proc.poll() is None, open(tmp_path / "stderr.txt").read()[-3000:]
+
+  def wait_for(name):
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not os.path.exists(os.path.join(wd, name)):
+      time.sleep(0.05)
+    assert proc.poll() is None, open(tmp_path / "stderr.txt").read()[-3000:]
+  wait_for("run.lock")  # taken before the run compiles: the second run starts while the first compiles
   second = run_python(["-m", "diffusion_jax.main", "--config=tests/tiny_config.py", f"--workdir={wd}", "--mode=train"],
                       check=False)
   assert second.returncode == 1 and f"is in use by pid {proc.pid} on " in second.stderr, second.stderr[-3000:]
   assert "Traceback" not in second.stderr  # one message, not the library's trace
+  wait_for("training_log.json")  # training: stop it a few steps in
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == preemption.EXIT_CODE, open(tmp_path / "stderr.txt").read()[-3000:]
   saved = checkpoint.manager(os.path.join(wd, "checkpoints")).latest_step()
