@@ -1,11 +1,11 @@
 # `make demo`: install into .venv and run the main job on the embedded digits data.
-# `make test`: install into .venv and run the test suite.
+# `make test`: install into .venv and run the test suite; `make lint`: ruff, configured in pyproject.toml.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/digits
 
-$(VENV)/.installed: requirements.txt requirements-test.txt requirements-test-nodeps.txt
+$(VENV)/.installed: requirements.txt requirements-test.txt requirements-test-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
@@ -21,4 +21,7 @@ demo: install
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
-.PHONY: install demo test
+lint: install
+	$(PY) -m ruff check .
+
+.PHONY: install demo test lint

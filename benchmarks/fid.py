@@ -45,8 +45,8 @@ def main(_):
   common = dict(benchmark="fid_features", num_images=_NUM.value, batch=_BATCH.value, input_size=_SIZE.value)
   print(json.dumps({**common, "implementation": "diffusion_jax (Flax, jit)", "images_per_sec": round(ours, 1),
                     "devices": jax.device_count(), "backend": jax.default_backend()}))
-  print(json.dumps({**common, "implementation": "pytorch-fid architecture (PyTorch)", "images_per_sec": round(theirs, 1),
-                    "threads": torch.get_num_threads()}))
+  print(json.dumps({**common, "implementation": "pytorch-fid architecture (PyTorch)",
+                    "images_per_sec": round(theirs, 1), "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

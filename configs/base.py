@@ -5,6 +5,9 @@ import ml_collections
 def get_base_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Modules to import before the run ("my_samplers,my_losses"), so that the samplers, weightings, networks and feature
+  # extractors they register can be selected by name like the built-in ones.
+  c.imports = ""
 
   c.data = ml_collections.ConfigDict(dict(
       name="digits",        # digits | tfds
@@ -132,8 +135,9 @@ def get_base_config():
 
   # Losing no work (preemption.py, workdir_lock.py): SIGTERM / SIGINT stop training after the step in progress,
   # checkpoint it and exit with status 75 within grace_s seconds (set it below the scheduler's notice; 0: signals
-  # keep their default effect); one run per workdir, a lock not refreshed for lock_stale_s seconds is taken over.
-  c.job = ml_collections.ConfigDict(dict(grace_s=25.0, lock_stale_s=3600.0))
+  # keep their default effect); one run per workdir, a lock not refreshed (every minute) for lock_stale_s seconds is
+  # taken over.
+  c.job = ml_collections.ConfigDict(dict(grace_s=25.0, lock_stale_s=300.0))
 
   c.eval = ml_collections.ConfigDict(dict(
       features="inception",   # inception | digits: the network behind FID / IS (evaluation/features.py)

@@ -6,7 +6,6 @@ import json
 import logging as py_logging
 import os
 import sys
-import traceback
 
 import jax
 import numpy as np
@@ -41,12 +40,13 @@ def save(mngr, step, state, config):
 SHAPE_FIELDS = ("data.image_size", "data.channels")  # besides every field of the network's section but `free`
 
 
-def config_diffs(saved, config, field=lambda k: True):
-  """{field: (checkpoint's value, config's value)} for the flattened config fields that differ and pass `field`;
-  a field added to the code since the checkpoint and left off (False, 0, "") is no difference."""
+def config_diffs(saved, config, field=lambda k: True, new_fields=False):
+  """{field: (checkpoint's value, config's value)} for the flattened config fields that differ and pass `field`.
+  A field added to the code since the checkpoint (absent from it) counts only with new_fields, and then only when
+  set (not False, 0, "")."""
   now, then = _flat(json.loads(config.to_json())), _flat(saved)
   return {k: (then.get(k), now.get(k)) for k in sorted(set(now) | set(then))
-          if field(k) and now.get(k) != then.get(k) and not (k not in then and not now.get(k))}
+          if field(k) and now.get(k) != then.get(k) and (k in then or (new_fields and now.get(k)))}
 
 
 def check_compatible(saved, config, section="model"):
@@ -55,7 +55,7 @@ def check_compatible(saved, config, section="model"):
   free = (section + ".dropout", section + ".dtype")  # change no parameter: a run may resume with other values
   shape_field = lambda k: ((k.startswith(section + ".") and k not in free) or k in SHAPE_FIELDS
                            or (text and k.startswith("text.encoder.")))
-  diffs = config_diffs(saved, config, shape_field)
+  diffs = config_diffs(saved, config, shape_field, new_fields=True)
   if diffs:
     raise ValueError("The config does not match the checkpoint's model:\n  " + "\n  ".join(
         f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diffs.items()))
@@ -73,47 +73,65 @@ def _reason(e):
   return line if len(line) <= 240 else line[:237] + "..."
 
 
-_RESTORING = set()  # checkpoint directories that restore_step has read from in this process
+_FAILED = set()  # step directories whose restore failed in this process
 
 
 def _is_read_echo(exc):
   """Whether an exception echoes a failed restore: TensorStore reads still in flight when orbax's event loop closed
-  (`RuntimeError: Event loop is closed`), or the errors of read tasks nobody awaited any more (raised in orbax, or
-  naming a checkpoint directory restored from)."""
+  (`RuntimeError: Event loop is closed`), or the errors of read tasks nobody awaited any more (they name the step)."""
   return ((isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed")
-          or any(d in str(exc) for d in _RESTORING)
-          or any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in traceback.extract_tb(exc.__traceback__)))
+          or any(d + os.sep in str(exc) for d in _FAILED))
 
 
-def _drop_read_echoes(directory):
-  """Drops the echoes of failed restores from `directory` (_is_read_echo), which arrive later and from other threads
-  as unraisable exceptions and asyncio's "exception was never retrieved": a dozen tracebacks and TensorStore specs
-  about nothing. Every other unraisable exception and asyncio record passes. Installed once per process."""
-  if not _RESTORING:
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda u: None if _is_read_echo(u.exc_value) else previous(u)
-    py_logging.getLogger("asyncio").addFilter(lambda r: not (r.exc_info and _is_read_echo(r.exc_info[1])))
-  _RESTORING.add(directory)
+def _drop_read_echoes():
+  """Drops the echoes of failed restores (_is_read_echo), which arrive later and from other threads as unraisable
+  exceptions and asyncio's "exception was never retrieved": a dozen tracebacks and TensorStore specs about nothing.
+  Every other unraisable exception and asyncio record passes. Installed once per process, before the first read."""
+  if getattr(sys.unraisablehook, "drops_read_echoes", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_read_echo(unraisable.exc_value):
+      previous(unraisable)
+  hook.drops_read_echoes = True
+  sys.unraisablehook = hook
+  py_logging.getLogger("asyncio").addFilter(lambda r: not (r.exc_info and _is_read_echo(r.exc_info[1])))
+
+
+STATE_FIELDS = ("optim.", "text.train_encoder")  # config fields that shape the optimizer state
+STRUCTURE_ERRORS = ("Structure mismatch", "tree structures do not match")  # orbax's words for a tree of other keys
 
 
 def restore_step(mngr, step, abstract_state, config, section="model"):
   """(train state, saved config) of one step, checked against config.`section`; CorruptCheckpoint when unreadable,
-  ValueError when the config's network differs from the checkpoint's."""
-  _drop_read_echoes(str(mngr.directory))  # before reading: the first echoes may come before the error
+  ValueError when the config's network or optimizer state differs from the checkpoint's."""
+  step_dir = os.path.join(str(mngr.directory), str(step))
+  _drop_read_echoes()  # before reading: the first echoes may come before the error
   try:
     saved_config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   except Exception as e:  # orbax raises many types (ValueError, FileNotFoundError, JSONDecodeError, ...)
-    raise CorruptCheckpoint(f"cannot read its config: {_reason(e)}") from e
+    _FAILED.add(step_dir)
+    raise CorruptCheckpoint(f"{step_dir}: cannot read its config: {_reason(e)}") from e
   check_compatible(saved_config, config, section)
   try:
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
   except Exception as e:
-    raise CorruptCheckpoint(f"cannot restore the train state: {_reason(e)}") from e
+    reason = _reason(e)
+    if any(m in reason for m in STRUCTURE_ERRORS):  # intact, but this config builds another optimizer state
+      diffs = config_diffs(saved_config, config, lambda k: k.startswith(STATE_FIELDS))
+      raise ValueError(f"Checkpoint {step_dir} holds another train-state structure than this config builds "
+                       f"({reason[:150]}); differing optimizer settings: "
+                       + (", ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diffs.items())
+                          or "none found") + ". Resume with the checkpoint's settings, or use a new workdir") from e
+    _FAILED.add(step_dir)
+    raise CorruptCheckpoint(f"{step_dir}: cannot restore the train state: {reason}") from e
   return state, saved_config
 
 
 def _all_processes_ok(ok):
-  """Whether `ok` holds on every process (a process may fail to read only its own shards)."""
+  """Whether `ok` holds on every process. Damaged files that every process reads fail everywhere alike; a process
+  that fails alone, on its own shards, leaves the others in orbax's restore barrier until its timeout."""
   if jax.process_count() == 1:
     return ok
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
@@ -148,12 +166,12 @@ def restore(mngr, abstract_state, config, step=None, section="model"):
       restored, error = None, e
     if _all_processes_ok(error is None):
       for bad, reason in damaged:
-        logging.warning("Checkpoint step %d in %s is damaged (%s); moved it aside to %s and resumed from step %d",
-                        bad, mngr.directory, reason, move_aside(mngr, bad), step)
+        logging.warning("Checkpoint step %d is damaged (%s); moved it aside to %s and resumed from step %d", bad,
+                        reason, move_aside(mngr, bad), step)
       return restored
     damaged.append((step, str(error) if error else "another process could not read its part"))
   if damaged:
     raise RuntimeError(f"No intact checkpoint in {mngr.directory}; tried:\n  " +
                        "\n  ".join(f"step {s}: {r}" for s, r in damaged) +
-                       "\nMove or delete the damaged steps to start afresh, or restore them from a copy.")
+                       "\nRestore the steps from a copy, or move them away to start afresh.")
   return None

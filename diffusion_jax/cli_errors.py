@@ -15,6 +15,7 @@ def short_errors():
   try:
     yield
   except USER_ERRORS as e:
-    if logging.get_verbosity() >= 1 or os.environ.get("DIFFUSION_JAX_TRACEBACK"):
+    internal = type(e).__module__.split(".")[0] in ("jax", "jaxlib")  # XLA's own errors (memory, ...) keep their trace
+    if internal or logging.get_verbosity() >= 1 or os.environ.get("DIFFUSION_JAX_TRACEBACK", "0") not in ("", "0"):
       raise
     sys.exit(f"Error: {e}\n(the full trace: --verbosity=1 or DIFFUSION_JAX_TRACEBACK=1)")

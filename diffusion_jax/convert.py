@@ -7,7 +7,6 @@ vae/, text_encoder/, tokenizer/, scheduler/), becomes orbax checkpoints and a co
 
 then: python -m diffusion_jax.main --config=DIR/config.py --workdir=DIR --mode=sample [--config.sample.prompt="..."]"""
 import dataclasses
-import importlib.util
 import json
 import os
 import pprint
@@ -17,6 +16,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 from diffusion_jax.cli_errors import short_errors
+from diffusion_jax.config_files import load_config
 from diffusion_jax.models.state_dict import from_state_dict
 from diffusion_jax.models.transformer import diffusers_name
 
@@ -235,13 +235,6 @@ def write_config_file(path, overrides, source, kind="diffusers UNet2DModel"):
     f.write("\n".join(lines))
 
 
-def load_config_file(path):
-  spec = importlib.util.spec_from_file_location("converted_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def abstract_params(config):
   """Shapes and dtypes of the parameters of config's network (nothing computed)."""
   from diffusion_jax import train
@@ -268,7 +261,7 @@ def convert_diffusers(src, dst, tfds_name=None):
   overrides.update({"data.name": "tfds", "data.tfds_name": tfds_name} if tfds_name else {})
   os.makedirs(dst, exist_ok=True)
   write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src))
-  config = load_config_file(os.path.join(dst, "config.py"))
+  config = load_config(os.path.join(dst, "config.py"))
   params = convert_params(load_state_dict(src), abstract_params(config))
   save_state(os.path.join(dst, "checkpoints"), train.new_state(params, train.model_optimizer(config),
                                                                jax.random.PRNGKey(config.seed)), config)
@@ -320,7 +313,7 @@ def convert_stable_diffusion(src, dst, tfds_name=None):
   os.makedirs(dst, exist_ok=True)
   shutil.copytree(os.path.join(src, "tokenizer"), os.path.join(dst, "tokenizer"), dirs_exist_ok=True)
   write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src), "Stable Diffusion pipeline")
-  config = load_config_file(os.path.join(dst, "config.py"))
+  config = load_config(os.path.join(dst, "config.py"))
 
   params = {"unet": convert_params(load_state_dict(os.path.join(src, "unet")), abstract_params(config)["unet"]),
             "text_encoder": text_params}

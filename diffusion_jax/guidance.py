@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.losses import bcast, target, to_eps_x0
+from diffusion_jax.parametrization import bcast, target, to_eps_x0
 
 
 def null_like(y, null):

@@ -1,7 +1,8 @@
 """Starts N local processes of one job on JAX's distributed runtime over CPU collectives (gloo) on 127.0.0.1, for
 development and tests:
 
-  python -m diffusion_jax.launch --num_processes=2 [--devices_per_process=2] [--timeout=600] -- -m diffusion_jax.main ...
+  python -m diffusion_jax.launch --num_processes=2 [--devices_per_process=2] [--timeout=600]
+      -- -m diffusion_jax.main ...
 
 Everything after `--` is the Python command line of each process. If one process fails, the others are stopped and
 the launcher exits with its code; a job that runs past --timeout is stopped too, so nothing hangs. SIGTERM and SIGINT
@@ -39,8 +40,9 @@ def launch(python_args, num_processes, devices_per_process=1, timeout=600, env=N
              JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu")
     e["XLA_FLAGS"] = " ".join([f for f in e.get("XLA_FLAGS", "").split() if not f.startswith(DEVICES_FLAG)] +
                               [f"{DEVICES_FLAG}={devices_per_process}"])
+    # a terminal's Ctrl-C reaches them once, from here
     procs.append(subprocess.Popen([sys.executable, *python_args], env=e, stdout=logs[i], stderr=subprocess.STDOUT,
-                                  start_new_session=forward_signals))  # a terminal's Ctrl-C reaches them once, from here
+                                  start_new_session=forward_signals))
   if forward_signals:
     for s in SIGNALS:
       signal.signal(s, lambda signum, frame: [p.send_signal(signum) for p in procs if p.poll() is None])

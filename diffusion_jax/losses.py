@@ -1,39 +1,16 @@
-"""Prediction targets (eps, x0, v), timestep weightings of the denoising loss (each a function of the SNR), and the
-loss itself, with uniform or importance-sampled training times."""
+"""Timestep weightings of the denoising loss (each a function of the SNR) and the loss itself, on any prediction
+target (parametrization.py), with uniform or importance-sampled training times."""
 import importlib
-import types
 
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.parametrization import bcast, q_sample, target
 from diffusion_jax.registry import Registry
 from diffusion_jax.schedules import Schedule
 
-PREDICTIONS = ("eps", "x0", "v")
 WEIGHTINGS = Registry("weighting")
 T_SAMPLINGS = ("uniform", "importance")
-DEFAULT_OPTIONS = types.SimpleNamespace(p2_gamma=1.0, p2_k=1.0, min_snr_gamma=5.0)  # as configs/base.py
-
-
-def check_prediction(prediction):
-  if prediction not in PREDICTIONS:
-    raise ValueError(f"Unknown prediction target {prediction!r}; valid targets: {', '.join(PREDICTIONS)}")
-
-
-def target(x0, eps, alpha, sigma, prediction):
-  """Regression target; v = alpha eps - sigma x0 (Salimans & Ho 2022, eq. 8)."""
-  check_prediction(prediction)
-  return {"eps": eps, "x0": x0, "v": alpha * eps - sigma * x0}[prediction]
-
-
-def to_eps_x0(pred, x_t, alpha, sigma, prediction):
-  """Network output -> (eps_hat, x0_hat) using x_t = alpha x0 + sigma eps (and alpha^2 + sigma^2 = 1 for v)."""
-  check_prediction(prediction)
-  if prediction == "eps":
-    return pred, (x_t - sigma * pred) / alpha
-  if prediction == "x0":
-    return (x_t - alpha * pred) / sigma, pred
-  return sigma * x_t + alpha * pred, alpha * x_t - sigma * pred
 
 
 def eps_loss_factor(log_snr, prediction):
@@ -85,17 +62,6 @@ def get_weighting(name):
                      f"({', '.join(WEIGHTINGS.names())}) or 'module:function' with the signature of losses.uniform")
 
 
-def bcast(a, x):
-  """Broadcasts a per-example [B] array against x [B, ...]."""
-  return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
-
-
-def q_sample(process, x0, t, eps):
-  """x_t = alpha_t x0 + sigma_t eps, the forward process at time t (Ho et al. 2020, eq. 4; Kingma et al. 2021, eq. 1)."""
-  alpha, sigma = process.alpha_sigma(t)
-  return bcast(alpha, x0) * x0 + bcast(sigma, x0) * eps
-
-
 def _draw(rng, w, num):
   """Indices drawn with probabilities proportional to w >= 0, by inverting the cumulative sum."""
   cdf = jnp.cumsum(w) / jnp.sum(w)
@@ -119,11 +85,12 @@ def importance_t(process, rng, batch, weight_fn, num_cells=1000):
   return t, weight_fn(t) * jnp.mean(w) / w[j]
 
 
-def diffusion_loss(apply_fn, params, process, x0, y, rng, *, prediction, weighting, options=DEFAULT_OPTIONS,
+def diffusion_loss(apply_fn, params, process, x0, y, rng, *, prediction, weighting, options=None,
                    importance=False, train=True):
   """Weighted denoising loss with x_t = alpha x0 + sigma eps: t = (i + 1) / T, i ~ U{0..T-1} on a discrete schedule
   (Ho et al. 2020), t ~ U(1e-5, 1) on an SDE (Song et al. 2021), or with `importance` t ~ weighting; the network sees
-  process.network_time(t). Returns (scalar loss, aux): aux has per example the unweighted loss, t, log_snr and the
+  process.network_time(t); `options` (config.training) holds the weighting's fields, None for one without (uniform,
+  likelihood). Returns (scalar loss, aux): aux has per example the unweighted loss, t, log_snr and the
   eps-equivalent squared error (`eps_mse`, comparable across targets and weightings)."""
   k_t, k_eps, k_drop = jax.random.split(rng, 3)
   weight = get_weighting(weighting)

@@ -15,7 +15,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion_jax import (distributed, evaluate, parallel, preemption, sample, train,  # noqa: E402
+from diffusion_jax import (distributed, evaluate, parallel, preemption, registry, sample, train,  # noqa: E402
                            train_autoencoder, train_classifier, workdir_lock)
 from diffusion_jax.cli_errors import short_errors  # noqa: E402
 
@@ -31,6 +31,7 @@ def run(config, workdir, mode):
   before anything trains or compiles."""
   if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+  registry.import_modules(config.imports)
   if mode in ("sample", "eval", "all"):
     sample.check_sampling(config, train.setup(config)[1])
   os.makedirs(workdir, exist_ok=True)
@@ -73,5 +74,10 @@ def main(argv):
     sys.exit(preemption.EXIT_CODE)
 
 
-if __name__ == "__main__":
+def cli():
+  """The `diffusion-jax` console script (pyproject.toml): the same as python -m diffusion_jax.main."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -1,4 +1,5 @@
 """Name -> object registries, so configs can select schedules, samplers, models and datasets by name."""
+import importlib
 
 
 class Registry:
@@ -23,3 +24,13 @@ class Registry:
 
   def names(self):
     return sorted(self._items)
+
+
+def import_modules(names):
+  """Imports the comma-separated modules `names` (config.imports), whose decorators register what they define."""
+  for name in [n.strip() for n in names.split(",") if n.strip()]:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise ValueError(f"config.imports: cannot import {name!r} ({e}); give importable module names, "
+                       "e.g. --config.imports=my_package.samplers") from e

@@ -16,27 +16,13 @@ from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
 from diffusion_jax.models.classifier import make_log_prob_fn
 from diffusion_jax.samplers import get_sampler, parse_runs
-from diffusion_jax.samplers.common import sampler_options
+from diffusion_jax.samplers.common import sampler_options, samplers_on
 from diffusion_jax.schedules import Schedule
 from diffusion_jax.sde import VPSDE, on_sde, sde_from_config
 
 
 def run_label(name, steps, kwargs):
   return "_".join([name, str(steps)] + [f"{k}{v}" for k, v in sorted(kwargs.items())])
-
-
-SDE_SAMPLERS = ("pc", "ode")
-
-
-def nfe_of(name, num_steps, kwargs):
-  """Network evaluations of a fixed-step run (the adaptive ODE solver reports its own)."""
-  if name == "edm":
-    return 2 * num_steps - 1
-  if name == "pc":
-    return num_steps * (1 + (kwargs.get("n_corrector_steps", 1) if kwargs.get("corrector", "langevin") != "none" else 0))
-  if name == "ode":
-    return num_steps * {"euler": 1, "heun": 2}[kwargs["solver"]] + 1
-  return num_steps
 
 
 def sampling_sde(config):
@@ -47,8 +33,9 @@ def sampling_sde(config):
 def on_sampler_process(config, fn, process, name):
   """(fn, process the sampler runs on) for a function fn(x_t, t, y) of a model trained on `process` (a network's
   prediction, or a noisy classifier's log-probability). Discrete samplers run on the training schedule (a VP SDE's
-  DDPM discretisation); pc / ode on sampling_sde(config), where a discrete model is queried at equal log-SNR."""
-  if name in SDE_SAMPLERS:
+  DDPM discretisation); SDE samplers (pc, ode) on sampling_sde(config), where a discrete model is queried at equal
+  log-SNR."""
+  if get_sampler(name).process == "sde":
     sde = sampling_sde(config)
     return (on_sde(fn, process, sde) if isinstance(process, Schedule) else fn), sde
   if isinstance(process, Schedule):
@@ -56,7 +43,7 @@ def on_sampler_process(config, fn, process, name):
   if type(process) is VPSDE:
     return fn, process.discrete_schedule()
   raise ValueError(f"Sampler {name!r} needs a discrete VP schedule; a model trained on the {config.diffusion.sde!r} "
-                   f"SDE samples with: {', '.join(SDE_SAMPLERS)}")
+                   f"SDE samples with: {', '.join(samplers_on('sde'))}")
 
 
 def sampler_setup(config, model, params, process, name):
@@ -146,7 +133,7 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
   shape = (batch_size, *latent.diffusion_shape(config))
   sampler_setup(config, model, None, process, name)  # fails early if the sampler does not apply
   kwargs = sampler_kwargs(config, name, kwargs)
-  adaptive = name == "ode" and kwargs.get("solver", "dopri5") == "dopri5"
+  fixed_nfe = sampler.nfe(num_steps, kwargs)  # None: the sampler counts its own (an adaptive solver)
   null = text.null_condition(config) if w else None
 
   def generate(params, rng, y, classifier_params=None, decoder_params=None):
@@ -155,17 +142,17 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
       unconditional = model_fn
       model_fn = lambda x, t, y=None: unconditional(x, t, None)
     model_fn = classifier_free(model_fn, w, null)
-    extra = {}
+    extra = {} if fixed_nfe is not None else {"return_nfe": True}
     if s:
       log_prob, _ = on_sampler_process(config, make_log_prob_fn(classifier, classifier_params, process), process, name)
       grad = classifier_grad(log_prob)
-      if name == "ddpm":  # Dhariwal & Nichol's Alg. 1: the mean moves by s Sigma grad
+      if sampler.mean_shift_guidance:  # Dhariwal & Nichol's Alg. 1: the mean moves by s Sigma grad
         extra["classifier_grad"] = lambda x, t, y: s * grad(x, t, y)
       else:  # Alg. 2: eps - s sigma grad, i.e. score + s grad
         model_fn = classifier_guided(model_fn, on, grad, s, config.diffusion.prediction)
     out = sampler(model_fn, on, shape, rng, num_steps=num_steps, y=y, prediction=config.diffusion.prediction,
-                  **({"return_nfe": True} if adaptive else {}), **kwargs, **extra)
-    x, nfe = out if adaptive else (out, jnp.asarray(nfe_of(name, num_steps, kwargs)))
+                  **kwargs, **extra)
+    x, nfe = out if fixed_nfe is None else (out, jnp.asarray(fixed_nfe))
     return (x if latents is None else latents.decode(decoder_params, x)), nfe
   return jax.jit(generate, out_shardings=(parallel.batch_sharded(mesh), parallel.replicated(mesh)))
 
@@ -186,8 +173,8 @@ def sample_batches(config, model, process, params, mesh, name, num_steps, num, r
                    **kwargs):
   """Streams `num` samples in batches of config.sample.batch_size, each split over every device of every process and
   gathered once to every process: yields (images clipped to [-1, 1], labels or None,
-  seconds excluding compilation, NFE) per batch, so a metric can consume 50,000 samples without holding them. `classifier` =
-  (module, params) for run option `s`; `latents` (latent.Latents) decodes a latent model's samples."""
+  seconds excluding compilation, NFE) per batch, so a metric can consume 50,000 samples without holding them.
+  `classifier` = (module, params) for run option `s`; `latents` (latent.Latents) decodes a latent model's samples."""
   clf, clf_params = classifier or (None, None)
   bs = min(config.sample.batch_size, num)
   bs = -(-bs // mesh.devices.size) * mesh.devices.size

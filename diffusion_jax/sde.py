@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.losses import bcast as _b, to_eps_x0
+from diffusion_jax.parametrization import bcast, to_eps_x0
 from diffusion_jax.schedules import Schedule
 
 
@@ -72,12 +72,12 @@ class SDE(abc.ABC):
 
       def sde(self, x, t):
         drift, g = fwd.sde(x, t)
-        drift = drift - _b(g**2, x) * score_fn(x, t) * w
+        drift = drift - bcast(g**2, x) * score_fn(x, t) * w
         return drift, jnp.zeros_like(g) if probability_flow else g
 
       def discretize(self, x, t):
         f, G = fwd.discretize(x, t)
-        rev_f = f - _b(G**2, x) * score_fn(x, t) * w
+        rev_f = f - bcast(G**2, x) * score_fn(x, t) * w
         return rev_f, jnp.zeros_like(G) if probability_flow else G
 
     return ReverseSDE()
@@ -98,7 +98,7 @@ class VPSDE(SDE):
 
   def sde(self, x, t):
     beta_t = self.beta(t)
-    return -0.5 * _b(beta_t, x) * x, jnp.sqrt(beta_t)
+    return -0.5 * bcast(beta_t, x) * x, jnp.sqrt(beta_t)
 
   def with_steps(self, N):
     return type(self)(self.beta_0, self.beta_1, N)
@@ -116,7 +116,7 @@ class VPSDE(SDE):
 
   def marginal_prob(self, x0, t):
     lmc = self.log_mean_coeff(t)
-    return _b(jnp.exp(lmc), x0) * x0, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+    return bcast(jnp.exp(lmc), x0) * x0, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
 
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape)
@@ -132,7 +132,7 @@ class VPSDE(SDE):
     """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
     i = self.index(t)
     beta, alpha = self.discrete_betas[i], self.alphas[i]
-    return _b(jnp.sqrt(alpha), x) * x - x, jnp.sqrt(beta)
+    return bcast(jnp.sqrt(alpha), x) * x - x, jnp.sqrt(beta)
 
 
 class SubVPSDE(VPSDE):
@@ -146,7 +146,7 @@ class SubVPSDE(VPSDE):
 
   def marginal_prob(self, x0, t):
     lmc = self.log_mean_coeff(t)
-    return _b(jnp.exp(lmc), x0) * x0, 1.0 - jnp.exp(2.0 * lmc)
+    return bcast(jnp.exp(lmc), x0) * x0, 1.0 - jnp.exp(2.0 * lmc)
 
   def discretize(self, x, t):
     return SDE.discretize(self, x, t)
@@ -211,7 +211,8 @@ def get_sde(name, **kwargs):
 def sde_from_config(d, name=None):
   """The SDE `name` (default d.sde) with the parameters of a `config.diffusion` block and N = d.num_timesteps."""
   name = name or d.sde
-  kw = dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max) if name == "ve" else dict(beta_min=d.beta_min, beta_max=d.beta_max)
+  kw = (dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max) if name == "ve"
+        else dict(beta_min=d.beta_min, beta_max=d.beta_max))
   return get_sde(name, N=d.num_timesteps, **kw)
 
 
@@ -230,6 +231,6 @@ def score_fn(model_fn, sde, y=None, prediction="eps"):
   """score(x, t) = -eps_hat / sigma_t (Song et al. 2021), from any prediction type, with sigma_t from the SDE."""
   def score(x, t):
     alpha, sigma = sde.alpha_sigma(t)
-    eps, _ = to_eps_x0(model_fn(x, t, y), x, _b(alpha, x), _b(sigma, x), prediction)
-    return -eps / _b(sigma, x)
+    eps, _ = to_eps_x0(model_fn(x, t, y), x, bcast(alpha, x), bcast(sigma, x), prediction)
+    return -eps / bcast(sigma, x)
   return score

@@ -17,7 +17,8 @@ from diffusion_jax import checkpoint, latent, parallel, preemption, text
 from diffusion_jax.data import get_dataset
 from diffusion_jax.guidance import drop_labels
 from diffusion_jax.images import save_grid
-from diffusion_jax.losses import T_SAMPLINGS, check_prediction, diffusion_loss, get_weighting
+from diffusion_jax.losses import T_SAMPLINGS, diffusion_loss, get_weighting
+from diffusion_jax.parametrization import check_prediction
 from diffusion_jax.models import get_model
 from diffusion_jax.sample import generate_samples
 from diffusion_jax.schedules import Schedule, get_schedule
@@ -233,7 +234,8 @@ def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=N
   summarize(metrics summed over the interval, steps) (default: their means) and calls on_log(done, logged);
   checkpoints every tcfg.checkpoint_every steps and on exit (errors, Ctrl-C), stops on a non-finite loss without
   saving it, and calls after_step(done, state, writer). On SIGTERM / SIGINT (preemption.StopRequests) every process
-  stops after the same step, saves it and raises preemption.Preempted. Returns the final state."""
+  stops after the same step (the next one: the request rides on its batch), saves it and raises
+  preemption.Preempted. Returns the final state."""
   writer = (metric_writers.create_default_writer(logdir) if jax.process_index() == 0
             else metric_writers.MultiWriter([]))  # metrics are logged and written by process 0 only
   shardings = parallel.state_shardings(state, mesh)
@@ -274,8 +276,9 @@ def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=N
         if done % tcfg.checkpoint_every == 0:
           checkpoint.save(mngr, done, state, config)
           last_save = done
-        if int(stop):
+        if int(stop):  # every process: the same step, and the same grace period from here
           stopped = True
+          stops.arm()
           break
         if after_step:
           after_step(done, state, writer)
@@ -285,7 +288,7 @@ def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=N
         checkpoint.save(mngr, int(state.step), state, config)
       mngr.wait_until_finished()
       writer.flush()
-  if stopped:
+  if stopped or stops.requested:  # also a signal during the last step: the run was asked to end
     raise preemption.Preempted(f"Stopped on request at step {int(state.step)} of {tcfg.num_steps}; saved in "
                                f"{mngr.directory}. Run the same command to resume.")
   return state
@@ -302,18 +305,19 @@ def train(config, workdir, mesh=None):
   if latents:
     dataset = latent.encode_dataset(latents, dataset, config.training.batch_size)
   state, mngr = create_or_restore(config, os.path.join(workdir, "checkpoints"),
-                                  lambda rng: init_state(config, model, tx, rng), mesh, config.training.keep_checkpoints,
-                                  resume_log=os.path.join(workdir, "resume_log.json"))
+                                  lambda rng: init_state(config, model, tx, rng), mesh,
+                                  config.training.keep_checkpoints, resume_log=os.path.join(workdir, "resume_log.json"))
   every = config.training.sample_every
   edges = log_snr_edges(process, config.training.loss_bins)
 
   def sample_grid(done, state, _):
     if every and done % every == 0:
-      write_training_grid(config, model, process, state, mesh, os.path.join(workdir, "samples", f"train_{done:07d}.png"),
-                          latents)
+      write_training_grid(config, model, process, state, mesh,
+                          os.path.join(workdir, "samples", f"train_{done:07d}.png"), latents)
   return fit(config, config.training, state, mngr, make_train_step(config, model, process, tx),
-             lambda step, rows: host_batch(config, dataset, step, rows), mesh, os.path.join(workdir, "logs"), sample_grid,
-             summarize=summarize_bins(edges), on_log=training_log(os.path.join(workdir, "training_log.json"), edges))
+             lambda step, rows: host_batch(config, dataset, step, rows), mesh, os.path.join(workdir, "logs"),
+             sample_grid, summarize=summarize_bins(edges),
+             on_log=training_log(os.path.join(workdir, "training_log.json"), edges))
 
 
 def load_params(config, workdir, mesh):

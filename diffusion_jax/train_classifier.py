@@ -11,7 +11,7 @@ import optax
 
 from diffusion_jax import parallel
 from diffusion_jax.data import get_dataset
-from diffusion_jax.losses import q_sample
+from diffusion_jax.parametrization import q_sample
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.tables import markdown_table
 from diffusion_jax.train import (apply_gradients, create_or_restore, fit, make_optimizer, new_state, restore_latest,
@@ -84,9 +84,9 @@ def train_classifier(config, workdir, mesh=None):
                      f"{data.num_classes} classes")
   clf, tx = get_classifier(config), make_optimizer(ccfg.optim)
   out = classifier_dir(config, workdir)
-  state, mngr = create_or_restore(config, os.path.join(out, "checkpoints"), lambda rng: init_state(config, clf, tx, rng),
-                                  mesh, ccfg.training.keep_checkpoints, section="classifier.model",
-                                  resume_log=os.path.join(out, "resume_log.json"))
+  state, mngr = create_or_restore(config, os.path.join(out, "checkpoints"),
+                                  lambda rng: init_state(config, clf, tx, rng), mesh, ccfg.training.keep_checkpoints,
+                                  section="classifier.model", resume_log=os.path.join(out, "resume_log.json"))
   accuracy = accuracy_by_noise(clf, process, held.images, held.labels, config.seed)
   evaluated = {}  # step -> rows, so the final evaluation is not repeated
 

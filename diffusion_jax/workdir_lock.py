@@ -33,13 +33,16 @@ def _alive(pid):
 
 
 def _holder(path):
-  """(the lock's JSON, seconds since its last heartbeat), or (None, age) while it is being written or unreadable."""
+  """(the lock's JSON, seconds since its last heartbeat); (None, age) while it is being written or when it is not a
+  lock this module wrote; FileNotFoundError when there is none."""
+  age = time.time() - os.path.getmtime(path)
   try:
-    age = time.time() - os.path.getmtime(path)
     with open(path) as f:
-      return json.load(f), age
-  except (ValueError, OSError):
-    return None, (time.time() - os.path.getmtime(path)) if os.path.exists(path) else 0.0
+      holder = json.load(f)
+  except ValueError:
+    return None, age
+  ok = isinstance(holder, dict) and isinstance(holder.get("pid"), int) and holder["pid"] > 0 and "host" in holder
+  return (holder if ok else None), age
 
 
 def stale_reason(holder, age, stale_s):
@@ -51,7 +54,7 @@ def stale_reason(holder, age, stale_s):
   if holder.get("host") == socket.gethostname():
     if holder.get("pid") == os.getpid():
       return "left by an earlier process with this pid (a restarted container)"
-    if not _alive(holder.get("pid", -1)):
+    if not _alive(holder["pid"]):
       return f"its process {holder.get('pid')} is gone"
   return None
 
@@ -66,32 +69,53 @@ def acquire(workdir, stale_s, mode=""):
     try:
       fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-      holder, age = _holder(path)
+      try:
+        holder, age = _holder(path)
+      except FileNotFoundError:  # released meanwhile
+        continue
       reason = stale_reason(holder, age, stale_s)
       if reason is None:
         who = (f"pid {holder['pid']} on {holder['host']} (mode {holder.get('mode') or '?'}, started "
-               f"{holder['started']})") if holder else "a run that is starting"
+               f"{holder.get('started', '?')})") if holder else "a run that is starting"
         raise WorkdirLocked(f"{workdir} is in use by {who}; wait for it to end or stop it (its lock, {path}, is "
                             f"taken over once that process is gone or after job.lock_stale_s = {stale_s:.0f} s "
                             "without a heartbeat)") from None
-      try:  # a rename wins once when several runs take over the same stale lock
-        os.rename(path, f"{path}.stale-{os.getpid()}")
-      except FileNotFoundError:
-        continue
-      os.remove(f"{path}.stale-{os.getpid()}")
-      logging.warning("Took over the stale lock of %s (%s): %s", workdir, reason, holder)
+      _take_over(path, holder, reason)
       continue
     with os.fdopen(fd, "w") as f:
       json.dump(mine, f)
     return mine
 
 
+def _take_over(path, holder, reason):
+  """Removes the stale lock `holder` judged stale; if another run replaced it meanwhile, puts that one back."""
+  moved = f"{path}.stale-{os.getpid()}"
+  try:
+    os.rename(path, moved)
+  except FileNotFoundError:
+    return
+  try:
+    taken, _ = _holder(moved)
+  except FileNotFoundError:
+    return
+  if taken != holder:  # a live run's fresh lock: restore it (link fails if yet another run created one)
+    try:
+      os.link(moved, path)
+    except FileExistsError:
+      pass
+  else:
+    logging.warning("Took over the stale lock %s (%s): %s", path, reason, holder)
+  os.remove(moved)
+
+
 def release(workdir, mine):
   """Removes the lock if it is still this run's."""
   path = os.path.join(workdir, NAME)
-  holder, _ = _holder(path)
-  if holder == mine:
-    os.remove(path)
+  try:
+    if _holder(path)[0] == mine:
+      os.remove(path)
+  except FileNotFoundError:
+    pass
 
 
 @contextlib.contextmanager
@@ -101,7 +125,7 @@ def hold(workdir, stale_s, mode=""):
   if jax.process_index() == 0:
     try:
       mine = acquire(workdir, stale_s, mode)
-    except WorkdirLocked as e:
+    except Exception as e:  # any failure: the other processes must learn it, not wait in the broadcast
       error = e
   if jax.process_count() > 1:  # every process refuses together
     ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))

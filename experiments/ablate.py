@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from diffusion_jax import tables, train  # noqa: E402
+from diffusion_jax.config_files import load_config, parse_value  # noqa: E402
 from experiments.loss_by_snr import plot_loss_by_log_snr  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -42,18 +43,6 @@ def define_flags():
   flags.DEFINE_string("mode", "all", "main.py's mode for every run (all: train, sample, eval).")
   flags.DEFINE_bool("dry_run", False, "Only check the sweep and write OUT/commands.sh.")
   flags.mark_flag_as_required("out")
-
-
-def load_config(spec):
-  """The ConfigDict of a config file `path[:argument]`, as --config reads it."""
-  import importlib.util
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"Config file {path} not found")
-  module_spec = importlib.util.spec_from_file_location("ablation_base_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def parse_axis(text):
@@ -80,20 +69,10 @@ def set_value(config, key, text):
   if last not in node:
     raise KeyError(f"Config has no key {key!r}; valid keys under {'.'.join(path) or 'the root'}: "
                    f"{', '.join(sorted(node))}")
-  old = node[last]
   try:
-    if isinstance(old, bool):
-      if text.lower() not in ("true", "false"):
-        raise ValueError("expected true or false")
-      value = text.lower() == "true"
-    elif isinstance(old, tuple):
-      value = tuple(type(old[0])(v) if old else v for v in text.strip("()").split(",") if v.strip())
-    elif old is None:
-      value = text
-    else:
-      value = type(old)(text)
+    value = parse_value(text, node[last])
   except ValueError as e:
-    raise ValueError(f"{key}={text!r}: not a valid {type(old).__name__} ({e})") from e
+    raise ValueError(f"{key}={text!r}: {e}") from e
   node[last] = value
 
 

@@ -1,7 +1,8 @@
 """Classifier-free guidance against classifier guidance on one trained model: a sweep of each method's strength with
 one sampler, scored by FID and IS with the network of config.eval.features and, with the digits classifier, by the
-accuracy of the samples' labels (a clean-image classifier, never the guiding one). Writes results.csv, results.md and fid_vs_is.png (both
-methods' FID-IS curves on one figure). Resumable: finished runs are kept in OUT/rows.json and skipped.
+accuracy of the samples' labels (a clean-image classifier, never the guiding one). Writes results.csv, results.md and
+fid_vs_is.png (both methods' FID-IS curves on one figure).
+Resumable: finished runs are kept in OUT/rows.json and skipped.
 
   python -m experiments.guidance_sweep --config=configs/digits_classifier.py --workdir=runs/digits_cfg
       [--w=0,0.5,1,2,4,7,10] [--s=0,0.5,1,2,4,7,10] [--methods=cfg,classifier] [--sampler=ddim:50] [--per_class=50]
@@ -106,7 +107,8 @@ def write_results(rows, out, per_class, names):
       ax.annotate(f"{r[key]:g}", (r[names.inception_score], r[names.fid]), textcoords="offset points", xytext=(4, 4),
                   fontsize=7)
     ax_acc.plot([r[key] for r in pts], [r.get("class_accuracy", float("nan")) for r in pts], "o-", label=label)
-  ax.set(xlabel=f"{names.is_label} (higher: more class-distinct)", ylabel=f"{names.fid_label} (lower: closer to the data)",
+  ax.set(xlabel=f"{names.is_label} (higher: more class-distinct)",
+         ylabel=f"{names.fid_label} (lower: closer to the data)",
          yscale="log", title="FID-IS trade-off (points labelled by strength)")
   ax_acc.set(xlabel="guidance strength (w or s)", ylabel="accuracy of the evaluation classifier",
              title="Samples of the requested class")
@@ -118,7 +120,8 @@ def write_results(rows, out, per_class, names):
   plt.close(fig)
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write("\n".join([
-        f"# Guidance sweep ({per_class} samples per class and run, {rows[0]['sampler']} with {rows[0]['steps']} steps)", "",
+        f"# Guidance sweep ({per_class} samples per class and run, {rows[0]['sampler']} with "
+        f"{rows[0]['steps']} steps)", "",
         f"{names.fid_label} and {names.is_label} use the features and probabilities of the eval.features network; "
         "class accuracy (with the digits classifier only) is scored by that clean-image classifier, never by the "
         "guiding one, a separate noise-conditional network.", "",

@@ -29,7 +29,8 @@ def nanmean(a):
 
 
 def plot_loss_by_log_snr(runs, path, last=0.25):
-  """runs: {label: [workdirs]} -> one line per label (mean over its workdirs, min-max band); False if nothing to plot."""
+  """runs: {label: [workdirs]} -> one line per label (mean over its workdirs, min-max band);
+  False if nothing to plot."""
   runs = {k: v for k, v in runs.items() if v}
   if not runs:
     return False

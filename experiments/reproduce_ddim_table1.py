@@ -19,7 +19,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from diffusion_jax import distributed, tables  # noqa: E402
-from diffusion_jax.convert import load_config_file  # noqa: E402
+from diffusion_jax.config_files import load_config  # noqa: E402
 from experiments.scoring import score_runs  # noqa: E402
 
 # Song et al. 2020, Table 1, CIFAR-10 (32x32): FID by eta (rows) and S (columns)
@@ -92,7 +92,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   distributed.initialize()
-  config = load_config_file(os.path.join(FLAGS.workdir, "config.py"))
+  config = load_config(os.path.join(FLAGS.workdir, "config.py"))
   config.sample.batch_size = FLAGS.batch_size
   config.eval.inception_weights = FLAGS.inception_weights
   config.eval.reference_stats = FLAGS.reference_stats

@@ -36,7 +36,7 @@ def test_bad_sweeps_fail_before_any_run(tmp_path):
   out = str(tmp_path / "out")
   with pytest.raises(KeyError, match="no key 'training.weightng'; valid keys under training: .*weighting"):
     ablate.plan(CONFIG, ["training.weighting=uniform", "training.weightng=p2"], [], 1, out)
-  with pytest.raises(ValueError, match="training.p2_gamma='high': not a valid float"):
+  with pytest.raises(ValueError, match="training.p2_gamma='high': 'high' is not a number"):
     ablate.plan(CONFIG, ["training.p2_gamma=0.5,high"], [], 1, out)
   with pytest.raises(ValueError, match="valid weightings: likelihood, min_snr, p2, uniform"):
     ablate.plan(CONFIG, ["training.weighting=uniform,p3"], [], 1, out)
@@ -80,7 +80,8 @@ def test_skip_if_done_failed_runs_and_mean_std_of_known_numbers(tmp_path):
   assert uniform["seeds"] == 3 and uniform["failed"] == 0 and p2["seeds"] == 2 and p2["failed"] == 1
   assert uniform["ddim_5/fid_digits_mean"] == pytest.approx(2.0)
   assert uniform["ddim_5/fid_digits_std"] == pytest.approx(1.0)  # sample std of 1, 2, 3
-  assert p2["ddim_5/fid_digits_mean"] == pytest.approx(15.0) and p2["ddim_5/fid_digits_std"] == pytest.approx(np.sqrt(50))
+  assert (p2["ddim_5/fid_digits_mean"] == pytest.approx(15.0)
+          and p2["ddim_5/fid_digits_std"] == pytest.approx(np.sqrt(50)))
   assert uniform["loss_mean"] == pytest.approx(0.2) and uniform["train_seconds_mean"] == pytest.approx(4.0)
   md = open(os.path.join(out, "results.md")).read()
   assert "| p2 | 2 | 1 |" in md and "15 ± 7.1" in md

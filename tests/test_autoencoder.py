@@ -110,7 +110,8 @@ def test_text_to_image_latent_diffusion_trains_and_samples_images(trained, tmp_p
   assert latent.diffusion_shape(c) == (4, 4, 2)
   state = train.train(c, str(tmp_path))
   assert set(state.params) == {"text_encoder", "unet"}
-  assert state.params["unet"]["conv_in"]["kernel"].shape[2] == 2 and state.params["unet"]["conv_out"]["kernel"].shape[3] == 2
+  assert (state.params["unet"]["conv_in"]["kernel"].shape[2] == 2
+          and state.params["unet"]["conv_out"]["kernel"].shape[3] == 2)
   assert "class_embedding" not in state.params["unet"]  # the classes are named in the captions
   model, process = train.setup(c)
   mesh = parallel.mesh_for(c)
@@ -121,7 +122,8 @@ def test_text_to_image_latent_diffusion_trains_and_samples_images(trained, tmp_p
   assert images.shape == (20, 8, 8, 1) and np.abs(images).max() <= 1.0 and np.std(images) > 0.05
   np.testing.assert_array_equal(saved["labels"], np.arange(20) % 10)  # prompts name the sampled classes
   tok = text.get_text(c).tokenizer
-  assert tok.decode(text.sample_conditions(c, saved["labels"][:2], 2)[1], skip_special_tokens=True) == "a handwritten one"
+  assert tok.decode(text.sample_conditions(c, saved["labels"][:2], 2)[1],
+                    skip_special_tokens=True) == "a handwritten one"
   fixed = tiny_config(**{**over, "sample.prompt": "the digit 3"})
   assert sample.num_label_classes(fixed) == 0 and text.sample_conditions(fixed, None, 2).shape == (2, 12)
   with pytest.raises(ValueError, match="text.encoder.hidden_size=16 must equal model.context_dim=8"):

@@ -14,25 +14,27 @@ def test_cli_all_modes_through_an_ablation_run(tmp_path, monkeypatch):
   monkeypatch.chdir(ROOT)
   out = str(tmp_path)
   runs = ablate.plan("tests/tiny_config.py", ["training.weighting=uniform"],
-                     ["training.num_steps=4", "sample.runs=ddpm:10,ddim:5", "eval.enable_bpd=True",
+                     ["training.num_steps=4", "sample.runs=ddpm:10,ddim:5,mine:4", "imports=plugin_sampler",
+                      "eval.enable_bpd=True",
                       "eval.bpd_num_images=4", "eval.bpd_num_bins=17"], 1, out)
   status = ablate.execute(runs, out)
   wd = os.path.join(out, "runs", runs[0]["name"])
   assert status == {runs[0]["name"]: "done"}, open(os.path.join(wd, "log.txt")).read()[-3000:]
   assert "4" in os.listdir(os.path.join(wd, "checkpoints"))
-  for name in ("ddpm_10", "ddim_5"):
+  for name in ("ddpm_10", "ddim_5", "mine_4"):  # mine: tests/plugin_sampler.py, registered by config.imports
     assert os.path.exists(os.path.join(wd, "samples", f"{name}.png"))
     assert os.path.exists(os.path.join(wd, "samples", f"{name}.npz"))
   with open(os.path.join(wd, "results.json")) as f:
     results = json.load(f)
   rows = {r["run"]: r for r in results["rows"]}
-  assert set(rows) == {"real held-out images", "gaussian noise", "ddpm_10", "ddim_5"}
-  assert rows["ddpm_10"]["nfe"] == 10 and rows["ddim_5"]["steps"] == 5
+  assert set(rows) == {"real held-out images", "gaussian noise", "ddpm_10", "ddim_5", "mine_4"}
+  assert rows["ddpm_10"]["nfe"] == 10 and rows["ddim_5"]["steps"] == 5 and rows["mine_4"]["nfe"] == 4
   assert 0.0 <= rows["ddpm_10"]["class_accuracy"] <= 1.0
   assert results["likelihood"]["num_images"] == 4 and 0 < results["likelihood"]["bpd"] < 20
   report = open(os.path.join(wd, "report.md")).read()
   assert "bits/dim" in report
-  assert "| ddim_5 | ddim | 5 | 5 |" in report and "samples/ddpm_10.png" in report
+  assert "| ddim_5 | ddim | 5 | 5 |" in report and "| mine_4 | mine | 4 | 4 |" in report
+  assert "samples/ddpm_10.png" in report
   row, = ablate.write_results(runs, out, status)
   assert row["seeds"] == 1 and row["ddim_5/fid_digits_mean"] > 0 and row["loss_mean"] > 0
   assert os.path.exists(os.path.join(out, "cache", "digits_classifier.msgpack"))  # shared by every run

@@ -60,7 +60,8 @@ def test_bad_inputs(tmp_path):
   with pytest.raises(ValueError, match=r"missing 2 key\(s\) \['encoder.layers.1.mlp.fc2.bias', "
                                        r"'encoder.layers.1.mlp.fc2.weight'\]"):
     clip_text.convert_params(missing, config)
-  with pytest.raises(ValueError, match=r"Parameter encoder.layers.0.self_attn.q_proj.weight: checkpoint shape \(16, 32\)"):
+  with pytest.raises(ValueError, match=r"Parameter encoder.layers.0.self_attn.q_proj.weight: checkpoint shape "
+                                       r"\(16, 32\)"):
     clip_text.convert_params({**state, "encoder.layers.0.self_attn.q_proj.weight": np.zeros((16, 32))}, config)
   with pytest.raises(ValueError, match="17 tokens exceed the text encoder's context of 16"):
     params = clip_text.convert_params(state, config)

@@ -15,8 +15,8 @@ CONFIGS = sorted(os.path.relpath(p, ROOT)[:-3].replace(os.sep, ".")
 
 
 def test_all_configs_are_listed():
-  assert {"configs.digits", "configs.digits_cfg", "configs.digits_text", "configs.sd15", "configs.digits_classifier", "configs.imagenet64_cfg",
-          "configs.cifar10_cfg", "configs.ve.cifar10_ncsnpp_continuous"} <= set(CONFIGS)
+  assert {"configs.digits", "configs.digits_cfg", "configs.digits_text", "configs.sd15", "configs.digits_classifier",
+          "configs.imagenet64_cfg", "configs.cifar10_cfg", "configs.ve.cifar10_ncsnpp_continuous"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -12,6 +12,7 @@ import torch
 from diffusers import UNet2DModel
 
 from diffusion_jax import convert, parallel, train
+from diffusion_jax.config_files import load_config
 
 # google/ddpm-cifar10-32's config.json, scaled down (channels, groups, size, one layer per block)
 CIFAR10_LAYOUT = dict(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16, 16, 16),
@@ -127,7 +128,7 @@ def test_ddim_table1_smoke_run_on_a_converted_random_release(cifar10_release, tm
   with open(weights, "wb") as f:
     f.write(flax.serialization.to_bytes(inception.params_from_pytorch(random_network()[1])))
   metrics.save_stats(stats, np.zeros(2048), np.eye(2048))
-  config = convert.load_config_file(os.path.join(dst, "config.py"))
+  config = load_config(os.path.join(dst, "config.py"))
   config.eval.update(inception_weights=weights, reference_stats=stats, batch_size=12)
   config.sample.batch_size = 12
   out = str(tmp_path / "table")

@@ -62,7 +62,8 @@ def test_tfds_lanes_bad_input(tiny, tiny_tfds_dir):
   with pytest.raises(ValueError, match="data.lanes=3 does not divide the global batch size 8; use a divisor"):
     get_dataset(tfds_config(tiny, tiny_tfds_dir, lanes=3), "train", slice(0, 4))
   half = get_dataset(tfds_config(tiny, tiny_tfds_dir), "train", slice(0, 4))
-  with pytest.raises(ValueError, match=r"Rows 4:8 of the batch need lane 2, but this process loaded lanes \[0, 1\] of 4"):
+  with pytest.raises(ValueError, match=r"Rows 4:8 of the batch need lane 2, but this process loaded lanes "
+                                       r"\[0, 1\] of 4"):
     half.batch(0, 0, 8, slice(4, 8))
 
 

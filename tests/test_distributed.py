@@ -228,7 +228,7 @@ def test_sigterm_stops_every_process_after_one_step_and_saves_it(tmp_path):
   from diffusion_jax import checkpoint, preemption, train
   wd = str(tmp_path / "run")
   with open(tmp_path / "out.txt", "w") as out:
-    proc = subprocess.Popen([sys.executable, "-m", "diffusion_jax.launch", "--num_processes=2", "--timeout=300", "--",
+    proc = subprocess.Popen([sys.executable, "-m", "diffusion_jax.launch", "--num_processes=2", "--timeout=600", "--",
                              *MAIN, f"--workdir={wd}", "--mode=train", "--config.training.num_steps=100000",
                              "--config.training.checkpoint_every=100000"], cwd=ROOT, env=env(), stdout=out,
                             stderr=subprocess.STDOUT)

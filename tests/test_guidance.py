@@ -11,7 +11,7 @@ import pytest
 
 from diffusion_jax import parallel
 from diffusion_jax.guidance import check_labels, classifier_free, classifier_grad, classifier_guided, drop_labels
-from diffusion_jax.losses import target
+from diffusion_jax.parametrization import target
 from diffusion_jax.samplers import get_sampler
 from diffusion_jax.schedules import get_schedule
 from diffusion_jax.sde import VESDE, VPSDE

@@ -17,7 +17,8 @@ def test_ode_likelihood_equals_gaussian_density(sde, probe):
   eps = 1e-5
   x = jnp.asarray(np.random.default_rng(0).multivariate_normal(np.asarray(MU), np.asarray(COV), 64), jnp.float32)
   alpha, sigma = (float(a) for a in sde.alpha_sigma(jnp.array(eps)))
-  exact = scipy.stats.multivariate_normal(alpha * np.asarray(MU), alpha**2 * np.asarray(COV) + sigma**2 * np.eye(2)).logpdf(x)
+  exact = scipy.stats.multivariate_normal(alpha * np.asarray(MU),
+                                          alpha**2 * np.asarray(COV) + sigma**2 * np.eye(2)).logpdf(x)
   fn = jax.jit(functools.partial(log_likelihood, gaussian_model_fn(sde), sde, probe=probe, eps=eps))
   if probe == "exact":
     logp, nfe = fn(x, jax.random.PRNGKey(0))
@@ -39,7 +40,8 @@ def test_bits_per_dim_matches_closed_form():
   x_deq = np.asarray(dequantize(x, jax.random.split(rng)[0], 256))
   np.testing.assert_array_equal(np.floor((x_deq + 1) / 2 * 256), k)  # each value stays in its own bin
   alpha, sigma = (float(a) for a in sde.alpha_sigma(jnp.array(eps)))
-  logp = scipy.stats.multivariate_normal(alpha * np.asarray(MU), alpha**2 * np.asarray(COV) + sigma**2 * np.eye(2)).logpdf(x_deq)
+  logp = scipy.stats.multivariate_normal(alpha * np.asarray(MU),
+                                         alpha**2 * np.asarray(COV) + sigma**2 * np.eye(2)).logpdf(x_deq)
   np.testing.assert_allclose(bpd, -logp / (2 * np.log(2)) + 7.0, atol=0.03)
 
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.losses import (WEIGHTINGS, diffusion_loss, eps_loss_factor, get_weighting, importance_t, likelihood,
-                                  target, to_eps_x0)
+from diffusion_jax.losses import WEIGHTINGS, diffusion_loss, eps_loss_factor, get_weighting, importance_t, likelihood
+from diffusion_jax.parametrization import target, to_eps_x0
 from diffusion_jax.schedules import Schedule, get_schedule
 from diffusion_jax.sde import VPSDE
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.losses import target
+from diffusion_jax.parametrization import target
 from diffusion_jax.samplers import get_sampler
 from diffusion_jax.schedules import get_schedule
 from diffusion_jax.sde import VESDE, SubVPSDE, VPSDE

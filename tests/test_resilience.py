@@ -11,6 +11,7 @@ import pytest
 
 from conftest import run_python
 from diffusion_jax import main, sample, train, workdir_lock
+from diffusion_jax.config_files import parse_value
 from diffusion_jax.samplers import parse_runs
 
 
@@ -29,7 +30,7 @@ def dead_pid():
   return proc.pid
 
 
-def test_a_held_workdir_is_refused_and_released(tmp_path):
+def test_a_lock_is_written_released_and_a_live_holder_refused(tmp_path):
   with workdir_lock.hold(str(tmp_path), stale_s=3600, mode="train"):
     holder = json.load(open(tmp_path / "run.lock"))
     assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname() and holder["mode"] == "train"
@@ -66,14 +67,23 @@ def test_stale_locks_are_taken_over_with_a_warning(tmp_path, caplog, holder, age
 def test_unknown_and_mistyped_sampler_options_list_the_valid_ones():
   with pytest.raises(ValueError, match=r"Sampler 'ddim' has no option 'foo' .*valid options: .*eta=0\.0.*w=0\.0"):
     parse_runs("ddim:50:foo=1")
-  with pytest.raises(ValueError, match=r"Option eta='abc' of sampler run 'ddim:50:eta=abc' must be a number"):
+  with pytest.raises(ValueError, match=r"Option eta=abc of sampler run 'ddim:50:eta=abc': 'abc' is not a number"):
     parse_runs("ddim:50:eta=abc")
-  with pytest.raises(ValueError, match="n_corrector_steps=1.5 .* must be an integer"):
+  with pytest.raises(ValueError, match="n_corrector_steps=1.5 .*'1.5' is not an integer"):
     parse_runs("pc:10:n_corrector_steps=1.5")
-  with pytest.raises(ValueError, match="solver=3 .* must be a name"):
-    parse_runs("ode:10:solver=3")
-  assert parse_runs("ddim:50:eta=1:w=2,ode:5:eps=1e-3") == [("ddim", 50, {"eta": 1, "w": 2}),
-                                                              ("ode", 5, {"eps": 1e-3})]
+  with pytest.raises(ValueError, match="denoise=yes .*'yes' is not true or false"):
+    parse_runs("ode:10:denoise=yes")
+  # values take the type of the option's default; an int literal stays as written (the run's label: ddim_50_eta1)
+  assert parse_runs("ddim:50:eta=1:w=2.5,ode:5:eps=1e-3:solver=heun") == [
+      ("ddim", 50, {"eta": 1, "w": 2.5}), ("ode", 5, {"eps": 1e-3, "solver": "heun"})]
+
+
+def test_config_values_parse_as_their_fields_type():
+  assert parse_value("0.5", 1.0) == 0.5 and parse_value("true", False) is True and parse_value("7", 3) == 7
+  assert parse_value("16,32", (8,)) == (16, 32) and parse_value("heun", "dopri5") == "heun"
+  assert parse_value("3", None) == 3 and parse_value("x", None) == "x" and parse_value("False", None) is False
+  with pytest.raises(ValueError, match="'2.5' is not an integer"):
+    parse_value("2.5", 3)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.losses import target
-from diffusion_jax.samplers import get_sampler, parse_runs
+from diffusion_jax.parametrization import target
+from diffusion_jax.samplers import SAMPLERS, get_sampler, parse_runs
+from diffusion_jax.samplers.common import samplers_on
 from diffusion_jax.samplers.common import respace
 from diffusion_jax.samplers.ddim import ddim_step
 from diffusion_jax.samplers.ddpm import ddpm_step
@@ -17,7 +18,8 @@ COV = jnp.array([[0.5, 0.2], [0.2, 0.3]])
 
 
 def gaussian_model_fn(schedule, prediction="eps"):
-  """Exact prediction for x0 ~ N(MU, COV): E[eps | x_t] = sigma Cov_t^{-1} (x_t - alpha MU), Cov_t = alpha^2 COV + sigma^2 I."""
+  """Exact prediction for x0 ~ N(MU, COV): E[eps | x_t] = sigma Cov_t^{-1} (x_t - alpha MU),
+  Cov_t = alpha^2 COV + sigma^2 I."""
   def model_fn(x, t, y=None):
     alpha, sigma = schedule.alpha_sigma(t)
     a, s = alpha[:, None, None], sigma[:, None, None]
@@ -136,8 +138,12 @@ def test_convergence_order(schedule):
   assert ratio("edm") > 3.0
 
 
-def test_nfe_of_fixed_step_runs():
-  from diffusion_jax.sample import nfe_of
-  assert nfe_of("ddpm", 10, {}) == 10 and nfe_of("edm", 3, {}) == 5
-  assert nfe_of("pc", 4, {"corrector": "none"}) == 4 and nfe_of("pc", 4, {"n_corrector_steps": 2}) == 12
-  assert nfe_of("ode", 3, {"solver": "heun"}) == 7 and nfe_of("ode", 3, {"solver": "euler"}) == 4
+def test_samplers_describe_their_process_and_network_evaluations():
+  nfe = lambda name, steps, options: get_sampler(name).nfe(steps, options)
+  assert nfe("ddpm", 10, {}) == 10 and nfe("edm", 3, {}) == 5
+  assert nfe("pc", 4, {"corrector": "none"}) == 4 and nfe("pc", 4, {"n_corrector_steps": 2}) == 12
+  assert nfe("ode", 3, {"solver": "heun"}) == 7 and nfe("ode", 3, {"solver": "euler", "denoise": False}) == 3
+  assert nfe("ode", 3, {}) is None  # dopri5 counts its own
+  assert samplers_on("sde") == ["ode", "pc"] and {"ddpm", "ddim", "dpm_solver++", "edm"} <= set(samplers_on("schedule"))
+  assert [n for n in SAMPLERS.names() if get_sampler(n).mean_shift_guidance] == ["ddpm"]
+

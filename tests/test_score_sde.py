@@ -70,7 +70,8 @@ def test_likelihood_weighting_is_g2_over_sigma2(sde):
   _, sigma = sde.alpha_sigma(t)
   w = WEIGHTINGS.get("likelihood")(lam, "eps", dlam, None)
   np.testing.assert_allclose(w, g**2 / sigma**2, rtol=2e-3)
-  np.testing.assert_allclose(WEIGHTINGS.get("likelihood")(lam, "x0", dlam, None), g**2 / sigma**2 * jnp.exp(lam), rtol=2e-3)
+  np.testing.assert_allclose(WEIGHTINGS.get("likelihood")(lam, "x0", dlam, None), g**2 / sigma**2 * jnp.exp(lam),
+                             rtol=2e-3)
 
 
 def test_sde_training_times_and_network_time():
@@ -141,7 +142,7 @@ def test_ve_ncsnpp_trains_and_samples(tiny, tmp_path):
                                               jax.random.PRNGKey(0), **kw)
     assert images.shape == (8, 8, 8, 1) and np.isfinite(images).all() and list(labels) == list(range(8))
   assert nfe == 7
-  with pytest.raises(ValueError, match="samples with: pc, ode"):
+  with pytest.raises(ValueError, match="samples with: ode, pc"):
     generate_samples(config, model, process, state.ema_params, mesh, "ddim", 5, 8, jax.random.PRNGKey(0))
 
 

@@ -44,7 +44,8 @@ def test_subvp_and_ve_marginals():
 
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE()])
 def test_marginal_variance_solves_the_forward_sde(sde):
-  """d Var/dt = 2 f'(t) Var + g^2 for the linear SDEs, with Var = sigma_t^2 for x0 = 0; checked by finite differences."""
+  """d Var/dt = 2 f'(t) Var + g^2 for the linear SDEs, with Var = sigma_t^2 for x0 = 0;
+  checked by finite differences."""
   t, h = jnp.array([0.3, 0.7]), 1e-3
   var = lambda t: sde.alpha_sigma(t)[1] ** 2
   x = jnp.ones((2, 1))

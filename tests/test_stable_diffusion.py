@@ -9,7 +9,8 @@ import pytest
 CLIP = dict(vocab_size=96, hidden_size=24, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=12, eos_token_id=3, bos_token_id=2, pad_token_id=0)
 UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=24, attention_head_dim=2, norm_num_groups=8)
 VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1, latent_channels=4,
@@ -46,6 +47,7 @@ def test_converted_stable_diffusion_samples_like_diffusers(pipeline, tmp_path):
   import jax
   import torch
   from diffusion_jax import convert, main
+  from diffusion_jax.config_files import load_config
   from diffusion_jax.samplers.common import initial_noise
   pipe, src = pipeline
   dst = str(tmp_path / "converted")
@@ -53,7 +55,7 @@ def test_converted_stable_diffusion_samples_like_diffusers(pipeline, tmp_path):
   assert (config.data.image_size, config.model.context_dim, config.diffusion.schedule, config.sample.spacing) == \
       (16, 24, "scaled_linear", "leading_offset")
   assert {"autoencoder", "checkpoints", "config.py", "tokenizer"} <= set(os.listdir(dst))
-  config = convert.load_config_file(os.path.join(dst, "config.py"))
+  config = load_config(os.path.join(dst, "config.py"))
   config.sample.prompt, config.sample.runs = PROMPT, f"ddim:{STEPS}:w={W}"
   config.sample.num_samples = config.sample.batch_size = 2
   main.run(config, dst, "sample")

@@ -170,9 +170,19 @@ def test_no_intact_checkpoint_names_every_step_and_moves_nothing(uninterrupted, 
   shutil.copytree(wd, tmp_path / "wd")
   for step in ("3", "6"):
     damage(tmp_path / "wd" / "checkpoints" / step, "all_garbage")
-  with pytest.raises(RuntimeError, match=r"No intact checkpoint in .*\n  step 6: cannot .*\n  step 3: cannot "):
+  every_step = r"No intact checkpoint in .*\n  step 6: .*6: cannot .*\n  step 3: .*3: cannot "
+  with pytest.raises(RuntimeError, match=every_step):
     train.load_params(tiny(), str(tmp_path / "wd"), parallel.make_mesh())
   assert sorted(os.listdir(tmp_path / "wd" / "checkpoints")) == ["3", "6"]
+
+
+def test_another_optimizer_structure_is_a_config_error_not_damage(uninterrupted, tiny, tmp_path):
+  wd, _ = uninterrupted
+  shutil.copytree(wd, tmp_path / "wd")
+  structure = "another train-state structure .*optim.grad_clip: checkpoint has 1.0, config has 0.0"
+  with pytest.raises(ValueError, match=structure):
+    train.train(tiny(**{"optim.grad_clip": 0.0, "training.num_steps": 9}), str(tmp_path / "wd"))
+  assert sorted(os.listdir(tmp_path / "wd" / "checkpoints")) == ["3", "6"]  # nothing moved aside
 
 
 def test_sigterm_saves_the_step_and_exits_75_and_a_second_run_is_refused(tiny, tmp_path):

@@ -33,7 +33,8 @@ class ArrayDataset:
 
 
 def lanes_of(rows, batch_size, num_lanes):
-  """The lanes that hold rows `rows` of a global batch: lane j holds rows [j m, (j + 1) m), m = batch_size / num_lanes."""
+  """The lanes that hold rows `rows` of a global batch: lane j holds rows [j m, (j + 1) m),
+  m = batch_size / num_lanes."""
   if batch_size % num_lanes:
     raise ValueError(f"data.lanes={num_lanes} does not divide the global batch size {batch_size}; use a divisor of "
                      "the batch size (a multiple of the process count, so that each process reads only its part)")

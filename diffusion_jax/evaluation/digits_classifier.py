@@ -1,5 +1,6 @@
 """A small CNN trained in-project on the digits training split: its penultimate features give FID-digits, its
-softmax gives IS-digits and the class accuracy of conditional samples. Trained deterministically, cached in the workdir."""
+softmax gives IS-digits and the class accuracy of conditional samples. Trained deterministically,
+cached in the workdir."""
 import os
 
 import flax.linen as nn

@@ -19,7 +19,8 @@ EXTRACTORS = Registry("feature extractor")
 
 
 def check_images(images, rgb=True):
-  """float32 [N, H, W, C] in [-1, 1]; with rgb, grayscale (C = 1) is repeated to 3 channels. Anything else is refused."""
+  """float32 [N, H, W, C] in [-1, 1]; with rgb, grayscale (C = 1) is repeated to 3 channels.
+  Anything else is refused."""
   x = np.asarray(images)
   if x.ndim != 4 or x.shape[-1] not in (1, 3):
     raise ValueError(f"Images must be an [N, H, W, C] array with C = 1 or 3 (NHWC); got shape {x.shape}")

@@ -93,7 +93,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
   mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
   s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
   if mu1.shape != mu2.shape or s1.shape != s2.shape:
-    raise ValueError(f"Feature statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    raise ValueError(f"Feature statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, "
+                     f"sigma {s1.shape} vs {s2.shape}")
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
 

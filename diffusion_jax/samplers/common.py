@@ -1,12 +1,15 @@
-"""What every discrete-time sampler shares: the registry, run options, respaced timestep grids and eps / x0
-prediction."""
+"""What every sampler shares: the registry (each sampler with what sampling needs to know of it), run options; and
+what the discrete-time ones share: respaced timestep grids and eps / x0 prediction."""
+import dataclasses
 import inspect
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.losses import to_eps_x0
+from diffusion_jax.config_files import parse_value
+from diffusion_jax.parametrization import to_eps_x0
 from diffusion_jax.registry import Registry
 
 SAMPLERS = Registry("sampler")
@@ -20,50 +23,76 @@ CONTRACT = ("num_steps", "y", "prediction", "return_nfe", "classifier_grad")
 GUIDANCE_OPTIONS = {"w": 0.0, "s": 0.0}
 
 
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """A registered sampler: its function (the common signature; calling the Sampler calls it) and what sampling needs
+  to know of it: the process it runs on ("schedule": a discrete Schedule, or a VP SDE's DDPM discretisation; "sde":
+  an SDE), its network evaluations nfe(num_steps, options), None where it counts them itself (then it takes
+  return_nfe=True and returns (x_0, nfe)), and whether classifier guidance moves its mean (it takes
+  classifier_grad, Dhariwal & Nichol's Alg. 1) instead of shifting the model's eps (Alg. 2)."""
+  fn: Callable
+  process: str = "schedule"
+  nfe: Callable = lambda num_steps, options: num_steps
+  mean_shift_guidance: bool = False
+
+  def __call__(self, *args, **kwargs):
+    return self.fn(*args, **kwargs)
+
+
+PROCESSES = ("schedule", "sde")
+
+
+def register_sampler(name, **spec):
+  """Decorator: registers a sampler function under `name` with the Sampler fields `spec`; returns the function."""
+  if spec.get("process", "schedule") not in PROCESSES:
+    raise ValueError(f"Sampler {name!r}: unknown process {spec['process']!r}; valid: {', '.join(PROCESSES)}")
+
+  def wrap(fn):
+    SAMPLERS.register(name)(Sampler(fn, **spec))
+    return fn
+  return wrap
+
+
 def get_sampler(name):
   return SAMPLERS.get(name)
+
+
+def samplers_on(process):
+  """Names of the samplers that run on `process` ("schedule" or "sde")."""
+  return [n for n in SAMPLERS.names() if get_sampler(n).process == process]
 
 
 def sampler_options(name):
   """{option: default} of the run options of sampler `name`: its keyword arguments beyond the common signature,
   and the guidance options."""
-  params = inspect.signature(get_sampler(name)).parameters.values()
+  params = inspect.signature(get_sampler(name).fn).parameters.values()
   own = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in CONTRACT}
   return {**own, **GUIDANCE_OPTIONS}
 
 
-def _kind(default):
-  """(test, description) of the values an option with this default takes (None: a number)."""
-  number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-  if isinstance(default, bool):
-    return lambda v: isinstance(v, bool), "true or false"
-  if isinstance(default, int):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"
-  if isinstance(default, str):
-    return lambda v: isinstance(v, str), "a name"
-  return number, "a number"
-
-
-def check_options(name, kwargs, run=""):
-  """Raises ValueError for an option that sampler `name` does not take (listing those it takes) or a value of the
-  wrong type."""
+def parse_options(name, texts, run=""):
+  """{option: value} of run options given as text ({"eta": "0.5"}), each parsed as the type of its default in
+  sampler `name`; ValueError for an option the sampler does not take (listing those it takes) or a bad value."""
   valid = sampler_options(name)
-  for k, v in kwargs.items():
+  options = {}
+  for k, text in texts.items():
     if k not in valid:
       raise ValueError(f"Sampler {name!r} has no option {k!r} (in run {run or name!r}); valid options: "
                        + ", ".join(f"{o}={d}" for o, d in valid.items()))
-    ok, what = _kind(valid[k])
-    if not ok(v):
-      raise ValueError(f"Option {k}={v!r} of sampler run {run or name!r} must be {what} (default {valid[k]!r})")
+    try:
+      options[k] = parse_value(text, valid[k])
+    except ValueError as e:
+      raise ValueError(f"Option {k}={text} of sampler run {run or name!r}: {e} (default {valid[k]!r})") from None
+  return options
 
 
 def respace(num_timesteps, num_steps, spacing="leading"):
   """Descending 0-based indices of a `num_steps` subset of the T training steps.
   leading: 0, T/S, 2T/S, ... (DDIM paper, Song et al. 2020); leading_offset: 1, T/S + 1, ... (diffusers'
   steps_offset=1 with set_alpha_to_one=False, Stable Diffusion's scheduler configs; see grid); trailing: T-1,
-  T-1-T/S, ... (Lin et al. 2024); linspace: round(linspace(0, T-1, S)); quadratic: int(linspace(0, sqrt(0.8 T), S)^2), DDIM's CIFAR-10 grid (Song et
-  al. 2020, App. D.2), which repeats early indices at large S as the released code does (a repeated step is the
-  identity for DDIM and DDPM)."""
+  T-1-T/S, ... (Lin et al. 2024); linspace: round(linspace(0, T-1, S)); quadratic: int(linspace(0, sqrt(0.8 T), S)^2),
+  DDIM's CIFAR-10 grid (Song et al. 2020, App. D.2), which repeats early indices at large S as the released code does
+  (a repeated step is the identity for DDIM and DDPM)."""
   T, S = num_timesteps, num_steps
   if not 1 <= S <= T:
     raise ValueError(f"num_steps must be in [1, {T}] for a {T}-step schedule, got {S}")
@@ -104,33 +133,23 @@ def eps_x0(model_fn, x, t, abar, y, prediction, clip_x0):
   return eps, x0
 
 
-def _value(v):
-  for cast in (int, float):
-    try:
-      return cast(v)
-    except ValueError:
-      pass
-  return {"true": True, "false": False}.get(v.lower(), v)
-
-
 def parse_runs(spec):
   """'ddpm:1000,ddim:50:eta=0.5,ode:20:solver=heun' ->
-  [('ddpm', 1000, {}), ('ddim', 50, {'eta': 0.5}), ('ode', 20, {'solver': 'heun'})], each run's options checked
-  against its sampler's (check_options)."""
+  [('ddpm', 1000, {}), ('ddim', 50, {'eta': 0.5}), ('ode', 20, {'solver': 'heun'})], each run's options parsed
+  and checked against its sampler's (parse_options)."""
   runs = []
   for item in [s.strip() for s in spec.split(",") if s.strip()]:
     parts = item.split(":")
     if len(parts) < 2 or not parts[1].isdigit():
       raise ValueError(f"Sampler run {item!r} must look like name:num_steps[:key=value...], e.g. ddim:50:eta=0.5")
     get_sampler(parts[0])
-    kwargs = {}
+    texts = {}
     for kv in parts[2:]:
       k, sep, v = kv.partition("=")
       if not sep:
         raise ValueError(f"Bad option {kv!r} in sampler run {item!r}: options look like key=value")
-      kwargs[k] = _value(v)
-    check_options(parts[0], kwargs, item)
-    runs.append((parts[0], int(parts[1]), kwargs))
+      texts[k] = v
+    runs.append((parts[0], int(parts[1]), parse_options(parts[0], texts, item)))
   return runs
 
 

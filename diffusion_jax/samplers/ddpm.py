@@ -2,7 +2,7 @@
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.common import SAMPLERS, eps_x0, scan_sampler
+from diffusion_jax.samplers.common import eps_x0, register_sampler, scan_sampler
 
 VARIANCES = ("beta", "beta_tilde")
 
@@ -11,7 +11,8 @@ def ddpm_step(x, x0, abar, abar_prev, z, variance="beta_tilde", shift=None):
   """x_{t-1} = mu~(x_t, x0_hat) + sigma_t z with beta_t = 1 - abar_t / abar_prev (respacing, Nichol & Dhariwal 2021)
   and sigma_t^2 = beta_t or beta~_t = (1 - abar_prev) / (1 - abar_t) beta_t (Ho et al., sec. 3.2); no noise at the end.
   mu~ = sqrt(abar_prev) beta_t / (1 - abar_t) x0 + sqrt(alpha_t) (1 - abar_prev) / (1 - abar_t) x_t (Ho et al., eq. 7).
-  With `shift` (s grad log p(y | x_t)) the mean moves by sigma_t^2 shift (classifier guidance, Dhariwal & Nichol Alg. 1)."""
+  With `shift` (s grad log p(y | x_t)) the mean moves by sigma_t^2 shift (classifier guidance, Dhariwal & Nichol
+  Alg. 1)."""
   if variance not in VARIANCES:
     raise ValueError(f"Unknown DDPM variance {variance!r}; valid: {', '.join(VARIANCES)}")
   beta = 1.0 - abar / abar_prev
@@ -22,7 +23,7 @@ def ddpm_step(x, x0, abar, abar_prev, z, variance="beta_tilde", shift=None):
   return mean + jnp.sqrt(var) * z
 
 
-@SAMPLERS.register("ddpm")
+@register_sampler("ddpm", mean_shift_guidance=True)
 def ddpm_sample(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False,
                 spacing="leading", variance="beta_tilde", classifier_grad=None):
   """classifier_grad(x, t, y) -> s grad log p(y | x_t): classifier guidance by the mean shift of Dhariwal & Nichol."""

@@ -3,10 +3,10 @@ data-prediction form, on any respaced subset of the training steps; first order 
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.common import SAMPLERS, eps_x0, grid, initial_noise
+from diffusion_jax.samplers.common import eps_x0, grid, initial_noise, register_sampler
 
 
-@SAMPLERS.register("dpm_solver++")
+@register_sampler("dpm_solver++")
 def dpm_solver_pp_2m(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False,
                      spacing="trailing"):
   ts, abar, abar_next = grid(schedule, num_steps, spacing)

@@ -1,10 +1,11 @@
 """The EDM sampler (Karras et al. 2022, Alg. 2): Heun's method on the probability-flow ODE in sigma = sigma_t /
-alpha_t, with rho = 7 time steps and optional stochastic churn; a VP-trained model is wrapped as a denoiser D(x; sigma)."""
+alpha_t, with rho = 7 time steps and optional stochastic churn; a VP-trained model is wrapped as a denoiser
+D(x; sigma)."""
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.losses import to_eps_x0
-from diffusion_jax.samplers.common import SAMPLERS, initial_noise
+from diffusion_jax.parametrization import to_eps_x0
+from diffusion_jax.samplers.common import initial_noise, register_sampler
 
 
 def karras_sigmas(sigma_min, sigma_max, n, rho=7.0):
@@ -14,7 +15,7 @@ def karras_sigmas(sigma_min, sigma_max, n, rho=7.0):
   return jnp.concatenate([s, jnp.zeros((1,))])
 
 
-@SAMPLERS.register("edm")
+@register_sampler("edm", nfe=lambda num_steps, options: 2 * num_steps - 1)
 def edm_sample(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False, rho=7.0,
                s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
   """num_steps sigma levels: 2 num_steps - 1 network evaluations."""

@@ -3,15 +3,24 @@ as Song et al. used) or fixed-step Euler / Heun, integrated from t = 1 to t = ep
 import diffrax
 import jax.numpy as jnp
 
-from diffusion_jax.losses import to_eps_x0
-from diffusion_jax.samplers.common import SAMPLERS
-from diffusion_jax.sde import SDE, _b, default_eps, score_fn
+from diffusion_jax.parametrization import bcast, to_eps_x0
+from diffusion_jax.samplers.common import register_sampler
+from diffusion_jax.sde import SDE, default_eps, score_fn
 
 # solver -> (diffrax solver, network evaluations per step); Dopri5 is FSAL: 6 new stages per step
 SOLVERS = {"dopri5": (diffrax.Dopri5, 6), "euler": (diffrax.Euler, 1), "heun": (diffrax.Heun, 2)}
+ADAPTIVE = ("dopri5",)
 
 
-@SAMPLERS.register("ode")
+def fixed_step_nfe(num_steps, options):
+  """Network evaluations of a fixed-step solve (and its denoising step); None for an adaptive one, which counts."""
+  solver = options.get("solver", "dopri5")
+  if solver in ADAPTIVE or solver not in SOLVERS:
+    return None
+  return num_steps * SOLVERS[solver][1] + (1 if options.get("denoise", True) else 0)
+
+
+@register_sampler("ode", process="sde", nfe=fixed_step_nfe)
 def ode_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps", solver="dopri5", rtol=1e-5,
                atol=1e-5, eps=None, denoise=True, return_nfe=False, max_steps=4096):
   """num_steps is the fixed step count of euler / heun and the first trial step (1 - eps) / num_steps of dopri5;
@@ -25,7 +34,7 @@ def ode_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps"
   eps = default_eps(sde) if eps is None else eps
   flow = sde.reverse(score_fn(model_fn, sde, y, prediction), probability_flow=True)
   term = diffrax.ODETerm(lambda t, x, args: flow.sde(x, jnp.full((shape[0],), t))[0])
-  adaptive = solver == "dopri5"
+  adaptive = solver in ADAPTIVE
   sol = diffrax.diffeqsolve(
       term, cls(), t0=1.0, t1=eps, dt0=-(1.0 - eps) / num_steps, y0=sde.prior_sampling(rng, shape),
       stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol) if adaptive else diffrax.ConstantStepSize(),
@@ -35,7 +44,7 @@ def ode_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps"
   if denoise:  # Tweedie: x_0 = E[x_0 | x_eps], one more network evaluation
     tb = jnp.full((shape[0],), eps)
     alpha, sigma = sde.alpha_sigma(tb)
-    _, x = to_eps_x0(model_fn(x, tb, y), x, _b(alpha, x), _b(sigma, x), prediction)
+    _, x = to_eps_x0(model_fn(x, tb, y), x, bcast(alpha, x), bcast(sigma, x), prediction)
     nfe = nfe + 1
   return (x, nfe) if return_nfe else x
 

@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.registry import Registry
-from diffusion_jax.samplers.common import SAMPLERS
-from diffusion_jax.sde import SDE, VESDE, SubVPSDE, VPSDE, _b, default_eps, score_fn
+from diffusion_jax.samplers.common import register_sampler
+from diffusion_jax.parametrization import bcast
+from diffusion_jax.sde import SDE, VESDE, SubVPSDE, VPSDE, default_eps, score_fn
 
 PREDICTORS = Registry("predictor")
 CORRECTORS = Registry("corrector")
@@ -15,7 +16,7 @@ CORRECTORS = Registry("corrector")
 def euler_maruyama(sde, score, x, t, dt, z):
   drift, g = sde.reverse(score).sde(x, t)
   x_mean = x + drift * dt
-  return x_mean + _b(g, x) * jnp.sqrt(-dt) * z, x_mean
+  return x_mean + bcast(g, x) * jnp.sqrt(-dt) * z, x_mean
 
 
 @PREDICTORS.register("reverse_diffusion")
@@ -23,7 +24,7 @@ def reverse_diffusion(sde, score, x, t, dt, z):
   """The reverse of the SDE's own discretisation (Song et al. 2021, eq. 46)."""
   f, g = sde.reverse(score).discretize(x, t)
   x_mean = x - f
-  return x_mean + _b(g, x) * z, x_mean
+  return x_mean + bcast(g, x) * z, x_mean
 
 
 @PREDICTORS.register("ancestral")
@@ -31,13 +32,13 @@ def ancestral(sde, score, x, t, dt, z):
   """Ancestral sampling of the DDPM (VP) or SMLD (VE) discretisation (Song et al. 2021, eqs. 47 and 48)."""
   if isinstance(sde, VESDE):
     sigma, adjacent = sde.sigma_and_previous(t)
-    x_mean = x + _b(sigma**2 - adjacent**2, x) * score(x, t)
+    x_mean = x + bcast(sigma**2 - adjacent**2, x) * score(x, t)
     std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
-    return x_mean + _b(std, x) * z, x_mean
+    return x_mean + bcast(std, x) * z, x_mean
   if isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE):
     beta = sde.discrete_betas[sde.index(t)]
-    x_mean = (x + _b(beta, x) * score(x, t)) / _b(jnp.sqrt(1.0 - beta), x)
-    return x_mean + _b(jnp.sqrt(beta), x) * z, x_mean
+    x_mean = (x + bcast(beta, x) * score(x, t)) / bcast(jnp.sqrt(1.0 - beta), x)
+    return x_mean + bcast(jnp.sqrt(beta), x) * z, x_mean
   raise ValueError(f"The ancestral predictor supports the VP and VE SDEs, not {type(sde).__name__}")
 
 
@@ -56,8 +57,8 @@ def langevin(sde, score, x, t, rng, snr, n_steps):
     grad = score(x, t)
     z = jax.random.normal(key, x.shape)
     step = (snr * norm(z) / norm(grad)) ** 2 * 2.0 * alpha
-    x_mean = x + _b(step, x) * grad
-    x = x_mean + _b(jnp.sqrt(2.0 * step), x) * z
+    x_mean = x + bcast(step, x) * grad
+    x = x_mean + bcast(jnp.sqrt(2.0 * step), x) * z
   return x, x_mean
 
 
@@ -66,7 +67,13 @@ def no_corrector(sde, score, x, t, rng, snr, n_steps):
   return x, x
 
 
-@SAMPLERS.register("pc")
+def pc_nfe(num_steps, options):
+  """num_steps predictor evaluations, plus n_corrector_steps corrector evaluations before each."""
+  corrector_steps = options.get("n_corrector_steps", 1) if options.get("corrector", "langevin") != "none" else 0
+  return num_steps * (1 + corrector_steps)
+
+
+@register_sampler("pc", process="sde", nfe=pc_nfe)
 def pc_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps", predictor="reverse_diffusion",
               corrector="langevin", snr=0.16, n_corrector_steps=1, denoise=True, eps=None):
   """num_steps predictor steps from t = 1 to eps, each after n_corrector_steps Langevin steps; the reverse-diffusion
