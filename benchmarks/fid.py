@@ -2,24 +2,20 @@
 (pytorch-fid's architecture, tests/torch_fid_inception.py) on the same machine in the same run, same random weights
 and images (resized to 299 inside both); prints one JSON line per implementation.
 Usage: python -m benchmarks.fid [--num_images=200 --batch=50 --size=32]"""
-from diffusion_jax.xla_flags import set_cpu_flags
+import json
+import os
+import sys
+import time
 
-set_cpu_flags()
+import jax
+import numpy as np
+import torch
+from absl import app, flags
 
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from diffusion_jax.evaluation import features, inception  # noqa: E402
+from diffusion_jax.evaluation import features, inception
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from torch_fid_inception import TorchFIDInception  # noqa: E402
+from torch_fid_inception import TorchFIDInception
 
 _NUM = flags.DEFINE_integer("num_images", 200, "Images to embed (after one warm-up batch).")
 _BATCH = flags.DEFINE_integer("batch", 50, "Images per batch.")

@@ -1,20 +1,16 @@
 """Sampling speed of every sampler: total seconds for one batch and milliseconds per network evaluation (NFE) of
 its compiled loop (compilation excluded), for a named config with random weights; prints one JSON line per run.
 Usage: python -m benchmarks.sampling --config=configs/digits.py [--batch=64 --runs=ddim:20,edm:10]"""
-from diffusion_jax.xla_flags import set_cpu_flags
+import json
 
-set_cpu_flags()
+import jax
+from absl import app, flags
+from ml_collections import config_flags
 
-import json  # noqa: E402
-
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from diffusion_jax import parallel  # noqa: E402
-from diffusion_jax.sample import generate_samples, run_label  # noqa: E402
-from diffusion_jax.samplers import parse_runs  # noqa: E402
-from diffusion_jax.train import init_state, make_optimizer, setup  # noqa: E402
+from diffusion_jax import parallel
+from diffusion_jax.sample import generate_samples, run_label
+from diffusion_jax.samplers import parse_runs
+from diffusion_jax.train import init_state, make_optimizer, setup
 
 RUNS = ("ddpm:100,ddim:20,dpm_solver++:20,edm:10,pc:50:predictor=euler_maruyama:corrector=none,"
         "pc:25:predictor=reverse_diffusion:corrector=langevin,ode:10:solver=heun,ode:20:solver=euler,"

@@ -1,19 +1,15 @@
 """Training throughput (images/s) of the jitted train step for a named config; prints JSON.
 Usage: python -m benchmarks.train_step --config=configs/digits.py [--steps=30]"""
-from diffusion_jax.xla_flags import set_cpu_flags
+import json
+import time
 
-set_cpu_flags()
+import jax
+from absl import app, flags
+from ml_collections import config_flags
 
-import json  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from diffusion_jax import parallel  # noqa: E402
-from diffusion_jax.data import get_dataset  # noqa: E402
-from diffusion_jax.train import host_batch, init_state, make_optimizer, make_train_step, setup  # noqa: E402
+from diffusion_jax import parallel
+from diffusion_jax.data import get_dataset
+from diffusion_jax.train import host_batch, init_state, make_optimizer, make_train_step, setup
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps (after 3 warm-up steps).")

@@ -9,26 +9,23 @@ rounds and each figure is a median over the rounds; `*_speedup_rounds` are each 
 the table) and `*_spread` is the (max - min) / median of a measurement. Prints JSON lines and a Markdown table. Needs
 the test requirements (torch, diffusers).
 Usage: python -m benchmarks.vs_diffusers [--models=medium,digits] [--samples=1,8,64] [--rounds=3] [--train_steps=4]"""
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from absl import app, flags
+from diffusers import DDIMScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
+
+from configs.base import get_base_config
+from diffusion_jax import convert, parallel, tables
+from diffusion_jax.sample import make_generate
+from diffusion_jax.train import make_optimizer, make_train_step, new_state, setup
 from diffusion_jax.xla_flags import cpu_cores, set_cpu_flags
-
-set_cpu_flags(devices=cpu_cores())  # XLA_FLAGS=--xla_force_host_platform_device_count=1 compares one device
-
-import json  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from absl import app, flags  # noqa: E402
-from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
-from diffusers.training_utils import EMAModel  # noqa: E402
-
-from configs.base import get_base_config  # noqa: E402
-from diffusion_jax import convert, parallel, tables  # noqa: E402
-from diffusion_jax.sample import make_generate  # noqa: E402
-from diffusion_jax.train import make_optimizer, make_train_step, new_state, setup  # noqa: E402
 
 # the U-Net of the issue (block_out_channels 64/128/128, attention at the middle level, 32x32 RGB) and the demo's;
 # diffusers' default attention_head_dim=8 gives them 16 and 8 attention heads
@@ -257,6 +254,9 @@ def compare(name, peak, samples):
 
 
 def main(_):
+  # one JAX device per core, set before JAX creates its CPU backend (XLA_FLAGS=--xla_force_host_platform_device_count=1
+  # compares one device)
+  set_cpu_flags(devices=cpu_cores())
   peak = matmul_peak_flops()
   print(json.dumps({"benchmark": "matmul_peak", "gflops_per_s": round(peak / 1e9, 1)}), flush=True)
   samples = [int(n) for n in _SAMPLES.value]

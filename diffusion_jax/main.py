@@ -4,20 +4,16 @@
 Exit status: 0 done; 1 an error, printed in one or two lines (the full trace with --verbosity=1 or
 DIFFUSION_JAX_TRACEBACK=1); 75 stopped by SIGTERM / SIGINT with a checkpoint saved (run the same command to resume);
 128 + signal when the checkpoint could not be written within job.grace_s."""
-from diffusion_jax.xla_flags import set_cpu_flags
+import os
+import sys
 
-set_cpu_flags()
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-import os  # noqa: E402
-import sys  # noqa: E402
-
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from diffusion_jax import (distributed, evaluate, parallel, preemption, registry, sample, train,  # noqa: E402
+from diffusion_jax import (distributed, evaluate, parallel, preemption, registry, sample, train,
                            train_autoencoder, train_classifier, workdir_lock)
-from diffusion_jax.cli_errors import short_errors  # noqa: E402
+from diffusion_jax.cli_errors import short_errors
 
 MODES = ("train", "sample", "eval", "all", "train_classifier", "train_autoencoder")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)

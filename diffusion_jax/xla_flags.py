@@ -1,4 +1,5 @@
-"""XLA CPU flags that make the U-Net faster on CPUs; must run before JAX is imported (no-op if already set)."""
+"""XLA CPU flags that make the U-Net faster on CPUs, set when the package is imported (diffusion_jax/__init__.py);
+they must be in XLA_FLAGS before JAX creates its CPU backend (no-op if already set)."""
 import os
 
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)  # YNNPACK fusions off: faster for small conv nets here

@@ -10,24 +10,20 @@ Every key is checked and every run's config built before any run starts. Runs go
 commands are written to OUT/commands.sh for a cluster; finished runs (OUT/runs/NAME/results.json) are skipped, and a
 failed run is recorded as failed without stopping the others. Writes OUT/runs.csv (one row per run), OUT/results.csv
 and OUT/results.md (mean ± std over seeds), OUT/<metric>.png and OUT/loss_by_log_snr.png."""
-from diffusion_jax.xla_flags import set_cpu_flags
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 
-set_cpu_flags()
+import numpy as np
+from absl import app, flags, logging
 
-import itertools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from diffusion_jax import tables, train  # noqa: E402
-from diffusion_jax.config_files import load_config, parse_value  # noqa: E402
-from experiments.loss_by_snr import plot_loss_by_log_snr  # noqa: E402
+from diffusion_jax import tables, train
+from diffusion_jax.config_files import load_config, parse_value
+from experiments.loss_by_snr import plot_loss_by_log_snr
 
 FLAGS = flags.FLAGS
 SEP = re.compile(r",(?![^()]*\))")  # commas outside parentheses separate values: "(32,64),(64,128)"

@@ -4,20 +4,16 @@ pivot) and a PNG plot of FID against NFE. Resumable: finished runs are kept in O
 
   python -m experiments.compare_samplers --config=configs/digits.py --workdir=runs/digits [--nfe=10,20,50,100,1000]
       [--samplers=ddim,edm,...] [--tolerances=1e-2,1e-3,1e-4] [--num_samples=500] [--out=DIR]"""
-from diffusion_jax.xla_flags import set_cpu_flags
+import os
 
-set_cpu_flags()
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-import os  # noqa: E402
-
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from diffusion_jax import distributed, tables, train  # noqa: E402
-from diffusion_jax.evaluation.features import metric_names  # noqa: E402
-from diffusion_jax.sample import run_label, sampler_setup  # noqa: E402
-from experiments.scoring import score_runs  # noqa: E402
+from diffusion_jax import distributed, tables, train
+from diffusion_jax.evaluation.features import metric_names
+from diffusion_jax.sample import run_label, sampler_setup
+from experiments.scoring import score_runs
 
 # family -> (sampler, options, steps for a target NFE); each run reports the NFE it actually used
 FAMILIES = {

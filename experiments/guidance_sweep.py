@@ -10,26 +10,22 @@ Resumable: finished runs are kept in OUT/rows.json and skipped.
 Methods: `cfg` is classifier-free guidance, eps(x, y) + w (eps(x, y) - eps(x, null)); `classifier` is classifier
 guidance of the model's unconditional mode (w = -1, the null label; an unconditional model as it is) with scale s;
 `cond_classifier` is classifier guidance of the conditional model (w = 0), as in Dhariwal & Nichol's Table 4."""
-from diffusion_jax.xla_flags import set_cpu_flags
+import os
 
-set_cpu_flags()
-
-import os  # noqa: E402
-
-import jax  # noqa: E402
-import matplotlib  # noqa: E402
+import jax
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import matplotlib.pyplot as plt
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from diffusion_jax import distributed, parallel, tables  # noqa: E402
-from diffusion_jax.evaluation.features import metric_names  # noqa: E402
-from diffusion_jax.sample import run_label  # noqa: E402
-from diffusion_jax.samplers import parse_runs  # noqa: E402
-from diffusion_jax.train_classifier import load_classifier  # noqa: E402
-from experiments.scoring import score_runs  # noqa: E402
+from diffusion_jax import distributed, parallel, tables
+from diffusion_jax.evaluation.features import metric_names
+from diffusion_jax.sample import run_label
+from diffusion_jax.samplers import parse_runs
+from diffusion_jax.train_classifier import load_classifier
+from experiments.scoring import score_runs
 
 # method -> (label, strength option, fixed options)
 METHODS = {

@@ -9,18 +9,14 @@ As in the paper: 50,000 samples per cell, DDIM's quadratic time grid for S < 100
 clipping of x0, FID against the training set. --smoke runs the same pipeline on a handful of samples of any
 checkpoint (e.g. random weights) to check it end to end; its table is labelled a smoke test and its numbers mean
 nothing."""
-from diffusion_jax.xla_flags import set_cpu_flags
+import os
 
-set_cpu_flags()
+import jax
+from absl import app, flags, logging
 
-import os  # noqa: E402
-
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from diffusion_jax import distributed, tables  # noqa: E402
-from diffusion_jax.config_files import load_config  # noqa: E402
-from experiments.scoring import score_runs  # noqa: E402
+from diffusion_jax import distributed, tables
+from diffusion_jax.config_files import load_config
+from experiments.scoring import score_runs
 
 # Song et al. 2020, Table 1, CIFAR-10 (32x32): FID by eta (rows) and S (columns)
 PUBLISHED = {0.0: {10: 13.36, 20: 6.84, 50: 4.67, 100: 4.16, 1000: 4.04},

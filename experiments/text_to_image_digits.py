@@ -7,24 +7,20 @@ one template never seen in training.
   python -m experiments.text_to_image_digits --workdir=runs/digits_text [--w=0,1,2,4] [--prompt_w=1] [--per_prompt=20]
 
 Writes WORKDIR/text_to_image/: report.md, results.csv (the w sweep), prompts.csv, prompts/*.png."""
-from diffusion_jax.xla_flags import set_cpu_flags
+import os
 
-set_cpu_flags()
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-import os  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from diffusion_jax import latent, parallel, tables, text, train  # noqa: E402
-from diffusion_jax.evaluation.features import Scorer, metric_names  # noqa: E402
-from diffusion_jax.images import save_grid  # noqa: E402
-from diffusion_jax.sample import make_generate, run_label  # noqa: E402
-from diffusion_jax.train_autoencoder import train_autoencoder  # noqa: E402
-from diffusion_jax.samplers import parse_runs  # noqa: E402
-from experiments.scoring import score_runs  # noqa: E402
+from diffusion_jax import latent, parallel, tables, text, train
+from diffusion_jax.evaluation.features import Scorer, metric_names
+from diffusion_jax.images import save_grid
+from diffusion_jax.sample import make_generate, run_label
+from diffusion_jax.train_autoencoder import train_autoencoder
+from diffusion_jax.samplers import parse_runs
+from experiments.scoring import score_runs
 
 UNSEEN_TEMPLATE = "a drawing of the digit {word}"  # not among the training captions
 

@@ -2,15 +2,11 @@
 on configs/digits.py at one fixed training budget, several seeds each, through the ablation runner (resumable).
 
   python -m experiments.weighting_digits [--out=runs/weighting_digits] [--seeds=3] [--steps=600] [--dry_run]"""
-from diffusion_jax.xla_flags import set_cpu_flags
+import os
 
-set_cpu_flags()
+from absl import app, flags, logging
 
-import os  # noqa: E402
-
-from absl import app, flags, logging  # noqa: E402
-
-from experiments import ablate  # noqa: E402
+from experiments import ablate
 
 WEIGHTINGS = "training.weighting+training.p2_gamma=uniform+1.0,p2+0.5,p2+1.0,min_snr+1.0"
 

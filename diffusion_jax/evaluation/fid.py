@@ -6,18 +6,14 @@
 Each path is a folder of images (png / jpg), an .npz of images (key `images`, NHWC in [-1, 1], as the samplers write
 them) or an .npz of statistics (`mu`, `sigma`, pytorch-fid's format). Features are extracted in jitted batches
 sharded over all devices, with a progress bar."""
-from diffusion_jax.xla_flags import set_cpu_flags
+import functools
+import os
 
-set_cpu_flags()
+import numpy as np
+from absl import app, flags
 
-import functools  # noqa: E402
-import os  # noqa: E402
-
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from diffusion_jax.cli_errors import short_errors  # noqa: E402
-from diffusion_jax.evaluation import features, inception, metrics  # noqa: E402
+from diffusion_jax.cli_errors import short_errors
+from diffusion_jax.evaluation import features, inception, metrics
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
