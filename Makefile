@@ -1,5 +1,6 @@
 # `make demo`: install into .venv and run the main job on the embedded digits data.
-# `make test`: install into .venv and run the test suite; `make lint`: ruff, configured in pyproject.toml.
+# `make test`: install into .venv and run the test suite; `make lint`: ruff and the import layers
+# (import-linter), configured in pyproject.toml.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -23,5 +24,6 @@ test: install
 
 lint: install
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 .PHONY: install demo test lint

@@ -10,7 +10,7 @@ from ml_collections import config_flags
 from diffusion_jax import parallel
 from diffusion_jax.sample import generate_samples, run_label
 from diffusion_jax.samplers import parse_runs
-from diffusion_jax.train import init_state, make_optimizer, setup
+from diffusion_jax.build import init_state, make_optimizer, setup
 
 RUNS = ("ddpm:100,ddim:20,dpm_solver++:20,edm:10,pc:50:predictor=euler_maruyama:corrector=none,"
         "pc:25:predictor=reverse_diffusion:corrector=langevin,ode:10:solver=heun,ode:20:solver=euler,"

@@ -9,7 +9,8 @@ from ml_collections import config_flags
 
 from diffusion_jax import parallel
 from diffusion_jax.data import get_dataset
-from diffusion_jax.train import host_batch, init_state, make_optimizer, make_train_step, setup
+from diffusion_jax.train import host_batch, make_train_step
+from diffusion_jax.build import init_state, make_optimizer, setup
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps (after 3 warm-up steps).")

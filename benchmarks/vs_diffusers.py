@@ -24,7 +24,8 @@ from diffusers.training_utils import EMAModel
 from configs.base import get_base_config
 from diffusion_jax import convert, parallel, tables
 from diffusion_jax.sample import make_generate
-from diffusion_jax.train import make_optimizer, make_train_step, new_state, setup
+from diffusion_jax.train import make_train_step
+from diffusion_jax.build import make_optimizer, new_state, setup
 from diffusion_jax.xla_flags import cpu_cores, set_cpu_flags
 
 # the U-Net of the issue (block_out_channels 64/128/128, attention at the middle level, 32x32 RGB) and the demo's;

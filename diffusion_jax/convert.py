@@ -15,8 +15,11 @@ import shutil
 import jax
 import numpy as np
 from absl import app, flags, logging
+
+from diffusion_jax import build, checkpoint
 from diffusion_jax.cli_errors import short_errors
 from diffusion_jax.config_files import load_config
+from diffusion_jax.models import clip_text
 from diffusion_jax.models.state_dict import from_state_dict
 from diffusion_jax.models.transformer import diffusers_name
 
@@ -237,15 +240,13 @@ def write_config_file(path, overrides, source, kind="diffusers UNet2DModel"):
 
 def abstract_params(config):
   """Shapes and dtypes of the parameters of config's network (nothing computed)."""
-  from diffusion_jax import train
-  model, _ = train.setup(config)
-  return jax.eval_shape(lambda: train.init_state(config, model, train.model_optimizer(config),
+  model, _ = build.setup(config)
+  return jax.eval_shape(lambda: build.init_state(config, model, build.model_optimizer(config),
                                                  jax.random.PRNGKey(0))).params
 
 
 def convert_diffusers(src, dst, tfds_name=None):
   """Writes dst/config.py and dst/checkpoints/0 (params = EMA params = the release's weights); returns the config."""
-  from diffusion_jax import train
   with open(os.path.join(src, "config.json")) as f:
     unet_cfg = json.load(f)
   if unet_cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
@@ -263,7 +264,7 @@ def convert_diffusers(src, dst, tfds_name=None):
   write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src))
   config = load_config(os.path.join(dst, "config.py"))
   params = convert_params(load_state_dict(src), abstract_params(config))
-  save_state(os.path.join(dst, "checkpoints"), train.new_state(params, train.model_optimizer(config),
+  save_state(os.path.join(dst, "checkpoints"), build.new_state(params, build.model_optimizer(config),
                                                                jax.random.PRNGKey(config.seed)), config)
   logging.info("Converted %s (%d parameters) -> %s\n%s", src, sum(np.size(p) for p in jax.tree.leaves(params)), dst,
                pprint.pformat(overrides))
@@ -272,7 +273,6 @@ def convert_diffusers(src, dst, tfds_name=None):
 
 def save_state(directory, state, config):
   """Writes `state` as step 0 of an orbax checkpoint in `directory` (with the config) and waits for it."""
-  from diffusion_jax import checkpoint
   mngr = checkpoint.manager(directory)
   checkpoint.save(mngr, 0, state, config)
   mngr.wait_until_finished()
@@ -290,10 +290,6 @@ def convert_stable_diffusion(src, dst, tfds_name=None):
   """A Stable Diffusion directory into dst: config.py (latent, text-conditioned, frozen CLIP), checkpoints/0 (the U-Net
   and the text encoder), autoencoder/checkpoints/0 with latent_scale.json (the VAE and its scaling_factor), and
   tokenizer/ (copied). Returns the config."""
-  from diffusion_jax import train
-  from diffusion_jax.models import clip_text
-  from diffusion_jax.train_autoencoder import get_autoencoder
-  from diffusion_jax.train_autoencoder import init_state as init_autoencoder
   del tfds_name  # the latents of no TFDS dataset
   unet_cfg, vae_cfg = (read_json(os.path.join(src, d, "config.json")) for d in ("unet", "vae"))
   text_cfg, text_params = clip_text.load_pretrained(os.path.join(src, "text_encoder"))
@@ -317,15 +313,15 @@ def convert_stable_diffusion(src, dst, tfds_name=None):
 
   params = {"unet": convert_params(load_state_dict(os.path.join(src, "unet")), abstract_params(config)["unet"]),
             "text_encoder": text_params}
-  save_state(os.path.join(dst, "checkpoints"), train.new_state(params, train.model_optimizer(config),
+  save_state(os.path.join(dst, "checkpoints"), build.new_state(params, build.model_optimizer(config),
                                                                jax.random.PRNGKey(config.seed)), config)
 
-  ae = get_autoencoder(config)
-  tx = train.make_optimizer(config.autoencoder.optim)
-  abstract = jax.eval_shape(lambda: init_autoencoder(config, ae, tx, jax.random.PRNGKey(0))).params
+  ae = build.get_autoencoder(config)
+  tx = build.make_optimizer(config.autoencoder.optim)
+  abstract = jax.eval_shape(lambda: build.init_autoencoder_state(config, ae, tx, jax.random.PRNGKey(0))).params
   vae = convert_params(load_state_dict(os.path.join(src, "vae")), abstract, key=vae_key)
   out = os.path.join(dst, "autoencoder")
-  save_state(os.path.join(out, "checkpoints"), train.new_state(vae, tx, jax.random.PRNGKey(config.seed)), config)
+  save_state(os.path.join(out, "checkpoints"), build.new_state(vae, tx, jax.random.PRNGKey(config.seed)), config)
   size = config.data.image_size // f
   with open(os.path.join(out, "latent_scale.json"), "w") as fp:
     json.dump({"step": 0, "scale_factor": vae_cfg.get("scaling_factor", 0.18215),

@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-from diffusion_jax import latent, parallel, text, train
+from diffusion_jax import build, latent, parallel, text
 from diffusion_jax.data import get_dataset
 from diffusion_jax.evaluation.features import Scorer
 from diffusion_jax.images import save_grid
@@ -15,7 +15,7 @@ from diffusion_jax.likelihood import bits_per_dim
 from diffusion_jax.samplers import parse_runs
 from diffusion_jax.sample import needs_classifier, run_label, sample_batches, sampler_setup, sampling_sde
 from diffusion_jax.tables import markdown_table, pivot_by_nfe, plot_by_nfe
-from diffusion_jax.train_classifier import load_classifier
+from diffusion_jax.build import load_classifier
 
 
 def columns(names):
@@ -41,8 +41,8 @@ def score_sampler_run(config, scorer, model, process, params, mesh, name, steps,
 
 def held_out_bpd(config, workdir, params, mesh):
   """Bits/dim of the first eval.bpd_num_images held-out images (mean, standard error, mean NFE)."""
-  model, process = train.setup(config)
-  params = train.load_params(config, workdir, mesh) if params is None else params
+  model, process = build.setup(config)
+  params = build.load_params(config, workdir, mesh) if params is None else params
   held = get_dataset(config, "eval")
   x = held.images[:config.eval.bpd_num_images]
   y = held.labels[:config.eval.bpd_num_images] if config.model.num_classes else None
@@ -71,7 +71,7 @@ def evaluate(config, workdir, params=None, mesh=None):
   samples = os.path.join(workdir, "samples")
   runs_path = os.path.join(samples, "runs.json")
   saved = {r["run"]: r for r in json.load(open(runs_path))} if os.path.exists(runs_path) else {}
-  model, process = train.setup(config)
+  model, process = build.setup(config)
   classifier = None
   for name, steps, kwargs in parse_runs(config.sample.runs):
     label = run_label(name, steps, kwargs)
@@ -80,9 +80,9 @@ def evaluate(config, workdir, params=None, mesh=None):
       rows.append({**saved[label], **scorer(data["images"], data["labels"])})
       continue
     if classifier is None:  # the first run to stream: load what sampling needs, once
-      params = train.load_params(config, workdir, mesh) if params is None else params
+      params = build.load_params(config, workdir, mesh) if params is None else params
       classifier = load_classifier(config, workdir, mesh) if needs_classifier(config.sample.runs) else ()
-      latents = latent.load(config, workdir, mesh)
+      latents = build.load_latents(config, workdir, mesh)
     os.makedirs(samples, exist_ok=True)
     rows.append(dict(run=label, **score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num,
                                                     jax.random.PRNGKey(config.seed + 1), classifier or None,

@@ -52,19 +52,6 @@ class Latents:
     return self.autoencoder.apply({"params": params}, z / self.scale_factor, method=self.autoencoder.decode)
 
 
-def load(config, workdir, mesh):
-  """The Latents of a latent config (None otherwise), checked against the diffusion model's input shape."""
-  if not is_latent(config):
-    return None
-  from diffusion_jax.train_autoencoder import load_autoencoder  # it imports train, which imports this module
-  autoencoder, params, stats = load_autoencoder(config, workdir, mesh)
-  if tuple(stats["latent_shape"]) != diffusion_shape(config):
-    raise ValueError(f"The autoencoder's latents have shape {tuple(stats['latent_shape'])}, but the diffusion model "
-                     f"is configured for {diffusion_shape(config)} (data.image_size / 2^(levels - 1) and "
-                     "autoencoder.model.latent_channels); retrain the autoencoder or fix the config")
-  return Latents(autoencoder, params, stats["scale_factor"])
-
-
 def encode_dataset(latents, dataset, batch_size):
   """The dataset with its images replaced by their scaled latents."""
   return ArrayDataset(latents.encode(dataset.images, batch_size), dataset.labels, dataset.num_classes)

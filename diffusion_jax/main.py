@@ -14,6 +14,7 @@ from ml_collections import config_flags
 from diffusion_jax import (distributed, evaluate, parallel, preemption, registry, sample, train,
                            train_autoencoder, train_classifier, workdir_lock)
 from diffusion_jax.cli_errors import short_errors
+from diffusion_jax import build
 
 MODES = ("train", "sample", "eval", "all", "train_classifier", "train_autoencoder")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -29,7 +30,7 @@ def run(config, workdir, mode):
     raise ValueError(f"Unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
   registry.import_modules(config.imports)
   if mode in ("sample", "eval", "all"):
-    sample.check_sampling(config, train.setup(config)[1])
+    sample.check_sampling(config, build.setup(config)[1])
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock.hold(workdir, config.job.lock_stale_s, mode):
     return _run(config, workdir, mode)
@@ -48,9 +49,9 @@ def _run(config, workdir, mode):
     state = train.train(config, workdir, mesh)
     params = state.ema_params if config.sample.use_ema else state.params
   if mode in ("sample", "all"):
-    model, process = train.setup(config)
+    model, process = build.setup(config)
     if mode == "sample":
-      params = train.load_params(config, workdir, mesh)
+      params = build.load_params(config, workdir, mesh)
     sample.sample(config, workdir, params, model, process, mesh)
   if mode in ("eval", "all"):
     results = evaluate.evaluate(config, workdir, params if mode == "all" else None, mesh)

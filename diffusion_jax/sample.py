@@ -10,7 +10,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from diffusion_jax import latent, parallel, text
+from diffusion_jax import build, latent, parallel, text
 from diffusion_jax.guidance import check_labels, classifier_free, classifier_grad, classifier_guided
 from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
@@ -209,9 +209,8 @@ def needs_classifier(runs):
 def sample(config, workdir, params, model, process, mesh):
   """Runs every sampler of config.sample.runs; returns a list of run records (also written to samples/runs.json).
   Runs with classifier guidance (`s=`) use the classifier trained by --mode=train_classifier."""
-  from diffusion_jax.train_classifier import load_classifier  # it imports train, which imports this module
-  classifier = load_classifier(config, workdir, mesh) if needs_classifier(config.sample.runs) else None
-  latents = latent.load(config, workdir, mesh)
+  classifier = build.load_classifier(config, workdir, mesh) if needs_classifier(config.sample.runs) else None
+  latents = build.load_latents(config, workdir, mesh)
   outdir = os.path.join(workdir, "samples")
   os.makedirs(outdir, exist_ok=True)
   records = []

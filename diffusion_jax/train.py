@@ -4,88 +4,20 @@ import json
 import os
 import time
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from clu import metric_writers
 from tqdm import tqdm
 
-from diffusion_jax import checkpoint, latent, parallel, preemption, text
+from diffusion_jax import build, checkpoint, latent, parallel, preemption, text
 from diffusion_jax.data import get_dataset
 from diffusion_jax.guidance import drop_labels
 from diffusion_jax.images import save_grid
-from diffusion_jax.losses import T_SAMPLINGS, diffusion_loss, get_weighting
-from diffusion_jax.parametrization import check_prediction
-from diffusion_jax.models import get_model
+from diffusion_jax.losses import diffusion_loss
 from diffusion_jax.sample import generate_samples
-from diffusion_jax.schedules import Schedule, get_schedule
-from diffusion_jax.sde import VPSDE, sde_from_config
-
-OPTIMIZERS = ("adam", "adamw")
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jnp.ndarray
-  params: dict
-  ema_params: dict
-  opt_state: optax.OptState
-  rng: jnp.ndarray
-
-
-def make_optimizer(optim):
-  """Adam / AdamW with linear warmup to a constant rate and global-norm gradient clipping (Ho et al. 2020)."""
-  if optim.optimizer not in OPTIMIZERS:
-    raise ValueError(f"Unknown optimizer {optim.optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
-  lr = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps) if optim.warmup_steps else optim.lr
-  if optim.optimizer == "adam":
-    opt = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
-  else:
-    opt = optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
-  return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt) if optim.grad_clip else opt
-
-
-def model_optimizer(config):
-  """The diffusion model's optimizer (config.optim); a frozen text encoder (text.train_encoder=False) is not updated."""
-  tx = make_optimizer(config.optim)
-  if not text.is_text(config) or config.text.train_encoder:
-    return tx
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                               lambda params: {k: "frozen" if k == "text_encoder" else "train" for k in params})
-
-
-def setup(config):
-  """(model, process) for a config, validating the names it uses: the process is the discrete schedule
-  diffusion.schedule, or with diffusion.sde set the SDE of continuous-time training."""
-  d = config.diffusion
-  check_prediction(d.prediction)
-  get_weighting(config.training.weighting)
-  if config.training.t_sampling not in T_SAMPLINGS:
-    raise ValueError(f"Unknown training.t_sampling {config.training.t_sampling!r}; valid: {', '.join(T_SAMPLINGS)}")
-  if not d.sde:
-    return get_model(config), get_schedule(d.schedule, d.num_timesteps)
-  process = sde_from_config(d)
-  if d.prediction == "v" and type(process) is not VPSDE:
-    raise ValueError(f"prediction 'v' assumes alpha^2 + sigma^2 = 1, which only the vp SDE has (got {d.sde!r}); "
-                     "use eps or x0")
-  return get_model(config), process
-
-
-def init_state(config, model, tx, rng):
-  k_init, k_train = jax.random.split(rng)
-  x = jnp.zeros((1, *latent.diffusion_shape(config)))
-  y = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
-  if text.is_text(config):  # y: token ids
-    y = jnp.zeros((1, config.text.encoder.max_position_embeddings), jnp.int32)
-  return new_state(model.init(k_init, x, jnp.zeros((1,)), y)["params"], tx, k_train)
-
-
-def new_state(params, tx, rng):
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params), rng=rng)
-
+from diffusion_jax.schedules import Schedule
 
 def apply_gradients(state, grads, tx, ema_decay):
   """One optimizer step, then the EMA of the parameters with warm-up decay min(ema_decay, (1 + step) / (10 + step))."""
@@ -175,45 +107,6 @@ def host_batch(config, dataset, step, rows=slice(None)):
   return {"image": x, "label": y} if config.model.num_classes else {"image": x}
 
 
-def create_or_restore(config, directory, init, mesh, keep=2, section="model", resume_log=None):
-  """The train state from the newest intact checkpoint in `directory` (whose config.`section` must match), or
-  init(rng); placed on the mesh with parallel.state_shardings, whatever mesh and process count saved it. On a resume
-  with resume_log (a JSON path) set, the config fields that differ from the checkpoint's are logged and recorded
-  there (record_drift). Returns (state, checkpoint manager)."""
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-  shardings = parallel.state_shardings(abstract, mesh)
-  init = jax.jit(init, out_shardings=shardings)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  total, per_device = parallel.bytes_per_device(abstract)
-  logging.info("Train state: %.2f MB, %.2f MB per device (mesh data=%d x fsdp=%d, %d process(es))", total / 1e6,
-               per_device / 1e6, mesh.shape["data"], mesh.shape["fsdp"], jax.process_count())
-  mngr = checkpoint.manager(directory, keep)
-  restored = checkpoint.restore(mngr, abstract, config, section=section)
-  if restored is None:
-    return init(jax.random.PRNGKey(config.seed)), mngr
-  state, saved_config = restored
-  logging.info("Resumed from step %d in %s", int(state.step), directory)
-  if resume_log:
-    record_drift(resume_log, int(state.step), checkpoint.config_diffs(saved_config, config))
-  return state, mngr
-
-
-def record_drift(path, step, diffs):
-  """Logs each config field that differs from the resumed checkpoint's (old -> new) and appends {step, changes} to
-  the JSON list at `path` (WORKDIR/resume_log.json; report.md shows it)."""
-  if not diffs:
-    return
-  for k, (old, new) in diffs.items():
-    logging.warning("Resuming step %d with %s changed: %r -> %r", step, k, old, new)
-  if jax.process_index() == 0:
-    log = json.load(open(path)) if os.path.exists(path) else []
-    log.append(dict(step=step, time=time.strftime("%Y-%m-%d %H:%M:%S"),
-                    changes={k: dict(checkpoint=old, now=new) for k, (old, new) in diffs.items()}))
-    with open(path + ".tmp", "w") as f:
-      json.dump(log, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def write_training_grid(config, model, process, state, mesh, path, latents=None):
   """100 samples from the EMA parameters: DDIM-50 on discrete / VP models, probability-flow Heun-25 otherwise."""
   name, steps, kw = ("ddim", 50, {}) if config.diffusion.sde in ("", "vp") else ("ode", 25, {"solver": "heun"})
@@ -298,14 +191,14 @@ def train(config, workdir, mesh=None):
   """Trains to config.training.num_steps, resuming from the workdir; returns the final TrainState."""
   mesh = mesh or parallel.mesh_for(config)
   parallel.check_batch(config.training.batch_size, mesh)
-  model, process = setup(config)
-  tx = model_optimizer(config)
+  model, process = build.setup(config)
+  tx = build.model_optimizer(config)
   dataset = get_dataset(config, "train", parallel.local_rows(config.training.batch_size, mesh))
-  latents = latent.load(config, workdir, mesh)
+  latents = build.load_latents(config, workdir, mesh)
   if latents:
     dataset = latent.encode_dataset(latents, dataset, config.training.batch_size)
-  state, mngr = create_or_restore(config, os.path.join(workdir, "checkpoints"),
-                                  lambda rng: init_state(config, model, tx, rng), mesh,
+  state, mngr = build.create_or_restore(config, os.path.join(workdir, "checkpoints"),
+                                  lambda rng: build.init_state(config, model, tx, rng), mesh,
                                   config.training.keep_checkpoints, resume_log=os.path.join(workdir, "resume_log.json"))
   every = config.training.sample_every
   edges = log_snr_edges(process, config.training.loss_bins)
@@ -320,18 +213,3 @@ def train(config, workdir, mesh=None):
              on_log=training_log(os.path.join(workdir, "training_log.json"), edges))
 
 
-def load_params(config, workdir, mesh):
-  """The (EMA, if config.sample.use_ema) parameters of the workdir's latest checkpoint."""
-  model, _ = setup(config)
-  tx = model_optimizer(config)
-  path = os.path.join(workdir, "checkpoints")
-  state = restore_latest(config, path, lambda rng: init_state(config, model, tx, rng), mesh,
-                         f"No checkpoint found in {path}; train first with --mode=train")
-  return state.ema_params if config.sample.use_ema else state.params
-
-
-def restore_latest(config, directory, init, mesh, missing_message, section="model"):
-  """The latest checkpoint's train state in `directory`; FileNotFoundError(missing_message) when there is none."""
-  if checkpoint.manager(directory).latest_step() is None:
-    raise FileNotFoundError(missing_message)
-  return create_or_restore(config, directory, init, mesh, section=section)[0]

@@ -15,24 +15,11 @@ from diffusion_jax.latent import encode_images
 from diffusion_jax.data import get_dataset
 from diffusion_jax.images import save_grid
 from diffusion_jax.models.autoencoder import AutoencoderKL, kl_to_standard_normal
-from diffusion_jax.train import apply_gradients, create_or_restore, fit, make_optimizer, new_state, restore_latest
+from diffusion_jax.train import apply_gradients, fit
+from diffusion_jax.build import (autoencoder_dir, create_or_restore, get_autoencoder, init_autoencoder_state,
+                                 make_optimizer)
 
 RECONSTRUCTION = {"l1": jnp.abs, "l2": jnp.square}
-
-
-def autoencoder_dir(config, workdir):
-  return config.autoencoder.workdir or os.path.join(workdir, "autoencoder")
-
-
-def get_autoencoder(config):
-  return AutoencoderKL(out_channels=config.data.channels, **config.autoencoder.model)
-
-
-def init_state(config, ae, tx, rng):
-  k_init, k_train = jax.random.split(rng)
-  s = config.data.image_size
-  x = jnp.zeros((1, s, s, config.data.channels))
-  return new_state(ae.init(k_init, x, jax.random.PRNGKey(0))["params"], tx, k_train)
 
 
 def autoencoder_loss(ae, params, x, rng, loss_config):
@@ -77,8 +64,9 @@ def train_autoencoder(config, workdir, mesh=None):
     raise ValueError(f"data.image_size {config.data.image_size} is not divisible by the autoencoder's downsampling "
                      f"factor {ae.downsampling} (2 ^ (levels - 1) of autoencoder.model.block_out_channels)")
   out = autoencoder_dir(config, workdir)
-  state, mngr = create_or_restore(config, os.path.join(out, "checkpoints"), lambda rng: init_state(config, ae, tx, rng),
-                                  mesh, acfg.training.keep_checkpoints, section="autoencoder.model",
+  state, mngr = create_or_restore(config, os.path.join(out, "checkpoints"),
+                                  lambda rng: init_autoencoder_state(config, ae, tx, rng), mesh,
+                                  acfg.training.keep_checkpoints, section="autoencoder.model",
                                   resume_log=os.path.join(out, "resume_log.json"))
 
   def batch(step, rows):
@@ -100,13 +88,3 @@ def train_autoencoder(config, workdir, mesh=None):
   return state, stats
 
 
-def load_autoencoder(config, workdir, mesh):
-  """(autoencoder module, its EMA parameters, latent_scale.json) from the autoencoder directory."""
-  ae, tx = get_autoencoder(config), make_optimizer(config.autoencoder.optim)
-  path = autoencoder_dir(config, workdir)
-  state = restore_latest(config, os.path.join(path, "checkpoints"), lambda rng: init_state(config, ae, tx, rng), mesh,
-                         f"No autoencoder checkpoint in {path}/checkpoints: latent diffusion needs a trained "
-                         "autoencoder; train one with --mode=train_autoencoder, or set config.autoencoder.workdir",
-                         section="autoencoder.model")
-  with open(os.path.join(path, "latent_scale.json")) as f:
-    return ae, state.ema_params, json.load(f)

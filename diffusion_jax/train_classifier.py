@@ -12,26 +12,12 @@ import optax
 from diffusion_jax import parallel
 from diffusion_jax.data import get_dataset
 from diffusion_jax.parametrization import q_sample
-from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.tables import markdown_table
-from diffusion_jax.train import (apply_gradients, create_or_restore, fit, make_optimizer, new_state, restore_latest,
-                                 setup)
+from diffusion_jax.train import apply_gradients, fit
+from diffusion_jax.build import (classifier_dir, create_or_restore, get_classifier, init_classifier_state,
+                                 make_optimizer, setup)
 
 NUM_NOISE_BINS = 8
-
-
-def classifier_dir(config, workdir):
-  return config.classifier.workdir or os.path.join(workdir, "classifier")
-
-
-def get_classifier(config):
-  return NoisyClassifier(**config.classifier.model)
-
-
-def init_state(config, clf, tx, rng):
-  k_init, k_train = jax.random.split(rng)
-  s = config.data.image_size
-  return new_state(clf.init(k_init, jnp.zeros((1, s, s, config.data.channels)), jnp.zeros((1,)))["params"], tx, k_train)
 
 
 def make_train_step(config, clf, process, tx):
@@ -85,8 +71,9 @@ def train_classifier(config, workdir, mesh=None):
   clf, tx = get_classifier(config), make_optimizer(ccfg.optim)
   out = classifier_dir(config, workdir)
   state, mngr = create_or_restore(config, os.path.join(out, "checkpoints"),
-                                  lambda rng: init_state(config, clf, tx, rng), mesh, ccfg.training.keep_checkpoints,
-                                  section="classifier.model", resume_log=os.path.join(out, "resume_log.json"))
+                                  lambda rng: init_classifier_state(config, clf, tx, rng), mesh,
+                                  ccfg.training.keep_checkpoints, section="classifier.model",
+                                  resume_log=os.path.join(out, "resume_log.json"))
   accuracy = accuracy_by_noise(clf, process, held.images, held.labels, config.seed)
   evaluated = {}  # step -> rows, so the final evaluation is not repeated
 
@@ -110,12 +97,3 @@ def train_classifier(config, workdir, mesh=None):
   return state
 
 
-def load_classifier(config, workdir, mesh):
-  """(classifier module, its EMA parameters) from the classifier directory's latest checkpoint."""
-  clf, tx = get_classifier(config), make_optimizer(config.classifier.optim)
-  path = os.path.join(classifier_dir(config, workdir), "checkpoints")
-  state = restore_latest(config, path, lambda rng: init_state(config, clf, tx, rng), mesh,
-                         f"No classifier checkpoint in {path}: classifier guidance (run option s=) needs a trained "
-                         "classifier; train one with --mode=train_classifier, or set config.classifier.workdir",
-                         section="classifier.model")
-  return clf, state.ema_params

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from diffusion_jax import tables, train
+from diffusion_jax import build, tables
 from diffusion_jax.config_files import load_config, parse_value
 from experiments.loss_by_snr import plot_loss_by_log_snr
 
@@ -86,7 +86,7 @@ def plan(config_spec, sweeps, fixed, seeds, out):
       config = base.copy_and_resolve_references()
       for key, value in [*fixed, *combo.items(), ("seed", str(seed))]:
         set_value(config, key, value)
-      train.setup(config)  # names of the schedule, weighting, model, ... are valid
+      build.setup(config)  # names of the schedule, weighting, model, ... are valid
       name = "__".join([f"{k.split('.')[-1]}-{v}" for k, v in combo.items()] + [f"seed-{seed}"])
       name = re.sub(r"[^A-Za-z0-9_.+-]", "", name.replace(",", "+"))
       overrides = [f"--config.{k}={v}" for k, v in [*fixed, *combo.items(), ("seed", str(seed))]]

@@ -10,7 +10,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import distributed, tables, train
+from diffusion_jax import build, distributed, tables
 from diffusion_jax.evaluation.features import metric_names
 from diffusion_jax.sample import run_label, sampler_setup
 from experiments.scoring import score_runs
@@ -73,7 +73,7 @@ def plan(config, model, process, families, nfes, tolerances):
 
 
 def compare(config, workdir, out, families, nfes, tolerances, num_samples):
-  model, process = train.setup(config)
+  model, process = build.setup(config)
   runs = [(run_label(name, steps, opts), name, steps, opts, {"target_nfe": target})
           for name, steps, opts, target in plan(config, model, process, families, nfes, tolerances)]
   rows = score_runs(config, workdir, out, runs, num_samples)

@@ -24,7 +24,7 @@ from diffusion_jax import distributed, parallel, tables
 from diffusion_jax.evaluation.features import metric_names
 from diffusion_jax.sample import run_label
 from diffusion_jax.samplers import parse_runs
-from diffusion_jax.train_classifier import load_classifier
+from diffusion_jax.build import load_classifier
 from experiments.scoring import score_runs
 
 # method -> (label, strength option, fixed options)

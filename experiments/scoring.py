@@ -8,7 +8,7 @@ import jax
 from absl import logging
 from tqdm import tqdm
 
-from diffusion_jax import latent, parallel, train
+from diffusion_jax import build, parallel
 from diffusion_jax.evaluate import score_sampler_run
 from diffusion_jax.evaluation.features import Scorer
 
@@ -17,9 +17,9 @@ def score_runs(config, workdir, out, runs, num_samples, classifier=None):
   """runs: [(label, sampler, steps, options, extra row fields)]. Returns every row of OUT/rows.json. A run that
   fails (a ValueError: a step count the sampler does not take, samples that diverged to NaN) is logged and skipped."""
   mesh = parallel.mesh_for(config)
-  model, process = train.setup(config)
-  params = train.load_params(config, workdir, mesh)
-  latents = latent.load(config, workdir, mesh)
+  model, process = build.setup(config)
+  params = build.load_params(config, workdir, mesh)
+  latents = build.load_latents(config, workdir, mesh)
   scorer = Scorer(config, workdir, mesh)
   os.makedirs(out, exist_ok=True)
   rows_path = os.path.join(out, "rows.json")

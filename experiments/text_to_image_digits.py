@@ -14,7 +14,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import latent, parallel, tables, text, train
+from diffusion_jax import build, parallel, tables, text, train
 from diffusion_jax.evaluation.features import Scorer, metric_names
 from diffusion_jax.images import save_grid
 from diffusion_jax.sample import make_generate, run_label
@@ -43,9 +43,9 @@ def prompt_grids(config, workdir, out, w, sampler, per_prompt):
   """Samples of each prompt at guidance w (all prompts in one compiled batch): a PNG each and the share classified as
   the digit the prompt names."""
   mesh = parallel.mesh_for(config)
-  model, process = train.setup(config)
-  params = train.load_params(config, workdir, mesh)
-  latents = latent.load(config, workdir, mesh)
+  model, process = build.setup(config)
+  params = build.load_params(config, workdir, mesh)
+  latents = build.load_latents(config, workdir, mesh)
   scorer = Scorer(config, workdir, mesh)
   (name, steps, base), = parse_runs(sampler)
   listed = prompts(config)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import convert
+from diffusion_jax import build, convert
 from diffusion_jax.models.autoencoder import AutoencoderKL, kl_to_standard_normal
 
 TINY = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
@@ -77,7 +77,8 @@ def test_train_autoencoder_on_digits(trained):
   import json
   import os
   from diffusion_jax.data import get_dataset
-  from diffusion_jax.train_autoencoder import get_autoencoder, latent_std, train_autoencoder
+  from diffusion_jax.train_autoencoder import latent_std, train_autoencoder
+  from diffusion_jax.build import get_autoencoder
   c, workdir, state, stats = trained
   variance = float(np.var(get_dataset(c, "eval").images))
   assert stats["latent_shape"] == [4, 4, 2] and stats["held_out_mse"] < 0.25 * variance, (stats, variance)
@@ -113,7 +114,7 @@ def test_text_to_image_latent_diffusion_trains_and_samples_images(trained, tmp_p
   assert (state.params["unet"]["conv_in"]["kernel"].shape[2] == 2
           and state.params["unet"]["conv_out"]["kernel"].shape[3] == 2)
   assert "class_embedding" not in state.params["unet"]  # the classes are named in the captions
-  model, process = train.setup(c)
+  model, process = build.setup(c)
   mesh = parallel.mesh_for(c)
   records = sample.sample(c, str(tmp_path), state.ema_params, model, process, mesh)
   assert [r["run"] for r in records] == ["ddim_5_w2"]
@@ -127,7 +128,7 @@ def test_text_to_image_latent_diffusion_trains_and_samples_images(trained, tmp_p
   fixed = tiny_config(**{**over, "sample.prompt": "the digit 3"})
   assert sample.num_label_classes(fixed) == 0 and text.sample_conditions(fixed, None, 2).shape == (2, 12)
   with pytest.raises(ValueError, match="text.encoder.hidden_size=16 must equal model.context_dim=8"):
-    train.setup(tiny_config(**{**over, "model.context_dim": 8}))
+    build.setup(tiny_config(**{**over, "model.context_dim": 8}))
   # the text-to-image demo's report on this model: a guidance sweep, and prompts next to their samples
   from diffusion_jax.evaluation.features import metric_names
   from experiments import text_to_image_digits as t2i
@@ -142,11 +143,11 @@ def test_text_to_image_latent_diffusion_trains_and_samples_images(trained, tmp_p
   assert "| a handwritten zero | 0 | True |" in report and "![the digit 1](prompts/01.png)" in report
   with pytest.raises(ValueError, match=r"sample.clip_x0=False"):
     sample.generate_samples(tiny_config(**{**over, "sample.clip_x0": True}), model, process, state.ema_params, mesh,
-                            "ddim", 5, 4, None, latents=latent.load(c, str(tmp_path), mesh))
+                            "ddim", 5, 4, None, latents=build.load_latents(c, str(tmp_path), mesh))
   with pytest.raises(FileNotFoundError, match="train one with --mode=train_autoencoder"):
-    latent.load(tiny_config(**{**over, "autoencoder.workdir": str(tmp_path / "none")}), str(tmp_path), mesh)
+    build.load_latents(tiny_config(**{**over, "autoencoder.workdir": str(tmp_path / "none")}), str(tmp_path), mesh)
   with pytest.raises(ValueError, match="autoencoder.model.latent_channels: checkpoint has 2, config has 3"):
-    latent.load(tiny_config(**{**over, "autoencoder.model": {**AE["autoencoder.model"], "latent_channels": 3}}),
+    build.load_latents(tiny_config(**{**over, "autoencoder.model": {**AE["autoencoder.model"], "latent_channels": 3}}),
                 str(tmp_path), mesh)
   with open(tmp_path / "samples" / "runs.json") as f:
     assert len(json.load(f)) == 1

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from conftest import ROOT
-from diffusion_jax import latent, sample, train
-from diffusion_jax.train_classifier import get_classifier
+from diffusion_jax import build, latent, sample
+from diffusion_jax.build import get_classifier
 
 CONFIGS = sorted(os.path.relpath(p, ROOT)[:-3].replace(os.sep, ".")
                  for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
@@ -22,7 +22,7 @@ def test_all_configs_are_listed():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds(name):
   config = importlib.import_module(name).get_config()
-  model, process = train.setup(config)
+  model, process = build.setup(config)
   assert getattr(model, "unet", model).out_channels == latent.diffusion_shape(config)[-1]  # text models wrap a U-Net
   assert get_classifier(config).num_classes == config.classifier.model.num_classes
   sample.check_sampling(config, process)  # every run's options, guidance and values, traced

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from diffusion_jax import convert, parallel, train
+from diffusion_jax import build, convert, parallel
 from diffusion_jax.config_files import load_config
 
 # google/ddpm-cifar10-32's config.json, scaled down (channels, groups, size, one layer per block)
@@ -56,8 +56,8 @@ def test_converted_unet_equals_pytorch(cifar10_release):
   assert config.data.tfds_name == "cifar10" and config.model.attn_resolutions == (8,)
   assert config.diffusion.schedule == "linear"
   assert config.sample.ddpm_variance == "beta" and config.sample.clip_x0
-  params = train.load_params(config, dst, parallel.mesh_for(config))  # as main.py --mode=sample loads it
-  model, _ = train.setup(config)
+  params = build.load_params(config, dst, parallel.mesh_for(config))  # as main.py --mode=sample loads it
+  model, _ = build.setup(config)
   x = np.random.default_rng(0).standard_normal((3, 16, 16, 3)).astype(np.float32)
   t = np.array([0, 421, 999], np.float32)
   ours = np.asarray(jax.jit(lambda p: model.apply({"params": p}, x, t))(params))

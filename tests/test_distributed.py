@@ -140,10 +140,10 @@ def logged_losses(workdir):
 def saved_params(workdir, step):
   """The parameters of a checkpoint step, restored onto this process's one device."""
   import jax
-  from diffusion_jax import checkpoint, train
+  from diffusion_jax import build, checkpoint
   cfg = small_config()
-  model, _ = train.setup(cfg)
-  abstract = jax.eval_shape(lambda: train.init_state(cfg, model, train.make_optimizer(cfg.optim),
+  model, _ = build.setup(cfg)
+  abstract = jax.eval_shape(lambda: build.init_state(cfg, model, build.make_optimizer(cfg.optim),
                                                      jax.random.PRNGKey(0)))
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract)
@@ -200,7 +200,7 @@ def test_a_checkpoint_of_two_processes_resumes_in_one(topologies):
 def test_sampling_and_evaluation_over_two_processes_equal_one(topologies):
   """main.py --mode=all over 2 processes x 2 devices on the finished 1 x 4 run (restored onto the new topology):
   its samples and FID-digits equal those of the same sampling and scoring in this single-device process."""
-  from diffusion_jax import parallel, sample, train
+  from diffusion_jax import build, parallel, sample
   from diffusion_jax.evaluation.features import Scorer
   wd, _ = topologies
   run = {"training.num_steps": 3, "sample.runs": "ddim:5", "sample.num_samples": 64, "sample.batch_size": 64,
@@ -211,8 +211,8 @@ def test_sampling_and_evaluation_over_two_processes_equal_one(topologies):
     rows = {r["run"]: r for r in json.load(f)["rows"]}
   cfg = small_config(**run)
   mesh = parallel.mesh_for(cfg)
-  model, process = train.setup(cfg)
-  one, _, _, _ = sample.generate_samples(cfg, model, process, train.load_params(cfg, wd["1x4"], mesh), mesh, "ddim",
+  model, process = build.setup(cfg)
+  one, _, _, _ = sample.generate_samples(cfg, model, process, build.load_params(cfg, wd["1x4"], mesh), mesh, "ddim",
                                          5, 64, jax.random.PRNGKey(cfg.seed + 1))  # as sample.sample draws them
   assert two.shape == (64, 8, 8, 1) and np.std(two) > 0.1
   np.testing.assert_allclose(two, one, atol=1e-4)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import parallel
+from diffusion_jax import build, parallel
 from diffusion_jax.guidance import check_labels, classifier_free, classifier_grad, classifier_guided, drop_labels
 from diffusion_jax.parametrization import target
 from diffusion_jax.samplers import get_sampler
@@ -151,7 +151,8 @@ def test_token_id_conditions_drop_and_guide_by_whole_prompts():
 def test_noisy_classifier_trains_on_x_t_with_accuracy_by_noise_level(trained_classifier, tiny, tmp_path):
   """The classifier trained on x_t of the diffusion process reads nearly clean digits and is at chance on pure
   noise; it keeps its own checkpoints, resumes, and refuses a config whose classifier differs from its checkpoint."""
-  from diffusion_jax.train_classifier import load_classifier, train_classifier
+  from diffusion_jax.train_classifier import train_classifier
+  from diffusion_jax.build import load_classifier
   config, clf_dir, state = trained_classifier
   assert int(state.step) == 100 and os.listdir(os.path.join(clf_dir, "checkpoints")) == ["100"]
   result = json.load(open(os.path.join(clf_dir, "accuracy_by_noise.json")))
@@ -176,14 +177,14 @@ def test_classifier_guidance_of_a_network_from_a_run_option(trained_classifier, 
   """Run option `s` guides a real network through the command-line path (the classifier loaded from its checkpoint,
   labels from the classifier for an unconditional model, DDPM's mean shift): the trained classifier's own log p(y | x)
   of the samples rises; bad strengths and a missing classifier are refused."""
-  from diffusion_jax import sample, train
+  from diffusion_jax import sample
   from diffusion_jax.models.classifier import make_log_prob_fn
-  from diffusion_jax.train_classifier import load_classifier
+  from diffusion_jax.build import load_classifier
   config, clf_dir, _ = trained_classifier
   mesh = parallel.make_mesh(devices=jax.devices()[:1])
   uncond = tiny(**{"model.num_classes": 0, "classifier.workdir": clf_dir, "sample.runs": "ddpm:4:s=20",
                    "sample.num_samples": 40})
-  model, process = train.setup(uncond)
+  model, process = build.setup(uncond)
   params = random_params(model, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)))
   plain, _, _, _ = sample.generate_samples(uncond, model, process, params, mesh, "ddpm", 4, 40, jax.random.PRNGKey(1))
   assert sample.sample(uncond, str(tmp_path), params, model, process, mesh)[0]["run"] == "ddpm_4_s20"

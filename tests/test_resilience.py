@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import run_python
-from diffusion_jax import main, sample, train, workdir_lock
+from diffusion_jax import build, main, sample, workdir_lock
 from diffusion_jax.config_files import parse_value
 from diffusion_jax.samplers import parse_runs
 
@@ -97,7 +97,7 @@ def test_config_values_parse_as_their_fields_type():
 def test_sampling_settings_are_checked_before_anything_trains(tiny, tmp_path, overrides, message):
   config = tiny(**overrides)
   with pytest.raises(ValueError, match=message):
-    sample.check_sampling(config, train.setup(config)[1])
+    sample.check_sampling(config, build.setup(config)[1])
   with pytest.raises(ValueError, match=message):  # --mode=all refuses before training
     main.run(config, str(tmp_path), "all")
   assert not os.path.exists(tmp_path / "checkpoints")

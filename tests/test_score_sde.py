@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import parallel, train
+from diffusion_jax import build, parallel, train
 from diffusion_jax.losses import WEIGHTINGS, diffusion_loss
 from diffusion_jax.models.ncsnpp import FIRDownConv, _depthwise, _fir_kernel, fir_downsample, fir_upsample
 from diffusion_jax.sample import generate_samples
@@ -23,7 +23,7 @@ PUBLISHED = {"vp/cifar10_ddpmpp_continuous": 61.8e6, "subvp/cifar10_ddpmpp_conti
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_score_sde_configs_match_published_parameter_counts(name):
   config = importlib.import_module("configs." + name.replace("/", ".")).get_config()
-  model, process = train.setup(config)
+  model, process = build.setup(config)
   assert config.diffusion.sde == name.split("/")[0] and type(process).__name__.lower().startswith(config.diffusion.sde)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.ones((1,))))
   n = sum(x.size for x in jax.tree.leaves(shapes))
@@ -134,7 +134,7 @@ def test_ve_ncsnpp_trains_and_samples(tiny, tmp_path):
   config.model = ml_collections.ConfigDict(model.to_dict())
   state = train.train(config, str(tmp_path))
   assert int(state.step) == 3
-  model, process = train.setup(config)
+  model, process = build.setup(config)
   assert isinstance(process, VESDE)
   mesh = parallel.make_mesh(devices=jax.devices()[:1])
   for name, steps, kw in [("pc", 4, {}), ("ode", 3, {"solver": "heun"})]:
@@ -148,6 +148,6 @@ def test_ve_ncsnpp_trains_and_samples(tiny, tmp_path):
 
 def test_v_prediction_needs_vp(tiny):
   with pytest.raises(ValueError, match="only the vp SDE"):
-    train.setup(tiny(**{"diffusion.sde": "subvp", "diffusion.prediction": "v"}))
+    build.setup(tiny(**{"diffusion.sde": "subvp", "diffusion.prediction": "v"}))
   with pytest.raises(ValueError, match="valid SDEs: subvp, ve, vp"):
-    train.setup(tiny(**{"diffusion.sde": "vpsde"}))
+    build.setup(tiny(**{"diffusion.sde": "vpsde"}))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from diffusion_jax import text, train
+from diffusion_jax import build, text
 from diffusion_jax.guidance import drop_labels
 
 TEXT = {"model.context_dim": 16, "model.num_heads": 2,
@@ -58,7 +58,7 @@ def test_frozen_text_encoder_is_not_updated(train_encoder):
   c = tiny_config(**{**TEXT, "text.train_encoder": train_encoder, "optim.optimizer": "adamw",
                      "optim.weight_decay": 0.1, "optim.warmup_steps": 0})
   params = {"text_encoder": {"w": jnp.ones(3)}, "unet": {"w": jnp.ones(3)}}
-  tx = train.model_optimizer(c)
+  tx = build.model_optimizer(c)
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
   assert float(jnp.abs(updates["unet"]["w"]).min()) > 0
   assert (float(jnp.abs(updates["text_encoder"]["w"]).min()) > 0) == train_encoder

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_python
-from diffusion_jax import checkpoint, evaluate, parallel, preemption, train
+from diffusion_jax import build, checkpoint, evaluate, parallel, preemption, train
 
 
 def params_of(state):
@@ -102,7 +102,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
   mngr = checkpoint.manager(str(tmp_path / "checkpoints"))
   step = mngr.latest_step()
   assert step is not None and step < 50
-  params = train.load_params(cfg, str(tmp_path), parallel.make_mesh())
+  params = build.load_params(cfg, str(tmp_path), parallel.make_mesh())
   assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(params))
 
 
@@ -166,13 +166,13 @@ def test_the_command_line_says_one_line_per_damaged_step_and_logs_config_drift(u
 def test_no_intact_checkpoint_names_every_step_and_moves_nothing(uninterrupted, tiny, tmp_path):
   wd, _ = uninterrupted
   with pytest.raises(FileNotFoundError, match="No checkpoint found"):
-    train.load_params(tiny(), str(tmp_path / "empty"), parallel.make_mesh())
+    build.load_params(tiny(), str(tmp_path / "empty"), parallel.make_mesh())
   shutil.copytree(wd, tmp_path / "wd")
   for step in ("3", "6"):
     damage(tmp_path / "wd" / "checkpoints" / step, "all_garbage")
   every_step = r"No intact checkpoint in .*\n  step 6: .*6: cannot .*\n  step 3: .*3: cannot "
   with pytest.raises(RuntimeError, match=every_step):
-    train.load_params(tiny(), str(tmp_path / "wd"), parallel.make_mesh())
+    build.load_params(tiny(), str(tmp_path / "wd"), parallel.make_mesh())
   assert sorted(os.listdir(tmp_path / "wd" / "checkpoints")) == ["3", "6"]
 
 

@@ -39,7 +39,7 @@ def test_conditional_unet_matches_diffusers():
   import torch
   from diffusers import UNet2DConditionModel
   from configs.base import get_base_config
-  from diffusion_jax.train import setup
+  from diffusion_jax.build import setup
   torch.manual_seed(0)
   theirs = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
                                 layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),

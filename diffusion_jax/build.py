@@ -1,0 +1,206 @@
+"""From a config to what a run is made of: the network and the process it trains on (setup), optimizers, train
+states (new, or restored from a checkpoint directory), and the trained networks a run loads: the diffusion model's
+parameters, the noise-conditional classifier of classifier guidance, the autoencoder of latent diffusion. Training,
+sampling, evaluation, conversion and the experiments build through here; it imports none of them."""
+import json
+import os
+import time
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+
+from diffusion_jax import checkpoint, latent, parallel, text
+from diffusion_jax.losses import T_SAMPLINGS, get_weighting
+from diffusion_jax.models import get_model
+from diffusion_jax.models.autoencoder import AutoencoderKL
+from diffusion_jax.models.classifier import NoisyClassifier
+from diffusion_jax.parametrization import check_prediction
+from diffusion_jax.schedules import get_schedule
+from diffusion_jax.sde import VPSDE, sde_from_config
+
+
+OPTIMIZERS = ("adam", "adamw")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: dict
+  ema_params: dict
+  opt_state: optax.OptState
+  rng: jnp.ndarray
+
+
+def make_optimizer(optim):
+  """Adam / AdamW with linear warmup to a constant rate and global-norm gradient clipping (Ho et al. 2020)."""
+  if optim.optimizer not in OPTIMIZERS:
+    raise ValueError(f"Unknown optimizer {optim.optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+  lr = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps) if optim.warmup_steps else optim.lr
+  if optim.optimizer == "adam":
+    opt = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  else:
+    opt = optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
+  return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt) if optim.grad_clip else opt
+
+
+def model_optimizer(config):
+  """The diffusion model's optimizer (config.optim); a frozen text encoder (text.train_encoder=False) is not updated."""
+  tx = make_optimizer(config.optim)
+  if not text.is_text(config) or config.text.train_encoder:
+    return tx
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: {k: "frozen" if k == "text_encoder" else "train" for k in params})
+
+
+def setup(config):
+  """(model, process) for a config, validating the names it uses: the process is the discrete schedule
+  diffusion.schedule, or with diffusion.sde set the SDE of continuous-time training."""
+  d = config.diffusion
+  check_prediction(d.prediction)
+  get_weighting(config.training.weighting)
+  if config.training.t_sampling not in T_SAMPLINGS:
+    raise ValueError(f"Unknown training.t_sampling {config.training.t_sampling!r}; valid: {', '.join(T_SAMPLINGS)}")
+  if not d.sde:
+    return get_model(config), get_schedule(d.schedule, d.num_timesteps)
+  process = sde_from_config(d)
+  if d.prediction == "v" and type(process) is not VPSDE:
+    raise ValueError(f"prediction 'v' assumes alpha^2 + sigma^2 = 1, which only the vp SDE has (got {d.sde!r}); "
+                     "use eps or x0")
+  return get_model(config), process
+
+
+def init_state(config, model, tx, rng):
+  k_init, k_train = jax.random.split(rng)
+  x = jnp.zeros((1, *latent.diffusion_shape(config)))
+  y = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
+  if text.is_text(config):  # y: token ids
+    y = jnp.zeros((1, config.text.encoder.max_position_embeddings), jnp.int32)
+  return new_state(model.init(k_init, x, jnp.zeros((1,)), y)["params"], tx, k_train)
+
+
+def new_state(params, tx, rng):
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params), rng=rng)
+
+
+def create_or_restore(config, directory, init, mesh, keep=2, section="model", resume_log=None):
+  """The train state from the newest intact checkpoint in `directory` (whose config.`section` must match), or
+  init(rng); placed on the mesh with parallel.state_shardings, whatever mesh and process count saved it. On a resume
+  with resume_log (a JSON path) set, the config fields that differ from the checkpoint's are logged and recorded
+  there (record_drift). Returns (state, checkpoint manager)."""
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+  shardings = parallel.state_shardings(abstract, mesh)
+  init = jax.jit(init, out_shardings=shardings)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  total, per_device = parallel.bytes_per_device(abstract)
+  logging.info("Train state: %.2f MB, %.2f MB per device (mesh data=%d x fsdp=%d, %d process(es))", total / 1e6,
+               per_device / 1e6, mesh.shape["data"], mesh.shape["fsdp"], jax.process_count())
+  mngr = checkpoint.manager(directory, keep)
+  restored = checkpoint.restore(mngr, abstract, config, section=section)
+  if restored is None:
+    return init(jax.random.PRNGKey(config.seed)), mngr
+  state, saved_config = restored
+  logging.info("Resumed from step %d in %s", int(state.step), directory)
+  if resume_log:
+    record_drift(resume_log, int(state.step), checkpoint.config_diffs(saved_config, config))
+  return state, mngr
+
+
+def record_drift(path, step, diffs):
+  """Logs each config field that differs from the resumed checkpoint's (old -> new) and appends {step, changes} to
+  the JSON list at `path` (WORKDIR/resume_log.json; report.md shows it)."""
+  if not diffs:
+    return
+  for k, (old, new) in diffs.items():
+    logging.warning("Resuming step %d with %s changed: %r -> %r", step, k, old, new)
+  if jax.process_index() == 0:
+    log = json.load(open(path)) if os.path.exists(path) else []
+    log.append(dict(step=step, time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                    changes={k: dict(checkpoint=old, now=new) for k, (old, new) in diffs.items()}))
+    with open(path + ".tmp", "w") as f:
+      json.dump(log, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def load_params(config, workdir, mesh):
+  """The (EMA, if config.sample.use_ema) parameters of the workdir's latest checkpoint."""
+  model, _ = setup(config)
+  tx = model_optimizer(config)
+  path = os.path.join(workdir, "checkpoints")
+  state = restore_latest(config, path, lambda rng: init_state(config, model, tx, rng), mesh,
+                         f"No checkpoint found in {path}; train first with --mode=train")
+  return state.ema_params if config.sample.use_ema else state.params
+
+
+def restore_latest(config, directory, init, mesh, missing_message, section="model"):
+  """The latest checkpoint's train state in `directory`; FileNotFoundError(missing_message) when there is none."""
+  if checkpoint.manager(directory).latest_step() is None:
+    raise FileNotFoundError(missing_message)
+  return create_or_restore(config, directory, init, mesh, section=section)[0]
+
+
+def classifier_dir(config, workdir):
+  return config.classifier.workdir or os.path.join(workdir, "classifier")
+
+
+def get_classifier(config):
+  return NoisyClassifier(**config.classifier.model)
+
+
+def init_classifier_state(config, clf, tx, rng):
+  k_init, k_train = jax.random.split(rng)
+  s = config.data.image_size
+  return new_state(clf.init(k_init, jnp.zeros((1, s, s, config.data.channels)), jnp.zeros((1,)))["params"], tx, k_train)
+
+
+def load_classifier(config, workdir, mesh):
+  """(classifier module, its EMA parameters) from the classifier directory's latest checkpoint."""
+  clf, tx = get_classifier(config), make_optimizer(config.classifier.optim)
+  path = os.path.join(classifier_dir(config, workdir), "checkpoints")
+  state = restore_latest(config, path, lambda rng: init_classifier_state(config, clf, tx, rng), mesh,
+                         f"No classifier checkpoint in {path}: classifier guidance (run option s=) needs a trained "
+                         "classifier; train one with --mode=train_classifier, or set config.classifier.workdir",
+                         section="classifier.model")
+  return clf, state.ema_params
+
+
+def autoencoder_dir(config, workdir):
+  return config.autoencoder.workdir or os.path.join(workdir, "autoencoder")
+
+
+def get_autoencoder(config):
+  return AutoencoderKL(out_channels=config.data.channels, **config.autoencoder.model)
+
+
+def init_autoencoder_state(config, ae, tx, rng):
+  k_init, k_train = jax.random.split(rng)
+  s = config.data.image_size
+  x = jnp.zeros((1, s, s, config.data.channels))
+  return new_state(ae.init(k_init, x, jax.random.PRNGKey(0))["params"], tx, k_train)
+
+
+def load_autoencoder(config, workdir, mesh):
+  """(autoencoder module, its EMA parameters, latent_scale.json) from the autoencoder directory."""
+  ae, tx = get_autoencoder(config), make_optimizer(config.autoencoder.optim)
+  path = autoencoder_dir(config, workdir)
+  state = restore_latest(config, os.path.join(path, "checkpoints"),
+                         lambda rng: init_autoencoder_state(config, ae, tx, rng), mesh,
+                         f"No autoencoder checkpoint in {path}/checkpoints: latent diffusion needs a trained "
+                         "autoencoder; train one with --mode=train_autoencoder, or set config.autoencoder.workdir",
+                         section="autoencoder.model")
+  with open(os.path.join(path, "latent_scale.json")) as f:
+    return ae, state.ema_params, json.load(f)
+
+
+def load_latents(config, workdir, mesh):
+  """The Latents of a latent config (None otherwise), checked against the diffusion model's input shape."""
+  if not latent.is_latent(config):
+    return None
+  autoencoder, params, stats = load_autoencoder(config, workdir, mesh)
+  if tuple(stats["latent_shape"]) != latent.diffusion_shape(config):
+    raise ValueError(f"The autoencoder's latents have shape {tuple(stats['latent_shape'])}, but the diffusion model "
+                     f"is configured for {latent.diffusion_shape(config)} (data.image_size / 2^(levels - 1) and "
+                     "autoencoder.model.latent_channels); retrain the autoencoder or fix the config")
+  return latent.Latents(autoencoder, params, stats["scale_factor"])
