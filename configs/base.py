@@ -50,6 +50,7 @@ def get_base_config():
       linear_projection=False,  # linear (SD 2) instead of 1x1-conv (SD 1) projections around those blocks
       downsample_padding=0,  # 0: pad right / bottom (Ho et al.); 1: all round (Stable Diffusion)
       dtype="float32",      # activations; "bfloat16": mixed precision (float32 parameters, norms, softmax, output)
+      kernels="auto",       # how every network's layers compute: auto | xla | cpu | blocked (models/kernels)
   ))
 
   # Text conditioning, on with model.context_dim > 0 (= encoder.hidden_size): y = token ids of captions of the class

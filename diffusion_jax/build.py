@@ -146,7 +146,7 @@ def classifier_dir(config, workdir):
 
 
 def get_classifier(config):
-  return NoisyClassifier(**config.classifier.model)
+  return NoisyClassifier(**config.classifier.model, kernels=config.model.kernels)
 
 
 def init_classifier_state(config, clf, tx, rng):
@@ -171,7 +171,7 @@ def autoencoder_dir(config, workdir):
 
 
 def get_autoencoder(config):
-  return AutoencoderKL(out_channels=config.data.channels, **config.autoencoder.model)
+  return AutoencoderKL(out_channels=config.data.channels, **config.autoencoder.model, kernels=config.model.kernels)
 
 
 def init_autoencoder_state(config, ae, tx, rng):

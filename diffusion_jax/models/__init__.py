@@ -3,6 +3,7 @@ import dataclasses
 
 from diffusion_jax.latent import diffusion_shape
 from diffusion_jax.models.clip_text import CLIPTextConfig, CLIPTextModel, TextConditioned
+from diffusion_jax.models.kernels import resolve
 from diffusion_jax.models.ncsnpp import NCSNpp
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.registry import Registry
@@ -17,6 +18,7 @@ def get_model(config):
   latents, with model.latent). With model.context_dim > 0 the network is conditioned on text: a CLIP text encoder
   (config.text.encoder) in front of it, its classes named in captions rather than embedded."""
   cls = MODELS.get(config.model.name)
+  resolve(config.model.get("kernels", "auto"))  # an unknown kernel set fails here, before any tracing
   kwargs = {k: v for k, v in config.model.items() if k not in ("name", "latent")}
   valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "out_channels"}
   unknown = set(kwargs) - valid

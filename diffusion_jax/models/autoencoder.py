@@ -18,6 +18,7 @@ class _Coder(nn.Module):
   layers_per_block: int
   groups: int
   eps: float
+  kernels: str = "auto"
 
 
 class Encoder(_Coder):
@@ -26,17 +27,17 @@ class Encoder(_Coder):
 
   @nn.compact
   def __call__(self, x):
-    res = lambda ch, name: ResnetBlock(ch, groups=self.groups, eps=self.eps, name=name)
-    h = Conv(self.block_out_channels[0], (3, 3), padding=1, name="conv_in")(x)
+    res = lambda ch, name: ResnetBlock(ch, groups=self.groups, eps=self.eps, name=name, kernels=self.kernels)
+    h = Conv(self.block_out_channels[0], (3, 3), padding=1, name="conv_in", kernels=self.kernels)(x)
     for i, ch in enumerate(self.block_out_channels):
       for j in range(self.layers_per_block):
         h = res(ch, f"down_{i}_resnet_{j}")(h, None, False)
       if i < len(self.block_out_channels) - 1:
         h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))  # diffusers' Downsample2D(padding=0)
-        h = Conv(ch, (3, 3), strides=2, padding=0, name=f"down_{i}_downsample")(h)
-    h = mid_block(h, self.block_out_channels[-1], self.groups, self.eps)
-    h = GroupNorm(self.groups, self.eps, silu=True, name="conv_norm_out")(h)
-    return Conv(self.out_channels, (3, 3), padding=1, name="conv_out")(h)
+        h = Conv(ch, (3, 3), strides=2, padding=0, name=f"down_{i}_downsample", kernels=self.kernels)(h)
+    h = mid_block(h, self.block_out_channels[-1], self.groups, self.eps, self.kernels)
+    h = GroupNorm(self.groups, self.eps, silu=True, name="conv_norm_out", kernels=self.kernels)(h)
+    return Conv(self.out_channels, (3, 3), padding=1, name="conv_out", kernels=self.kernels)(h)
 
 
 class Decoder(_Coder):
@@ -45,23 +46,23 @@ class Decoder(_Coder):
 
   @nn.compact
   def __call__(self, z):
-    res = lambda ch, name: ResnetBlock(ch, groups=self.groups, eps=self.eps, name=name)
-    h = Conv(self.block_out_channels[-1], (3, 3), padding=1, name="conv_in")(z)
-    h = mid_block(h, self.block_out_channels[-1], self.groups, self.eps)
+    res = lambda ch, name: ResnetBlock(ch, groups=self.groups, eps=self.eps, name=name, kernels=self.kernels)
+    h = Conv(self.block_out_channels[-1], (3, 3), padding=1, name="conv_in", kernels=self.kernels)(z)
+    h = mid_block(h, self.block_out_channels[-1], self.groups, self.eps, self.kernels)
     for i, ch in enumerate(reversed(self.block_out_channels)):
       for j in range(self.layers_per_block + 1):
         h = res(ch, f"up_{i}_resnet_{j}")(h, None, False)
       if i < len(self.block_out_channels) - 1:
-        h = UpsampleConv(ch, name=f"up_{i}_upsample")(h)  # nearest-neighbour 2x, 3x3 conv
-    h = GroupNorm(self.groups, self.eps, silu=True, name="conv_norm_out")(h)
-    return Conv(self.out_channels, (3, 3), padding=1, name="conv_out")(h)
+        h = UpsampleConv(ch, name=f"up_{i}_upsample", kernels=self.kernels)(h)  # nearest-neighbour 2x, 3x3 conv
+    h = GroupNorm(self.groups, self.eps, silu=True, name="conv_norm_out", kernels=self.kernels)(h)
+    return Conv(self.out_channels, (3, 3), padding=1, name="conv_out", kernels=self.kernels)(h)
 
 
-def mid_block(h, ch, groups, eps):
+def mid_block(h, ch, groups, eps, kernels):
   """ResNet, single-head self-attention, ResNet (call inside a compact method)."""
-  h = ResnetBlock(ch, groups=groups, eps=eps, name="mid_resnet_0")(h, None, False)
-  h = AttentionBlock(1, groups, eps, name="mid_attn")(h)
-  return ResnetBlock(ch, groups=groups, eps=eps, name="mid_resnet_1")(h, None, False)
+  h = ResnetBlock(ch, groups=groups, eps=eps, name="mid_resnet_0", kernels=kernels)(h, None, False)
+  h = AttentionBlock(1, groups, eps, name="mid_attn", kernels=kernels)(h)
+  return ResnetBlock(ch, groups=groups, eps=eps, name="mid_resnet_1", kernels=kernels)(h, None, False)
 
 
 class AutoencoderKL(nn.Module):
@@ -73,14 +74,15 @@ class AutoencoderKL(nn.Module):
   latent_channels: int = 4
   norm_groups: int = 32
   norm_eps: float = 1e-6
+  kernels: str = "auto"  # models/kernels: how the layers compute (never what they compute)
 
   def setup(self):
     kw = dict(block_out_channels=self.block_out_channels, layers_per_block=self.layers_per_block,
               groups=self.norm_groups, eps=self.norm_eps)
-    self.encoder = Encoder(2 * self.latent_channels, **kw)
-    self.quant_conv = Conv(2 * self.latent_channels, (1, 1))
-    self.post_quant_conv = Conv(self.latent_channels, (1, 1))
-    self.decoder = Decoder(self.out_channels, **kw)
+    self.encoder = Encoder(2 * self.latent_channels, **kw, kernels=self.kernels)
+    self.quant_conv = Conv(2 * self.latent_channels, (1, 1), kernels=self.kernels)
+    self.post_quant_conv = Conv(self.latent_channels, (1, 1), kernels=self.kernels)
+    self.decoder = Decoder(self.out_channels, **kw, kernels=self.kernels)
 
   @property
   def downsampling(self):

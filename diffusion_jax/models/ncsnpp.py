@@ -69,13 +69,15 @@ class FIRDownConv(nn.Module):
   """3x3 convolution with stride 2 after an FIR blur (score_sde's `Conv2d(down=True)`), with bias."""
   out_ch: int
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     p = (len(self.fir_kernel) - 2) + 2
     pad = ((p + 1) // 2, p // 2)
     x = _depthwise(x, _fir_kernel(self.fir_kernel), (1, 1), (pad, pad))
-    return Conv(self.out_ch, (3, 3), strides=2, padding="VALID", kernel_init=_init(1.0), name="conv")(x)
+    return Conv(self.out_ch, (3, 3), strides=2, padding="VALID", kernel_init=_init(1.0), name="conv",
+                kernels=self.kernels)(x)
 
 
 class ResBlock(nn.Module):
@@ -89,10 +91,12 @@ class ResBlock(nn.Module):
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
   skip_rescale: bool = True
   init_scale: float = 0.0
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, temb, train):
-    h = GroupNorm(groups(x.shape[-1]), 1e-6, silu=True, name="GroupNorm_0")(x)
+    k = self.kernels
+    h = GroupNorm(groups(x.shape[-1]), 1e-6, silu=True, name="GroupNorm_0", kernels=k)(x)
     fold_up = self.resample == "up" and not self.fir  # the naive upsampling of h folded into its convolution
     if self.resample:
       if self.fir:
@@ -101,13 +105,15 @@ class ResBlock(nn.Module):
       else:
         f = naive_upsample if self.resample == "up" else naive_downsample
       h, x = (h if fold_up else f(h)), f(x)
-    h = (UpsampleConv(self.out_ch, _init(1.0), name="Conv_0") if fold_up else conv(self.out_ch, name="Conv_0"))(h)
-    h = h + Dense(self.out_ch, kernel_init=_init(1.0), name="Dense_0")(nn.silu(temb))[:, None, None, :]
-    h = GroupNorm(groups(self.out_ch), 1e-6, silu=True, name="GroupNorm_1")(h)
+    h = (UpsampleConv(self.out_ch, _init(1.0), name="Conv_0", kernels=k) if fold_up else
+         conv(self.out_ch, name="Conv_0", kernels=k))(h)
+    h = h + Dense(self.out_ch, kernel_init=_init(1.0), name="Dense_0", kernels=k)(nn.silu(temb))[:, None, None, :]
+    h = GroupNorm(groups(self.out_ch), 1e-6, silu=True, name="GroupNorm_1", kernels=k)(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = conv(self.out_ch, init_scale=self.init_scale, name="Conv_1")(h)
+    h = conv(self.out_ch, init_scale=self.init_scale, name="Conv_1", kernels=k)(h)
     if x.shape[-1] != self.out_ch or self.resample:
-      x = (conv(self.out_ch, 1, name="Conv_2") if self.biggan else Dense(self.out_ch, name="NIN_0"))(x)
+      x = (conv(self.out_ch, 1, name="Conv_2", kernels=k) if self.biggan else
+           Dense(self.out_ch, name="NIN_0", kernels=k))(x)
     return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 
@@ -115,13 +121,15 @@ class AttnBlock(nn.Module):
   """Single-head self-attention over positions (DDPM), with skip rescaling."""
   skip_rescale: bool = True
   init_scale: float = 0.0
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     b, hh, ww, c = x.shape
-    h = GroupNorm(groups(c), 1e-6, name="GroupNorm_0")(x).reshape(b, hh * ww, c)
-    q, k, v = (Dense(c, kernel_init=_init(1.0), name=f"NIN_{i}")(h) for i in range(3))
-    o = Dense(c, kernel_init=_init(self.init_scale), name="NIN_3")(multihead_attention(q, k, v, 1))
+    h = GroupNorm(groups(c), 1e-6, name="GroupNorm_0", kernels=self.kernels)(x).reshape(b, hh * ww, c)
+    q, k, v = (Dense(c, kernel_init=_init(1.0), name=f"NIN_{i}", kernels=self.kernels)(h) for i in range(3))
+    o = multihead_attention(q, k, v, 1, self.kernels)
+    o = Dense(c, kernel_init=_init(self.init_scale), name="NIN_3", kernels=self.kernels)(o)
     x = x + o.reshape(x.shape)
     return x / math.sqrt(2.0) if self.skip_rescale else x
 
@@ -147,6 +155,7 @@ class NCSNpp(nn.Module):
   progressive_input: str = "none"
   progressive_combine: str = "sum"  # sum | cat
   num_classes: int = 0
+  kernels: str = "auto"  # models/kernels: how the layers compute (never what they compute)
 
   def check(self):
     for field, value, valid in [("resblock_type", self.resblock_type, ("biggan", "ddpm")),
@@ -169,19 +178,20 @@ class NCSNpp(nn.Module):
       temb = jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
     else:
       temb = timestep_embedding(timesteps, nf)
-    temb = Dense(4 * nf, kernel_init=_init(1.0), name="temb_0")(temb)
-    temb = Dense(4 * nf, kernel_init=_init(1.0), name="temb_1")(nn.silu(temb))
+    temb = Dense(4 * nf, kernel_init=_init(1.0), name="temb_0", kernels=self.kernels)(temb)
+    temb = Dense(4 * nf, kernel_init=_init(1.0), name="temb_1", kernels=self.kernels)(nn.silu(temb))
     temb = class_conditioning(temb, y, self.num_classes, "NCSN++")
 
     biggan = self.resblock_type == "biggan"
     res = lambda out_ch, name, resample=None: ResBlock(out_ch, self.dropout, resample, biggan, self.fir,
-                                                      self.fir_kernel, self.skip_rescale, self.init_scale, name=name)
-    attn = lambda name: AttnBlock(self.skip_rescale, self.init_scale, name=name)
+                                                      self.fir_kernel, self.skip_rescale, self.init_scale, self.kernels,
+                                                      name=name)
+    attn = lambda name: AttnBlock(self.skip_rescale, self.init_scale, name=name, kernels=self.kernels)
     n = len(self.ch_mult)
     channels = x.shape[-1]
 
     pyramid = x
-    hs = [conv(nf, name="conv_in")(x)]
+    hs = [conv(nf, name="conv_in", kernels=self.kernels)(x)]
     for i, mult in enumerate(self.ch_mult):
       for j in range(self.num_res_blocks):
         h = res(nf * mult, f"down_{i}_res_{j}")(hs[-1], temb, train)
@@ -194,15 +204,15 @@ class NCSNpp(nn.Module):
       if biggan:
         h = res(ch, f"down_{i}_downsample", "down")(hs[-1], temb, train)
       else:  # DDPM: pad (0, 1) and a stride-2 3x3 convolution
-        h = conv(ch, padding=0, strides=2, name=f"down_{i}_downsample")(
+        h = conv(ch, padding=0, strides=2, name=f"down_{i}_downsample", kernels=self.kernels)(
             jnp.pad(hs[-1], ((0, 0), (0, 1), (0, 1), (0, 0))))
       if self.progressive_input == "input_skip":
         pyramid = fir_downsample(pyramid, self.fir_kernel) if self.fir else naive_downsample(pyramid)
-        skip = Dense(ch, kernel_init=_init(1.0), name=f"down_{i}_combine")(pyramid)
+        skip = Dense(ch, kernel_init=_init(1.0), name=f"down_{i}_combine", kernels=self.kernels)(pyramid)
         h = h + skip if self.progressive_combine == "sum" else jnp.concatenate([skip, h], -1)
       elif self.progressive_input == "residual":
-        pyramid = (FIRDownConv(ch, self.fir_kernel, name=f"down_{i}_pyramid")(pyramid) if self.fir else
-                   conv(ch, padding=0, strides=2, name=f"down_{i}_pyramid")(
+        pyramid = (FIRDownConv(ch, self.fir_kernel, self.kernels, name=f"down_{i}_pyramid")(pyramid) if self.fir else
+                   conv(ch, padding=0, strides=2, name=f"down_{i}_pyramid", kernels=self.kernels)(
                        jnp.pad(pyramid, ((0, 0), (0, 1), (0, 1), (0, 0)))))
         h = pyramid = (pyramid + h) / math.sqrt(2.0) if self.skip_rescale else pyramid + h
       hs.append(h)
@@ -221,17 +231,18 @@ class NCSNpp(nn.Module):
       if self.progressive == "output_skip":
         if out_pyramid is not None:
           out_pyramid = fir_upsample(out_pyramid, self.fir_kernel) if self.fir else naive_upsample(out_pyramid)
-        ph = GroupNorm(groups(h.shape[-1]), 1e-6, silu=True, name=f"up_{i}_pyramid_norm")(h)
-        ph = conv(channels, init_scale=self.init_scale, name=f"up_{i}_pyramid_conv")(ph)
+        ph = GroupNorm(groups(h.shape[-1]), 1e-6, silu=True, name=f"up_{i}_pyramid_norm", kernels=self.kernels)(h)
+        ph = conv(channels, init_scale=self.init_scale, name=f"up_{i}_pyramid_conv", kernels=self.kernels)(ph)
         out_pyramid = ph if out_pyramid is None else out_pyramid + ph
       if i:
         if biggan:
           h = res(h.shape[-1], f"up_{i}_upsample", "up")(h, temb, train)
         else:
-          h = UpsampleConv(h.shape[-1], _init(1.0), name=f"up_{i}_upsample")(h)  # naive_upsample, then conv
+          # naive_upsample, then conv
+          h = UpsampleConv(h.shape[-1], _init(1.0), name=f"up_{i}_upsample", kernels=self.kernels)(h)
     assert not hs
 
     if self.progressive == "output_skip":
       return out_pyramid
-    h = GroupNorm(groups(h.shape[-1]), 1e-6, silu=True, name="norm_out")(h)
-    return conv(self.out_channels, init_scale=self.init_scale, name="conv_out")(h)
+    h = GroupNorm(groups(h.shape[-1]), 1e-6, silu=True, name="norm_out", kernels=self.kernels)(h)
+    return conv(self.out_channels, init_scale=self.init_scale, name="conv_out", kernels=self.kernels)(h)

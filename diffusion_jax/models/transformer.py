@@ -13,6 +13,7 @@ class Attention(nn.Module):
   Stable Diffusion, except the output's. Computes in x's dtype (the context is cast to it)."""
   heads: int
   head_dim: int
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, context=None):
@@ -20,7 +21,8 @@ class Attention(nn.Module):
     inner = self.heads * self.head_dim
     q = nn.Dense(inner, use_bias=False, dtype=x.dtype, name="to_q")(x)
     k, v = (nn.Dense(inner, use_bias=False, dtype=x.dtype, name=f"to_{p}")(context) for p in "kv")
-    return Dense(x.shape[-1], name="to_out")(multihead_attention(q, k, v, self.heads))
+    o = multihead_attention(q, k, v, self.heads, self.kernels)
+    return Dense(x.shape[-1], name="to_out", kernels=self.kernels)(o)
 
 
 class TransformerBlock(nn.Module):
@@ -28,15 +30,16 @@ class TransformerBlock(nn.Module):
   heads: int
   head_dim: int
   eps: float = 1e-5
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, context):
     c = x.shape[-1]
     norm = lambda name: nn.LayerNorm(self.eps, dtype=x.dtype, name=name)  # float32 statistics whatever x's dtype
-    x = x + Attention(self.heads, self.head_dim, name="attn1")(norm("norm1")(x))
-    x = x + Attention(self.heads, self.head_dim, name="attn2")(norm("norm2")(x), context)
-    h, gate = jnp.split(Dense(8 * c, name="ff_proj")(norm("norm3")(x)), 2, axis=-1)
-    return x + Dense(c, name="ff_out")(h * jax.nn.gelu(gate, approximate=False))
+    x = x + Attention(self.heads, self.head_dim, name="attn1", kernels=self.kernels)(norm("norm1")(x))
+    x = x + Attention(self.heads, self.head_dim, name="attn2", kernels=self.kernels)(norm("norm2")(x), context)
+    h, gate = jnp.split(Dense(8 * c, name="ff_proj", kernels=self.kernels)(norm("norm3")(x)), 2, axis=-1)
+    return x + Dense(c, name="ff_out", kernels=self.kernels)(h * jax.nn.gelu(gate, approximate=False))
 
 
 class SpatialTransformer(nn.Module):
@@ -47,21 +50,22 @@ class SpatialTransformer(nn.Module):
   depth: int = 1
   groups: int = 32
   linear_projection: bool = False
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, context):
     b, hgt, wid, c = x.shape
     inner = self.heads * self.head_dim
-    h = GroupNorm(self.groups, 1e-6, name="norm")(x)
+    h = GroupNorm(self.groups, 1e-6, name="norm", kernels=self.kernels)(x)
     if self.linear_projection:
-      h = Dense(inner, name="proj_in")(h.reshape(b, hgt * wid, c))
+      h = Dense(inner, name="proj_in", kernels=self.kernels)(h.reshape(b, hgt * wid, c))
     else:
-      h = Conv(inner, (1, 1), name="proj_in")(h).reshape(b, hgt * wid, inner)
+      h = Conv(inner, (1, 1), name="proj_in", kernels=self.kernels)(h).reshape(b, hgt * wid, inner)
     for i in range(self.depth):
-      h = TransformerBlock(self.heads, self.head_dim, name=f"transformer_blocks_{i}")(h, context)
+      h = TransformerBlock(self.heads, self.head_dim, name=f"transformer_blocks_{i}", kernels=self.kernels)(h, context)
     if self.linear_projection:
-      return x + Dense(c, name="proj_out")(h).reshape(b, hgt, wid, c)
-    return x + Conv(c, (1, 1), name="proj_out")(h.reshape(b, hgt, wid, inner))
+      return x + Dense(c, name="proj_out", kernels=self.kernels)(h).reshape(b, hgt, wid, c)
+    return x + Conv(c, (1, 1), name="proj_out", kernels=self.kernels)(h.reshape(b, hgt, wid, inner))
 
 
 DIFFUSERS_NAMES = {"to_out": "to_out.0", "ff_proj": "ff.net.0.proj", "ff_out": "ff.net.2"}

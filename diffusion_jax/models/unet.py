@@ -31,25 +31,27 @@ class ResnetBlock(nn.Module):
   groups: int = 32
   eps: float = 1e-6
   scale_shift: bool = False
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, temb, train):
-    h = GroupNorm(self.groups, self.eps, silu=True, name="norm1")(x)
-    h = Conv(self.out_channels, (3, 3), padding=1, name="conv1")(h)
+    h = GroupNorm(self.groups, self.eps, silu=True, name="norm1", kernels=self.kernels)(x)
+    h = Conv(self.out_channels, (3, 3), padding=1, name="conv1", kernels=self.kernels)(h)
     if temb is not None:
-      emb = Dense(self.out_channels * (2 if self.scale_shift else 1), name="time_emb_proj")(nn.silu(temb))
+      emb = Dense(self.out_channels * (2 if self.scale_shift else 1), name="time_emb_proj",
+                  kernels=self.kernels)(nn.silu(temb))
       emb = emb[:, None, None, :]
     scale_shift = temb is not None and self.scale_shift
     if temb is not None and not scale_shift:
       h = h + emb
-    h = GroupNorm(self.groups, self.eps, silu=not scale_shift, name="norm2")(h)
+    h = GroupNorm(self.groups, self.eps, silu=not scale_shift, name="norm2", kernels=self.kernels)(h)
     if scale_shift:
       scale, shift = jnp.split(emb, 2, axis=-1)
       h = nn.silu(h * (1 + scale) + shift)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv2")(h)
+    h = Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv2", kernels=self.kernels)(h)
     if x.shape[-1] != self.out_channels:
-      x = Conv(self.out_channels, (1, 1), name="conv_shortcut")(x)
+      x = Conv(self.out_channels, (1, 1), name="conv_shortcut", kernels=self.kernels)(x)
     return x + h
 
 
@@ -58,16 +60,17 @@ class AttentionBlock(nn.Module):
   num_heads: int = 1
   groups: int = 32
   eps: float = 1e-6
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     b, hgt, wid, c = x.shape
     if c % self.num_heads:
       raise ValueError(f"AttentionBlock: {c} channels are not divisible by {self.num_heads} heads")
-    h = GroupNorm(self.groups, self.eps, name="group_norm")(x).reshape(b, hgt * wid, c)
-    q, k, v = (Dense(c, name=n)(h) for n in ("to_q", "to_k", "to_v"))
-    o = multihead_attention(q, k, v, self.num_heads)
-    return x + Dense(c, kernel_init=zero_init, name="to_out")(o).reshape(b, hgt, wid, c)
+    h = GroupNorm(self.groups, self.eps, name="group_norm", kernels=self.kernels)(x).reshape(b, hgt * wid, c)
+    q, k, v = (Dense(c, name=n, kernels=self.kernels)(h) for n in ("to_q", "to_k", "to_v"))
+    o = multihead_attention(q, k, v, self.num_heads, self.kernels)
+    return x + Dense(c, kernel_init=zero_init, name="to_out", kernels=self.kernels)(o).reshape(b, hgt, wid, c)
 
 
 DTYPES = ("float32", "bfloat16")
@@ -96,6 +99,7 @@ class UNet(nn.Module):
   # activations' dtype; "bfloat16" is mixed precision: float32 parameters (cast at each layer), time embedding,
   # GroupNorm statistics and attention softmax, and a float32 output
   dtype: str = "float32"
+  kernels: str = "auto"  # models/kernels: how the layers compute (never what they compute)
 
   @nn.compact
   def __call__(self, x, timesteps, y: Optional[jnp.ndarray] = None, train: bool = False):
@@ -103,8 +107,8 @@ class UNet(nn.Module):
       raise ValueError(f"U-Net dtype {self.dtype!r} is not supported; valid: {', '.join(DTYPES)}")
     ch0 = self.block_out_channels[0]
     temb = timestep_embedding(timesteps, ch0, self.flip_sin_to_cos, self.freq_shift)
-    temb = Dense(4 * ch0, name="time_embedding_1")(temb)
-    temb = Dense(4 * ch0, name="time_embedding_2")(nn.silu(temb))
+    temb = Dense(4 * ch0, name="time_embedding_1", kernels=self.kernels)(temb)
+    temb = Dense(4 * ch0, name="time_embedding_2", kernels=self.kernels)(nn.silu(temb))
     context = None
     if self.context_dim:
       if y is None or y.ndim != 3 or y.shape[-1] != self.context_dim:
@@ -115,16 +119,16 @@ class UNet(nn.Module):
     x = x.astype(self.dtype)
 
     res = lambda **kw: ResnetBlock(dropout=self.dropout, groups=self.norm_groups, eps=self.norm_eps,
-                                   scale_shift=self.scale_shift, **kw)
+                                   scale_shift=self.scale_shift, **kw, kernels=self.kernels)
 
     def attn(name):
       if not self.context_dim:
-        return AttentionBlock(self.num_heads, self.norm_groups, self.norm_eps, name=name)
+        return AttentionBlock(self.num_heads, self.norm_groups, self.norm_eps, name=name, kernels=self.kernels)
       return lambda h: SpatialTransformer(self.num_heads, h.shape[-1] // self.num_heads, self.transformer_depth,
-                                          self.norm_groups, self.linear_projection, name=name)(h, context)
+                                          self.norm_groups, self.linear_projection, self.kernels, name=name)(h, context)
     n = len(self.block_out_channels)
 
-    h = Conv(ch0, (3, 3), padding=1, name="conv_in")(x)
+    h = Conv(ch0, (3, 3), padding=1, name="conv_in", kernels=self.kernels)(x)
     skips = [h]
     for i, ch in enumerate(self.block_out_channels):
       use_attn = h.shape[1] in self.attn_resolutions
@@ -136,7 +140,8 @@ class UNet(nn.Module):
       if i < n - 1:
         if not self.downsample_padding:
           h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))  # TF "SAME" for stride 2, as in Ho et al.
-        h = Conv(ch, (3, 3), strides=2, padding=self.downsample_padding, name=f"down_{i}_downsample")(h)
+        h = Conv(ch, (3, 3), strides=2, padding=self.downsample_padding, name=f"down_{i}_downsample",
+                 kernels=self.kernels)(h)
         skips.append(h)
 
     ch = self.block_out_channels[-1]
@@ -151,8 +156,9 @@ class UNet(nn.Module):
         if use_attn:
           h = attn(f"up_{i}_attn_{j}")(h)
       if i < n - 1:
-        h = UpsampleConv(ch, name=f"up_{i}_upsample")(h)  # nearest-neighbour 2x, 3x3 conv
+        h = UpsampleConv(ch, name=f"up_{i}_upsample", kernels=self.kernels)(h)  # nearest-neighbour 2x, 3x3 conv
     assert not skips
 
-    h = GroupNorm(self.norm_groups, self.norm_eps, silu=True, name="conv_norm_out")(h)
-    return Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv_out")(h).astype(jnp.float32)
+    h = GroupNorm(self.norm_groups, self.norm_eps, silu=True, name="conv_norm_out", kernels=self.kernels)(h)
+    h = Conv(self.out_channels, (3, 3), padding=1, kernel_init=zero_init, name="conv_out", kernels=self.kernels)(h)
+    return h.astype(jnp.float32)
