@@ -21,6 +21,7 @@ from absl import app, flags
 from diffusers import DDIMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
+from benchmarks.xla_cost import compiled_cost
 from configs.base import get_base_config
 from diffusion_jax import convert, parallel, tables
 from diffusion_jax.sample import make_generate
@@ -84,18 +85,6 @@ def matmul_peak_flops(n=2048, reps=10):
     out = f(a)
   out.block_until_ready()
   return 2 * n ** 3 * reps / (time.perf_counter() - start)
-
-
-def compiled_cost(jitted, *args):
-  """(FLOPs, MB of arguments + outputs + temporaries) of the compiled XLA program, from XLA's own analyses, summed
-  over the devices of its arguments' mesh, each of which runs one partition of it."""
-  devices = len(jax.tree.leaves(args)[0].sharding.device_set)
-  compiled = jitted.lower(*args).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 1e6 if mem else float("nan")
-  return devices * float(cost.get("flops", 0.0)), devices * mb
 
 
 def torch_side(unet, x, t, samples):

@@ -66,7 +66,7 @@ def setup(config):
   if not d.sde:
     return get_model(config), get_schedule(d.schedule, d.num_timesteps)
   process = sde_from_config(d)
-  if d.prediction == "v" and type(process) is not VPSDE:
+  if d.prediction == "v" and not isinstance(process, VPSDE):
     raise ValueError(f"prediction 'v' assumes alpha^2 + sigma^2 = 1, which only the vp SDE has (got {d.sde!r}); "
                      "use eps or x0")
   return get_model(config), process

@@ -40,7 +40,7 @@ def on_sampler_process(config, fn, process, name):
     return (on_sde(fn, process, sde) if isinstance(process, Schedule) else fn), sde
   if isinstance(process, Schedule):
     return fn, process
-  if type(process) is VPSDE:
+  if isinstance(process, VPSDE):
     return fn, process.discrete_schedule()
   raise ValueError(f"Sampler {name!r} needs a discrete VP schedule; a model trained on the {config.diffusion.sde!r} "
                    f"SDE samples with: {', '.join(samplers_on('sde'))}")

@@ -64,7 +64,8 @@ class Schedule:
     return jnp.sqrt(jax.nn.sigmoid(lam)), jnp.sqrt(jax.nn.sigmoid(-lam))
 
 
-def _from_betas(betas):
+def from_betas(betas):
+  """The schedule alpha_bar_i = prod_{j <= i} (1 - beta_j) (Ho et al. 2020), accumulated in float64."""
   return Schedule(alphas_cumprod=jnp.asarray(np.cumprod(1.0 - np.asarray(betas, np.float64)), jnp.float32))
 
 
@@ -72,19 +73,19 @@ def _from_alpha_bar_fn(f, T, max_beta):
   """Betas from a continuous alpha_bar(t): beta_i = min(1 - f((i+1)/T) / f(i/T), max_beta) (Nichol & Dhariwal 2021)."""
   t = np.arange(T + 1, dtype=np.float64) / T
   fs = f(t)
-  return _from_betas(np.minimum(1.0 - fs[1:] / fs[:-1], max_beta))
+  return from_betas(np.minimum(1.0 - fs[1:] / fs[:-1], max_beta))
 
 
 @SCHEDULES.register("linear")
 def linear(T=1000, beta_start=1e-4, beta_end=0.02):
   """Ho et al. 2020: betas linear from beta_start = 1e-4 to beta_end = 0.02 (T = 1000 in the paper)."""
-  return _from_betas(np.linspace(beta_start, beta_end, T, dtype=np.float64))
+  return from_betas(np.linspace(beta_start, beta_end, T, dtype=np.float64))
 
 
 @SCHEDULES.register("scaled_linear")
 def scaled_linear(T=1000, beta_start=0.00085, beta_end=0.012):
   """Latent diffusion (Rombach et al. 2022; Stable Diffusion): sqrt(beta) linear from sqrt(0.00085) to sqrt(0.012)."""
-  return _from_betas(np.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=np.float64) ** 2)
+  return from_betas(np.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=np.float64) ** 2)
 
 
 @SCHEDULES.register("cosine")

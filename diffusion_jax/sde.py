@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.parametrization import bcast, to_eps_x0
-from diffusion_jax.schedules import Schedule
+from diffusion_jax.registry import Registry
+from diffusion_jax.schedules import from_betas
 
 
 class SDE(abc.ABC):
@@ -83,9 +84,10 @@ class SDE(abc.ABC):
     return ReverseSDE()
 
 
-class VPSDE(SDE):
-  """Variance preserving: dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max - beta_min);
-  its N-step discretisation is DDPM with betas beta_i = beta(t_i) / N (Ho et al.: 1e-4 ... 0.02 for N = 1000)."""
+class LinearBetaSDE(SDE):
+  """What the VP and sub-VP SDEs share: the noise rate beta(t) = beta_min + t (beta_max - beta_min), its DDPM
+  discretisation beta_i = beta(t_i) / N (Ho et al.: 1e-4 ... 0.02 for N = 1000; the Langevin corrector's step size
+  uses its alphas), log alpha_t = -1/2 int_0^t beta(s) ds, the prior N(0, I) and score_sde's network time (N - 1) t."""
 
   def __init__(self, beta_min=0.1, beta_max=20.0, N=1000):
     super().__init__(N)
@@ -96,27 +98,14 @@ class VPSDE(SDE):
   def beta(self, t):
     return self.beta_0 + t * (self.beta_1 - self.beta_0)
 
-  def sde(self, x, t):
-    beta_t = self.beta(t)
-    return -0.5 * bcast(beta_t, x) * x, jnp.sqrt(beta_t)
-
   def with_steps(self, N):
     return type(self)(self.beta_0, self.beta_1, N)
 
   def network_time(self, t):
     return (self.N - 1) * t
 
-  def discrete_schedule(self):
-    """The DDPM schedule of this SDE's discretisation (alpha_bar_i = prod_j (1 - beta_j)), for the discrete samplers."""
-    return Schedule(alphas_cumprod=jnp.asarray(np.cumprod(1.0 - np.asarray(self.discrete_betas, np.float64)),
-                                               jnp.float32))
-
   def log_mean_coeff(self, t):
     return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
-
-  def marginal_prob(self, x0, t):
-    lmc = self.log_mean_coeff(t)
-    return bcast(jnp.exp(lmc), x0) * x0, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
 
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape)
@@ -128,6 +117,22 @@ class VPSDE(SDE):
   def index(self, t):
     return jnp.clip(jnp.round(t * (self.N - 1)).astype(jnp.int32), 0, self.N - 1)
 
+
+class VPSDE(LinearBetaSDE):
+  """Variance preserving: dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw; its N-step discretisation is DDPM."""
+
+  def sde(self, x, t):
+    beta_t = self.beta(t)
+    return -0.5 * bcast(beta_t, x) * x, jnp.sqrt(beta_t)
+
+  def discrete_schedule(self):
+    """The DDPM schedule of this SDE's discretisation (alpha_bar_i = prod_j (1 - beta_j)), for the discrete samplers."""
+    return from_betas(self.discrete_betas)
+
+  def marginal_prob(self, x0, t):
+    lmc = self.log_mean_coeff(t)
+    return bcast(jnp.exp(lmc), x0) * x0, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+
   def discretize(self, x, t):
     """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
     i = self.index(t)
@@ -135,21 +140,18 @@ class VPSDE(SDE):
     return bcast(jnp.sqrt(alpha), x) * x - x, jnp.sqrt(beta)
 
 
-class SubVPSDE(VPSDE):
+class SubVPSDE(LinearBetaSDE):
   """sub-VP: the VP drift with diffusion sqrt(beta(t) (1 - exp(-2 int_0^t beta(s) ds))); its marginal variance is
-  (1 - exp(int ... ))^2, always below the VP one."""
+  (1 - exp(int ... ))^2, always below the VP one. Its discretisation is Euler-Maruyama's (SDE.discretize), as in
+  score_sde."""
 
   def sde(self, x, t):
-    drift, _ = super().sde(x, t)
     discount = 1.0 - jnp.exp(-2.0 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t**2)
-    return drift, jnp.sqrt(self.beta(t) * discount)
+    return -0.5 * bcast(self.beta(t), x) * x, jnp.sqrt(self.beta(t) * discount)
 
   def marginal_prob(self, x0, t):
     lmc = self.log_mean_coeff(t)
     return bcast(jnp.exp(lmc), x0) * x0, 1.0 - jnp.exp(2.0 * lmc)
-
-  def discretize(self, x, t):
-    return SDE.discretize(self, x, t)
 
 
 class VESDE(SDE):
@@ -199,13 +201,14 @@ class VESDE(SDE):
     return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)
 
 
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+SDES = Registry("SDE")
+SDES.register("vp")(VPSDE)
+SDES.register("subvp")(SubVPSDE)
+SDES.register("ve")(VESDE)
 
 
 def get_sde(name, **kwargs):
-  if name not in SDES:
-    raise ValueError(f"Unknown SDE {name!r}; valid SDEs: {', '.join(sorted(SDES))}")
-  return SDES[name](**kwargs)
+  return SDES.get(name)(**kwargs)
 
 
 def sde_from_config(d, name=None):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from diffusion_jax.registry import Registry
 from diffusion_jax.samplers.common import register_sampler
 from diffusion_jax.parametrization import bcast
-from diffusion_jax.sde import SDE, VESDE, SubVPSDE, VPSDE, default_eps, score_fn
+from diffusion_jax.sde import SDE, VESDE, VPSDE, LinearBetaSDE, default_eps, score_fn
 
 PREDICTORS = Registry("predictor")
 CORRECTORS = Registry("corrector")
@@ -35,7 +35,7 @@ def ancestral(sde, score, x, t, dt, z):
     x_mean = x + bcast(sigma**2 - adjacent**2, x) * score(x, t)
     std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
     return x_mean + bcast(std, x) * z, x_mean
-  if isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE):
+  if isinstance(sde, VPSDE):
     beta = sde.discrete_betas[sde.index(t)]
     x_mean = (x + bcast(beta, x) * score(x, t)) / bcast(jnp.sqrt(1.0 - beta), x)
     return x_mean + bcast(jnp.sqrt(beta), x) * z, x_mean
@@ -50,7 +50,7 @@ def no_predictor(sde, score, x, t, dt, z):
 @CORRECTORS.register("langevin")
 def langevin(sde, score, x, t, rng, snr, n_steps):
   """Annealed Langevin dynamics with step size 2 alpha (snr ||z|| / ||score||)^2 (Song et al. 2021, Alg. 4)."""
-  alpha = sde.alphas[sde.index(t)] if isinstance(sde, VPSDE) else jnp.ones_like(t)
+  alpha = sde.alphas[sde.index(t)] if isinstance(sde, LinearBetaSDE) else jnp.ones_like(t)
   norm = lambda a: jnp.mean(jnp.sqrt(jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=-1)))
   x_mean = x
   for key in jax.random.split(rng, n_steps):
@@ -84,7 +84,7 @@ def pc_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps",
   eps = default_eps(sde) if eps is None else eps
   predict, correct = PREDICTORS.get(predictor), CORRECTORS.get(corrector)
   uses_discretisation = predictor in ("reverse_diffusion", "ancestral") or corrector == "langevin"
-  if isinstance(sde, VPSDE) and uses_discretisation and sde.beta_1 / num_steps >= 1:
+  if isinstance(sde, LinearBetaSDE) and uses_discretisation and sde.beta_1 / num_steps >= 1:
     raise ValueError(f"predictor={predictor!r} / corrector={corrector!r} use the DDPM discretisation beta_i = "
                      f"beta(t_i) / N, which needs num_steps > beta_max = {sde.beta_1:g} (got {num_steps}); "
                      "use predictor='euler_maruyama', corrector='none' for fewer steps")

@@ -1,0 +1,138 @@
+"""The accelerator benchmark: the CIFAR-10 U-Net of Ho et al. 2020 (35.7M parameters, configs/cifar10_ddpm.py) under
+each kernel set and activation dtype: its training step at batch 128 and a 50-step DDIM sample of 256 images, as
+images/s, the FLOP/s achieved (FLOPs from XLA's cost analysis of the compiled programs; a sample's are NFE x one
+network evaluation's, since XLA counts a loop's body once) and their fraction of the device's peak (PEAK_TFLOPS by
+device kind, or --peak_tflops), with the MB of buffers XLA's memory analysis reports. The batch is split over every
+device. Synthetic data: nothing is downloaded. Prints one JSON line per measurement and a Markdown table.
+Usage: python -m benchmarks.accelerator [--kernels=xla,blocked,cpu] [--dtypes=float32,bfloat16] [--peak_tflops=X]
+       python -m benchmarks.accelerator --smoke   (the tiny digits U-Net, a few steps: a quick check on a CPU)"""
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from benchmarks.xla_cost import compiled_cost
+from configs.cifar10_ddpm import get_config as cifar10_config
+from configs.digits import get_config as digits_config
+from diffusion_jax import parallel, tables
+from diffusion_jax.build import init_state, make_optimizer, setup
+from diffusion_jax.models.kernels import KERNELS, resolve
+from diffusion_jax.sample import make_generate
+from diffusion_jax.train import make_train_step
+
+_KERNELS = flags.DEFINE_list("kernels", KERNELS.names(), "Kernel sets to time (config.model.kernels).")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Activation dtypes (config.model.dtype).")
+_BATCH = flags.DEFINE_integer("batch", 128, "Training batch.")
+_SAMPLES = flags.DEFINE_integer("samples", 256, "Images of the timed DDIM sample (one batch).")
+_DDIM_STEPS = flags.DEFINE_integer("ddim_steps", 50, "DDIM steps.")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "Timed training steps (after 2 untimed ones).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed DDIM samples (after an untimed one).")
+_PEAK = flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s, for every dtype (default: PEAK_TFLOPS).")
+_SMOKE = flags.DEFINE_bool("smoke", False, "The tiny digits U-Net, batch 8, 8 images, 3 DDIM steps, 2 timed steps.")
+
+# Dense peak TFLOP/s per device as (float32, bfloat16), by a substring of jax.devices()[0].device_kind, first match.
+# NVIDIA's float32 figure is TF32 on tensor cores, which XLA uses for float32 matrix products by default; TPUs
+# multiply float32 in bfloat16 passes at default precision, so both columns give the bfloat16 peak.
+PEAK_TFLOPS = (
+    ("H100 PCIe", (378.0, 756.0)),
+    ("H100", (494.7, 989.4)),
+    ("H200", (494.7, 989.4)),
+    ("A100", (156.0, 312.0)),
+    ("TPU v4", (275.0, 275.0)),
+    ("TPU v5 lite", (197.0, 197.0)),
+    ("TPU v5p", (459.0, 459.0)),
+    ("TPU v6 lite", (918.0, 918.0)),
+)
+
+
+def peak_tflops(device_kind, dtype, override=None):
+  """The peak TFLOP/s of one device of this kind for activations of `dtype`; None when unknown (e.g. a CPU)."""
+  if override:
+    return override
+  for kind, peaks in PEAK_TFLOPS:
+    if kind in device_kind:
+      return peaks[dtype == "bfloat16"]
+  return None
+
+
+def bench_config(kernels, dtype, smoke, batch, samples):
+  c = digits_config() if smoke else cifar10_config()
+  if smoke:
+    c.model.block_out_channels, c.model.layers_per_block, c.model.norm_groups = (16, 32), 1, 4
+  c.model.kernels, c.model.dtype = kernels, dtype
+  c.model.dropout = 0.0
+  c.training.batch_size, c.sample.batch_size = batch, samples
+  return c
+
+
+def seconds_per_call(fn, n):
+  fn()  # compiled already; one untimed call
+  start = time.perf_counter()
+  for _ in range(n):
+    fn()
+  return (time.perf_counter() - start) / n
+
+
+def measure(config, mesh, train_steps, ddim_steps, repeats):
+  """Training and DDIM figures of one config: images/s, FLOPs per call and XLA's buffer MB."""
+  model, schedule = setup(config)
+  tx = make_optimizer(config.optim)
+  abstract = jax.eval_shape(lambda r: init_state(config, model, tx, r), jax.random.PRNGKey(0))
+  shardings = parallel.state_shardings(abstract, mesh)
+  state = jax.jit(lambda r: init_state(config, model, tx, r), out_shardings=shardings)(jax.random.PRNGKey(0))
+  step = jax.jit(make_train_step(config, model, schedule, tx), donate_argnums=0,
+                 in_shardings=(shardings, parallel.batch_sharded(mesh)),
+                 out_shardings=(shardings, parallel.replicated(mesh)))
+  b, shape = config.training.batch_size, (config.data.image_size, config.data.image_size, config.data.channels)
+  batch = parallel.shard_batch({"image": jax.random.uniform(jax.random.PRNGKey(1), (b, *shape), minval=-1.0)}, mesh)
+  train_flops, train_mb = compiled_cost(step, state, batch)
+  holder = [state]
+
+  def train_step():
+    holder[0], m = step(holder[0], batch)
+    m["loss"].block_until_ready()
+  train_s = seconds_per_call(train_step, train_steps)
+
+  n = config.sample.batch_size
+  params = jax.device_put(holder[0].ema_params, parallel.replicated(mesh))
+  forward = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
+  x, t = parallel.shard_batch((jnp.zeros((n, *shape)), jnp.zeros((n,))), mesh)
+  eval_flops, eval_mb = compiled_cost(forward, params, x, t)
+  rng = jax.random.PRNGKey(2)
+  generate = make_generate(config, model, schedule, mesh, "ddim", ddim_steps, n).lower(params, rng, None).compile()
+  nfe = float(generate(params, rng, None)[1])
+  sample_s = seconds_per_call(lambda: generate(params, rng, None)[0].block_until_ready(), repeats)
+  return [dict(task="train", batch=b, seconds=train_s, images_per_s=b / train_s, flops=train_flops, xla_mb=train_mb),
+          dict(task=f"ddim_{ddim_steps}", batch=n, seconds=sample_s, images_per_s=n / sample_s, flops=nfe * eval_flops,
+               xla_mb=eval_mb)]
+
+
+def main(_):
+  smoke = _SMOKE.value
+  batch, samples = (8, 8) if smoke else (_BATCH.value, _SAMPLES.value)
+  ddim_steps, train_steps, repeats = (3, 2, 1) if smoke else (_DDIM_STEPS.value, _TRAIN_STEPS.value, _REPEATS.value)
+  mesh = parallel.make_mesh()
+  device = jax.devices()[0]
+  header = dict(benchmark="accelerator", backend=jax.default_backend(), device_kind=device.device_kind,
+                devices=jax.device_count(), model="digits (smoke)" if smoke else "cifar10_ddpm (35.7M)")
+  print(json.dumps(header), flush=True)
+  rows = []
+  for dtype in _DTYPES.value:
+    for kernels in _KERNELS.value:
+      config = bench_config(kernels, dtype, smoke, batch, samples)
+      peak = peak_tflops(device.device_kind, dtype, _PEAK.value)
+      for r in measure(config, mesh, train_steps, ddim_steps, repeats):
+        tflops = r["flops"] / r["seconds"] / 1e12
+        r = dict(kernels=kernels, resolved=resolve(kernels), dtype=dtype, **r, tflops_per_s=tflops,
+                 fraction_of_peak=tflops / (peak * jax.device_count()) if peak else None)
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+  print(f"\n{header['model']} on {jax.device_count()} x {device.device_kind} ({jax.default_backend()})\n")
+  print(tables.markdown_table(rows, ["task", "dtype", "kernels", "batch", "images_per_s", "tflops_per_s",
+                                     "fraction_of_peak", "xla_mb"]))
+
+
+if __name__ == "__main__":
+  app.run(main)

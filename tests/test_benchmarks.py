@@ -1,0 +1,25 @@
+"""benchmarks/accelerator.py: its smoke run on this CPU, and its peak table."""
+import json
+
+from conftest import run_python
+
+
+def test_accelerator_benchmark_smoke_run_prints_every_kernel_set_and_task():
+  out = run_python(["-m", "benchmarks.accelerator", "--smoke", "--dtypes=float32"]).stdout
+  lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+  header, rows = lines[0], lines[1:]
+  assert header["benchmark"] == "accelerator" and header["backend"] == "cpu"
+  assert [(r["kernels"], r["task"]) for r in rows] == [(k, t) for k in ("blocked", "cpu", "xla")
+                                                      for t in ("train", "ddim_3")]
+  for r in rows:
+    assert r["images_per_s"] > 0 and r["flops"] > 0 and r["tflops_per_s"] > 0 and r["xla_mb"] > 0
+    assert r["fraction_of_peak"] is None  # no peak is known for a CPU
+  assert "| task | dtype | kernels |" in out
+
+
+def test_peak_table_matches_device_kinds_and_dtypes():
+  from benchmarks.accelerator import peak_tflops
+  assert peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4
+  assert peak_tflops("NVIDIA H100 PCIe", "float32") == 378.0
+  assert peak_tflops("TPU v5 lite", "float32") == 197.0
+  assert peak_tflops("cpu", "float32") is None and peak_tflops("cpu", "float32", override=2.0) == 2.0
