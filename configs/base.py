@@ -23,8 +23,9 @@ def get_base_config():
   c.diffusion = ml_collections.ConfigDict(dict(
       schedule="linear",    # linear | scaled_linear | cosine | sigmoid (discrete-time training)
       num_timesteps=1000,   # T of the schedule; N of an SDE's discretisation
-      prediction="eps",     # eps | x0 | v
-      sde="",               # "" (discrete schedule) | vp | subvp | ve: continuous-time training on that SDE
+      prediction="eps",     # eps | x0 | v | velocity (dx_t / dt, flow matching; on a continuous path)
+      sde="",               # "" (discrete schedule) | vp | subvp | ve | edm | rectified_flow | cosine_interpolant:
+                            # continuous-time training on that path (sde.py, paths.py)
       beta_min=0.1,         # vp / subvp (Song et al. 2021)
       beta_max=20.0,
       sigma_min=0.01,       # ve
@@ -51,6 +52,7 @@ def get_base_config():
       downsample_padding=0,  # 0: pad right / bottom (Ho et al.); 1: all round (Stable Diffusion)
       dtype="float32",      # activations; "bfloat16": mixed precision (float32 parameters, norms, softmax, output)
       kernels="auto",       # how every network's layers compute: auto | xla | cpu | blocked (models/kernels)
+      precondition="",      # "" | edm: D = c_skip x + c_out F(c_in x, ln(sigma) / 4) (Karras et al. 2022; on ve / edm)
   ))
 
   # Text conditioning, on with model.context_dim > 0 (= encoder.hidden_size): y = token ids of captions of the class
@@ -67,11 +69,19 @@ def get_base_config():
   c.training = ml_collections.ConfigDict(dict(
       num_steps=1000,
       batch_size=128,
-      weighting="uniform",   # uniform | p2 | min_snr | likelihood | "module:function" (losses.py)
+      weighting="uniform",   # uniform | p2 | min_snr | likelihood | edm | sigmoid | "module:function" (losses.py)
       p2_gamma=1.0,          # p2: 1 / (k + SNR)^gamma (Choi et al. 2022)
       p2_k=1.0,
       min_snr_gamma=5.0,     # min_snr: min(SNR, gamma) on the x0 loss (Hang et al. 2023)
-      t_sampling="uniform",  # uniform | importance (t ~ weighting, Song et al. 2021b)
+      sigma_data=0.5,        # edm: the data's standard deviation in its weighting (Karras et al. 2022)
+      sigmoid_bias=0.0,      # sigmoid: b of w(lambda) = sigmoid(b - lambda) (Kingma & Gao 2023)
+      t_sampling="uniform",  # uniform | importance (t ~ weighting, Song et al. 2021b) | logit_normal | mode |
+                             # lognormal_sigma (timesteps.py; these three on a continuous path, diffusion.sde)
+      logit_normal_m=0.0,    # logit_normal: t = sigmoid(m + s n) (Esser et al. 2024)
+      logit_normal_s=1.0,
+      mode_scale=1.29,       # mode: the scale s of Esser et al. 2024, eq. 20
+      p_mean=-1.2,           # lognormal_sigma: ln(sigma_t / alpha_t) ~ N(p_mean, p_std^2) (Karras et al. 2022)
+      p_std=1.2,
       loss_bins=8,           # log-SNR bins of the logged per-noise-level loss
       p_uncond=0.0,          # label dropout to the null label (classifier-free guidance; Ho & Salimans use 0.1-0.2)
       ema_decay=0.9999,

@@ -13,13 +13,15 @@ import optax
 from absl import logging
 
 from diffusion_jax import checkpoint, latent, parallel, text
-from diffusion_jax.losses import T_SAMPLINGS, get_weighting
+from diffusion_jax import losses
+from diffusion_jax.losses import get_weighting
 from diffusion_jax.models import get_model
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.parametrization import check_prediction
-from diffusion_jax.schedules import get_schedule
-from diffusion_jax.sde import VPSDE, sde_from_config
+from diffusion_jax.schedules import Schedule, get_schedule
+from diffusion_jax.sde import VESDE, sde_from_config
+from diffusion_jax.timesteps import TIME_SAMPLINGS, Uniform, get_time_sampling
 
 
 OPTIMIZERS = ("adam", "adamw")
@@ -55,21 +57,50 @@ def model_optimizer(config):
                                lambda params: {k: "frozen" if k == "text_encoder" else "train" for k in params})
 
 
+T_SAMPLINGS = ("importance",) + tuple(TIME_SAMPLINGS.names())
+
+
 def setup(config):
   """(model, process) for a config, validating the names it uses: the process is the discrete schedule
-  diffusion.schedule, or with diffusion.sde set the SDE of continuous-time training."""
-  d = config.diffusion
+  diffusion.schedule, or with diffusion.sde set the continuous path (an SDE) of continuous-time training."""
+  d, tc = config.diffusion, config.training
   check_prediction(d.prediction)
-  get_weighting(config.training.weighting)
-  if config.training.t_sampling not in T_SAMPLINGS:
-    raise ValueError(f"Unknown training.t_sampling {config.training.t_sampling!r}; valid: {', '.join(T_SAMPLINGS)}")
+  get_weighting(tc.weighting)
+  if tc.t_sampling not in T_SAMPLINGS:
+    raise ValueError(f"Unknown training.t_sampling {tc.t_sampling!r}; valid: {', '.join(T_SAMPLINGS)}")
   if not d.sde:
+    if d.prediction == "velocity" or tc.t_sampling not in ("uniform", "importance") or config.model.get("precondition"):
+      raise ValueError(f"prediction={d.prediction!r}, t_sampling={tc.t_sampling!r}, model.precondition="
+                       f"{config.model.get('precondition')!r} needs a continuous path: set diffusion.sde (e.g. "
+                       "rectified_flow, edm), or use eps / x0 / v, uniform or importance t, no preconditioning")
     return get_model(config), get_schedule(d.schedule, d.num_timesteps)
   process = sde_from_config(d)
-  if d.prediction == "v" and not isinstance(process, VPSDE):
-    raise ValueError(f"prediction 'v' assumes alpha^2 + sigma^2 = 1, which only the vp SDE has (got {d.sde!r}); "
-                     "use eps or x0")
+  if config.model.get("precondition") == "edm" and not isinstance(process, VESDE):
+    raise ValueError(f"model.precondition='edm' takes x = x_0 + sigma n and sigma as the network's time: it needs the "
+                     f"edm or ve path (diffusion.sde), not {d.sde!r}")
+  t = jnp.array([0.1, 0.5, 0.9])
+  if d.prediction == "v" and not jnp.allclose(sum(jnp.square(a) for a in process.alpha_sigma(t)), 1.0, atol=1e-4):
+    raise ValueError(f"prediction 'v' assumes alpha^2 + sigma^2 = 1, which the {d.sde!r} path does not have; "
+                     "use eps, x0 or velocity")
   return get_model(config), process
+
+
+def effective_weighting(config, process, lam):
+  """w(lambda) of the config's formulation on `process` (losses.effective_weighting): uniform and importance-sampled
+  t give the same one (importance sampling keeps the expected loss), over the training times' range."""
+  t_min = process.index_to_t(0) if isinstance(process, Schedule) else process.t_min
+  return losses.effective_weighting(process, time_sampling(config) or Uniform(t_min), config.training.weighting,
+                                    config.diffusion.prediction, config.training, lam)
+
+
+def time_sampling(config):
+  """The training-time distribution of config.training.t_sampling (timesteps.py) with its parameters; None for
+  uniform and importance sampling, which the process and the loss draw themselves."""
+  tc = config.training
+  makers = {"logit_normal": lambda: get_time_sampling("logit_normal", m=tc.logit_normal_m, s=tc.logit_normal_s),
+            "mode": lambda: get_time_sampling("mode", s=tc.mode_scale),
+            "lognormal_sigma": lambda: get_time_sampling("lognormal_sigma", p_mean=tc.p_mean, p_std=tc.p_std)}
+  return makers[tc.t_sampling]() if tc.t_sampling in makers else None
 
 
 def init_state(config, model, tx, rng):

@@ -38,6 +38,7 @@ def save(mngr, step, state, config):
 
 
 SHAPE_FIELDS = ("data.image_size", "data.channels")  # besides every field of the network's section but `free`
+PROCESS_FIELDS = ("diffusion.sde", "diffusion.prediction")  # what the diffusion network was trained to predict
 
 
 def config_diffs(saved, config, field=lambda k: True, new_fields=False):
@@ -54,7 +55,7 @@ def check_compatible(saved, config, section="model"):
   text = section == "model" and config.model.get("context_dim")  # a text model's encoder is part of its network
   free = (section + ".dropout", section + ".dtype", "model.kernels")  # change no parameter: resume with any value
   shape_field = lambda k: ((k.startswith(section + ".") and k not in free) or k in SHAPE_FIELDS
-                           or (text and k.startswith("text.encoder.")))
+                           or (text and k.startswith("text.encoder.")) or (section == "model" and k in PROCESS_FIELDS))
   diffs = config_diffs(saved, config, shape_field, new_fields=True)
   if diffs:
     raise ValueError("The config does not match the checkpoint's model:\n  " + "\n  ".join(

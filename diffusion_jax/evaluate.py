@@ -48,10 +48,12 @@ def held_out_bpd(config, workdir, params, mesh):
   y = held.labels[:config.eval.bpd_num_images] if config.model.num_classes else None
   y = text.sample_conditions(config, y, len(x))  # a text model: the ids of the labels' prompts
   sde = sampling_sde(config)
-  fn = jax.jit(lambda p, x, y, rng: bits_per_dim(sampler_setup(config, model, p, process, "ode")[0], sde, x, rng, y=y,
-                                                 prediction=config.diffusion.prediction,
-                                                 num_bins=config.eval.bpd_num_bins, probe=config.eval.bpd_probe),
-               out_shardings=parallel.replicated(mesh))
+
+  def bpd(p, x, y, rng):
+    model_fn, _, prediction = sampler_setup(config, model, p, process, "ode")
+    return bits_per_dim(model_fn, sde, x, rng, y=y, prediction=prediction, num_bins=config.eval.bpd_num_bins,
+                        probe=config.eval.bpd_probe)
+  fn = jax.jit(bpd, out_shardings=parallel.replicated(mesh))
   bpd, nfe = fn(params, x, y, jax.random.PRNGKey(config.seed + 3))
   bpd = np.asarray(bpd, np.float64)
   return dict(bpd=round(float(bpd.mean()), 4), bpd_stderr=round(float(bpd.std() / np.sqrt(len(bpd))), 4),

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.parametrization import bcast, target, to_eps_x0
+from diffusion_jax.parametrization import bcast, eps_x0_on, target_on
 
 
 def null_like(y, null):
@@ -65,7 +65,7 @@ def classifier_guided(model_fn, process, grad_fn, scale, prediction):
 
   def guided(x, t, y=None):
     alpha, sigma = (bcast(a, x) for a in process.alpha_sigma(t))
-    eps, _ = to_eps_x0(model_fn(x, t, y), x, alpha, sigma, prediction)
+    eps, _ = eps_x0_on(process, model_fn(x, t, y), x, t, prediction)
     eps = eps - scale * sigma * grad_fn(x, t, y)
-    return target((x - sigma * eps) / alpha, eps, alpha, sigma, prediction)
+    return target_on(process, (x - sigma * eps) / alpha, eps, t, prediction)
   return guided

@@ -35,7 +35,7 @@ def log_likelihood(model_fn, sde, x, rng, *, y=None, prediction="eps", probe="ra
     fx, div = _divergence(lambda v: flow.sde(v, jnp.full((x.shape[0],), t))[0], xt, z, probe)
     return fx, div
 
-  sol = diffrax.diffeqsolve(diffrax.ODETerm(field), diffrax.Dopri5(), t0=eps, t1=1.0, dt0=(1.0 - eps) / 32,
+  sol = diffrax.diffeqsolve(diffrax.ODETerm(field), diffrax.Dopri5(), t0=eps, t1=sde.t_max, dt0=(sde.t_max - eps) / 32,
                             y0=(x, jnp.zeros((x.shape[0],))), stepsize_controller=diffrax.PIDController(rtol, atol),
                             max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
   x_T, delta = sol.ys[0][0], sol.ys[1][0]

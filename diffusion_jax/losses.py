@@ -5,17 +5,27 @@ import importlib
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.parametrization import bcast, q_sample, target
+from diffusion_jax.parametrization import bcast, path_coefficients, q_sample, target
 from diffusion_jax.registry import Registry
 from diffusion_jax.schedules import Schedule
 
 WEIGHTINGS = Registry("weighting")
-T_SAMPLINGS = ("uniform", "importance")
 
 
 def eps_loss_factor(log_snr, prediction):
   """||target - target_hat||^2 / ||eps - eps_hat||^2 at fixed x_t: 1 (eps), 1/SNR (x0), 1 + 1/SNR (v, VP only)."""
+  if prediction not in ("eps", "x0", "v"):
+    raise ValueError(f"This weighting is defined on the eps, x0 or v loss, not on {prediction!r}")
   return {"eps": jnp.ones_like(log_snr), "x0": jnp.exp(-log_snr), "v": 1.0 + jnp.exp(-log_snr)}[prediction]
+
+
+def target_factor(alpha, sigma, dalpha, dsigma, prediction):
+  """eps_loss_factor on any path and for the velocity too: 1 (eps), sigma^2 / alpha^2 (x0),
+  (alpha^2 + sigma^2)^2 / alpha^2 (v), (dsigma - dalpha sigma / alpha)^2 (velocity: u - u_hat = (dsigma - dalpha
+  sigma / alpha)(eps - eps_hat) at fixed x_t)."""
+  ratio = sigma / alpha
+  return {"eps": jnp.ones_like(ratio), "x0": jnp.square(ratio), "v": jnp.square(alpha + sigma * ratio),
+          "velocity": jnp.square(dsigma - dalpha * ratio)}[prediction]
 
 
 # A weighting is fn(log_snr, prediction, dlog_snr_dt, options) -> the per-example weight of the chosen target's
@@ -48,6 +58,30 @@ def likelihood(log_snr, prediction, dlog_snr_dt, options):
   """Continuous-time ELBO / VLB weighting: -d log_snr / dt on the eps loss (Kingma et al. 2021, eq. 17), which is
   g(t)^2 / sigma_t^2, Song et al.'s (2021b) likelihood weighting lambda(t) = g(t)^2 of the score loss."""
   return -dlog_snr_dt / eps_loss_factor(log_snr, prediction)
+
+
+@WEIGHTINGS.register("edm")
+def edm(log_snr, prediction, dlog_snr_dt, options):
+  """EDM's lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on the denoiser's (x0) loss (Karras et al.
+  2022, Table 1), sigma^2 = e^-lambda: (sigma^2 + sigma_data^2) / sigma_data^2 on the eps loss (options.sigma_data)."""
+  sigma_data2 = options.sigma_data ** 2
+  return (jnp.exp(-log_snr) + sigma_data2) / sigma_data2 / eps_loss_factor(log_snr, prediction)
+
+
+@WEIGHTINGS.register("sigmoid")
+def sigmoid(log_snr, prediction, dlog_snr_dt, options):
+  """Kingma & Gao 2023's sigmoid weighting: the ELBO's -d lambda / dt on the eps loss times sigmoid(b - lambda), so
+  that uniform t gives the effective weighting w(lambda) = sigmoid(b - lambda) (b = options.sigmoid_bias)."""
+  return -dlog_snr_dt * jax.nn.sigmoid(options.sigmoid_bias - log_snr) / eps_loss_factor(log_snr, prediction)
+
+
+def effective_weighting(path, time_sampling, weighting, prediction, options, lam):
+  """w(lambda) = p(lambda) x weight x target factor (Kingma & Gao 2023, eq. 8 and Table 1): the weight per unit of
+  log-SNR that training with `time_sampling` (timesteps.py), `weighting` and `prediction` puts on the eps error."""
+  t = path.t_from_log_snr(lam)
+  log_snr, dlog_snr_dt = jax.jvp(path.log_snr, (t,), (jnp.ones_like(t),))
+  weight = get_weighting(weighting)(log_snr, prediction, dlog_snr_dt, options)
+  return time_sampling.log_snr_density(path, lam) * weight * target_factor(*path_coefficients(path, t), prediction)
 
 
 def get_weighting(name):
@@ -86,9 +120,10 @@ def importance_t(process, rng, batch, weight_fn, num_cells=1000):
 
 
 def diffusion_loss(apply_fn, params, process, x0, y, rng, *, prediction, weighting, options=None,
-                   importance=False, train=True):
+                   importance=False, time_sampling=None, train=True):
   """Weighted denoising loss with x_t = alpha x0 + sigma eps: t = (i + 1) / T, i ~ U{0..T-1} on a discrete schedule
-  (Ho et al. 2020), t ~ U(1e-5, 1) on an SDE (Song et al. 2021), or with `importance` t ~ weighting; the network sees
+  (Ho et al. 2020), t ~ U(1e-5, 1) on an SDE (Song et al. 2021), t ~ `time_sampling` (timesteps.py) within
+  [t_min, 1 - t_min], or with `importance` t ~ weighting; the network sees
   process.network_time(t); `options` (config.training) holds the weighting's fields, None for one without (uniform,
   likelihood). Returns (scalar loss, aux): aux has per example the unweighted loss, t, log_snr and the
   eps-equivalent squared error (`eps_mse`, comparable across targets and weightings)."""
@@ -101,14 +136,15 @@ def diffusion_loss(apply_fn, params, process, x0, y, rng, *, prediction, weighti
   if importance:
     t, w = importance_t(process, k_t, x0.shape[0], weight_fn)
   else:
-    t = process.sample_t(k_t, x0.shape[0])
+    t = process.sample_t(k_t, x0.shape[0]) if time_sampling is None else jnp.clip(
+        time_sampling.sample(k_t, x0.shape[0], process), process.t_min, 1.0 - process.t_min)
     w = weight_fn(t)
-  alpha, sigma = process.alpha_sigma(t)
+  coefficients = path_coefficients(process, t)
   eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
   x_t = q_sample(process, x0, t, eps)
   pred = apply_fn({"params": params}, x_t, process.network_time(t), y, train=train, rngs={"dropout": k_drop})
-  tgt = target(x0, eps, bcast(alpha, x0), bcast(sigma, x0), prediction)
+  tgt = target(x0, eps, *(bcast(a, x0) for a in coefficients[:2]), prediction,
+               *(bcast(a, x0) for a in coefficients[2:]))
   per_example = jnp.mean(jnp.square(pred - tgt), axis=tuple(range(1, x0.ndim)))
-  log_snr = process.log_snr(t)
-  return jnp.mean(w * per_example), {"per_example": per_example, "t": t, "log_snr": log_snr,
-                                     "eps_mse": per_example / eps_loss_factor(log_snr, prediction)}
+  return jnp.mean(w * per_example), {"per_example": per_example, "t": t, "log_snr": process.log_snr(t),
+                                     "eps_mse": per_example / target_factor(*coefficients, prediction)}

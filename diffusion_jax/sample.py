@@ -16,8 +16,9 @@ from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
 from diffusion_jax.models.classifier import make_log_prob_fn
 from diffusion_jax.samplers import get_sampler, parse_runs
-from diffusion_jax.samplers.common import sampler_options, samplers_on
-from diffusion_jax.schedules import Schedule
+from diffusion_jax.samplers.common import sampler_options
+from diffusion_jax.parametrization import vp_view
+from diffusion_jax.schedules import Schedule, of_path
 from diffusion_jax.sde import VPSDE, on_sde, sde_from_config
 
 
@@ -30,25 +31,26 @@ def sampling_sde(config):
   return sde_from_config(config.diffusion, config.diffusion.sde or "vp")
 
 
-def on_sampler_process(config, fn, process, name):
-  """(fn, process the sampler runs on) for a function fn(x_t, t, y) of a model trained on `process` (a network's
-  prediction, or a noisy classifier's log-probability). Discrete samplers run on the training schedule (a VP SDE's
-  DDPM discretisation); SDE samplers (pc, ode) on sampling_sde(config), where a discrete model is queried at equal
-  log-SNR."""
+def on_sampler_process(config, fn, process, name, prediction=None):
+  """(fn, process the sampler runs on, the prediction it sees) for a function fn(x_t, t, y) of a model trained on
+  `process`: a network's `prediction`, or with prediction=None a noisy classifier's log-probability. Discrete
+  samplers run on the training schedule, a VP SDE's DDPM discretisation, or any other path's variance-preserving view
+  (schedules.of_path, parametrization.vp_view: v-predictions); SDE samplers (pc, ode, flow) on sampling_sde(config),
+  where a discrete model is queried at equal log-SNR."""
   if get_sampler(name).process == "sde":
     sde = sampling_sde(config)
-    return (on_sde(fn, process, sde) if isinstance(process, Schedule) else fn), sde
+    return (on_sde(fn, process, sde) if isinstance(process, Schedule) else fn), sde, prediction
   if isinstance(process, Schedule):
-    return fn, process
+    return fn, process, prediction
   if isinstance(process, VPSDE):
-    return fn, process.discrete_schedule()
-  raise ValueError(f"Sampler {name!r} needs a discrete VP schedule; a model trained on the {config.diffusion.sde!r} "
-                   f"SDE samples with: {', '.join(samplers_on('sde'))}")
+    return fn, process.discrete_schedule(), prediction
+  return vp_view(fn, process, prediction), of_path(process, process.N), None if prediction is None else "v"
 
 
 def sampler_setup(config, model, params, process, name):
-  """(model_fn, process the sampler runs on) for sampler `name` and a network trained on `process`."""
-  return on_sampler_process(config, make_model_fn(model, params, process), process, name)
+  """(model_fn, process the sampler runs on, the prediction it sees) for sampler `name` and a network trained on
+  `process`."""
+  return on_sampler_process(config, make_model_fn(model, params, process), process, name, config.diffusion.prediction)
 
 
 def is_conditional(config):
@@ -105,9 +107,9 @@ def check_sampling(config, process):
   for name, steps, kwargs in runs:
     kwargs = dict(kwargs)
     guidance_scales(config, kwargs, has_classifier=True)  # load_classifier says so if none was trained
-    fn, on = on_sampler_process(config, lambda x, t, y=None: jnp.zeros_like(x), process, name)
-    jax.eval_shape(lambda rng: get_sampler(name)(fn, on, shape, rng, num_steps=steps,
-                                                 prediction=config.diffusion.prediction,
+    fn, on, prediction = on_sampler_process(config, lambda x, t, y=None: jnp.zeros_like(x), process, name,
+                                            config.diffusion.prediction)
+    jax.eval_shape(lambda rng: get_sampler(name)(fn, on, shape, rng, num_steps=steps, prediction=prediction,
                                                  **sampler_kwargs(config, name, kwargs)), jax.random.PRNGKey(0))
 
 
@@ -137,20 +139,21 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
   null = text.null_condition(config) if w else None
 
   def generate(params, rng, y, classifier_params=None, decoder_params=None):
-    model_fn, on = sampler_setup(config, model, params, process, name)
+    model_fn, on, prediction = sampler_setup(config, model, params, process, name)
     if not is_conditional(config):  # labels only steer the classifier
       unconditional = model_fn
       model_fn = lambda x, t, y=None: unconditional(x, t, None)
     model_fn = classifier_free(model_fn, w, null)
     extra = {} if fixed_nfe is not None else {"return_nfe": True}
     if s:
-      log_prob, _ = on_sampler_process(config, make_log_prob_fn(classifier, classifier_params, process), process, name)
+      log_prob, _, _ = on_sampler_process(config, make_log_prob_fn(classifier, classifier_params, process), process,
+                                          name)
       grad = classifier_grad(log_prob)
       if sampler.mean_shift_guidance:  # Dhariwal & Nichol's Alg. 1: the mean moves by s Sigma grad
         extra["classifier_grad"] = lambda x, t, y: s * grad(x, t, y)
       else:  # Alg. 2: eps - s sigma grad, i.e. score + s grad
-        model_fn = classifier_guided(model_fn, on, grad, s, config.diffusion.prediction)
-    out = sampler(model_fn, on, shape, rng, num_steps=num_steps, y=y, prediction=config.diffusion.prediction,
+        model_fn = classifier_guided(model_fn, on, grad, s, prediction)
+    out = sampler(model_fn, on, shape, rng, num_steps=num_steps, y=y, prediction=prediction,
                   **kwargs, **extra)
     x, nfe = out if fixed_nfe is None else (out, jnp.asarray(fixed_nfe))
     return (x if latents is None else latents.decode(decoder_params, x)), nfe

@@ -7,13 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax.paths import GaussianPath
 from diffusion_jax.registry import Registry
 
 SCHEDULES = Registry("schedule")
 
 
 @flax.struct.dataclass
-class Schedule:
+class Schedule(GaussianPath):
   """A variance-preserving schedule defined by its T cumulative products alpha_bar_i (0-based i)."""
   alphas_cumprod: jnp.ndarray  # [T], float32
 
@@ -62,6 +63,30 @@ class Schedule:
     """(alpha_t, sigma_t) with alpha_t^2 = sigmoid(log_snr), sigma_t^2 = sigmoid(-log_snr) (VP)."""
     lam = self.log_snr(t)
     return jnp.sqrt(jax.nn.sigmoid(lam)), jnp.sqrt(jax.nn.sigmoid(-lam))
+
+
+@flax.struct.dataclass
+class PathSchedule(Schedule):
+  """The variance-preserving view of a continuous path on T steps (of_path): the discrete samplers' grid from
+  alphas_cumprod, the log-SNR and its inverse from the path itself (exact between grid points), floored at
+  min_log_snr where the path reaches alpha = 0."""
+  path: object = flax.struct.field(pytree_node=False, default=None)
+  min_log_snr: float = flax.struct.field(pytree_node=False, default=-27.6)
+
+  def log_snr(self, t):
+    return jnp.maximum(self.path.log_snr(t), self.min_log_snr)
+
+  def t_from_log_snr(self, lam):
+    return self.path.t_from_log_snr(jnp.maximum(lam, self.min_log_snr))
+
+
+def of_path(path, T, min_log_snr=-27.6):
+  """The variance-preserving view of a continuous path on T steps: alpha_bar_i = sigmoid(lambda((i + 1) / T)), the
+  path's log-SNR at t = (i + 1) / T (x_t / sqrt(alpha^2 + sigma^2) has alpha_bar = sigmoid(lambda)), lambda at least
+  min_log_snr (alpha_bar >= 1e-12 by default)."""
+  t = jnp.asarray((np.arange(T) + 1.0) / T, jnp.float32)
+  alpha_bar = jax.nn.sigmoid(jnp.maximum(path.log_snr(t), min_log_snr))
+  return PathSchedule(alphas_cumprod=alpha_bar, path=path, min_log_snr=min_log_snr)
 
 
 def from_betas(betas):

@@ -1,37 +1,23 @@
-"""Score SDEs of Song et al. (2021): VP, sub-VP and VE, each with its forward SDE, marginals, prior, the
-discretisation used by the reverse-diffusion / ancestral predictors, and the reverse SDE / probability-flow ODE."""
+"""Score SDEs of Song et al. (2021): VP, sub-VP and VE, Gaussian paths (paths.py) with their forward SDEs in closed
+form, the discretisation used by the reverse-diffusion / ancestral predictors, and the reverse SDE / probability-flow
+ODE."""
 import abc
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.parametrization import bcast, to_eps_x0
+from diffusion_jax.parametrization import bcast, eps_x0_on
+from diffusion_jax.paths import CosineInterpolant, GaussianPath, RectifiedFlow, VarianceExploding
 from diffusion_jax.registry import Registry
 from diffusion_jax.schedules import from_betas
 
 
-class SDE(abc.ABC):
-  """dx = f(x, t) dt + g(t) dw on t in [0, T=1], discretised into N steps."""
+class SDE(GaussianPath, abc.ABC):
+  """dx = f(x, t) dt + g(t) dw on t in [0, T=1] with Gaussian marginals (alpha_sigma), discretised into N steps."""
 
   def __init__(self, N):
     self.N = N
-
-  @abc.abstractmethod
-  def sde(self, x, t):
-    """(drift f(x, t), diffusion g(t))."""
-
-  @abc.abstractmethod
-  def marginal_prob(self, x0, t):
-    """(mean, std) of p_t(x | x0): mean = alpha_t x0 (alpha_t = 1 for VE), std = sigma_t."""
-
-  @abc.abstractmethod
-  def prior_sampling(self, rng, shape):
-    """x_T ~ p_T."""
-
-  @abc.abstractmethod
-  def prior_logp(self, z):
-    """log p_T(z), summed over all but the batch axis."""
 
   @abc.abstractmethod
   def with_steps(self, N):
@@ -41,16 +27,8 @@ class SDE(abc.ABC):
   def network_time(self, t):
     """The time input of a network trained on this SDE (score_sde's convention)."""
 
-  def alpha_sigma(self, t):
-    """Scale and std of the marginal: x_t = alpha_t x_0 + sigma_t eps."""
-    t = jnp.asarray(t, jnp.float32)
-    return self.marginal_prob(jnp.ones_like(t), t)
-
-  def log_snr(self, t):
-    alpha, sigma = self.alpha_sigma(t)
-    return 2.0 * (jnp.log(alpha) - jnp.log(sigma))
-
   t_min = 1e-5  # the smallest training time (Song et al. 2021)
+  t_max = 1.0  # where the pc and ode samplers start, from the prior
 
   def sample_t(self, rng, batch):
     """Training times t ~ U(t_min, 1) (continuous-time training, Song et al. 2021)."""
@@ -87,7 +65,8 @@ class SDE(abc.ABC):
 class LinearBetaSDE(SDE):
   """What the VP and sub-VP SDEs share: the noise rate beta(t) = beta_min + t (beta_max - beta_min), its DDPM
   discretisation beta_i = beta(t_i) / N (Ho et al.: 1e-4 ... 0.02 for N = 1000; the Langevin corrector's step size
-  uses its alphas), log alpha_t = -1/2 int_0^t beta(s) ds, the prior N(0, I) and score_sde's network time (N - 1) t."""
+  uses its alphas), log alpha_t = -1/2 int_0^t beta(s) ds, the prior N(0, I) (as score_sde's, though sigma(1) is
+  slightly below 1) and score_sde's network time (N - 1) t."""
 
   def __init__(self, beta_min=0.1, beta_max=20.0, N=1000):
     super().__init__(N)
@@ -129,9 +108,9 @@ class VPSDE(LinearBetaSDE):
     """The DDPM schedule of this SDE's discretisation (alpha_bar_i = prod_j (1 - beta_j)), for the discrete samplers."""
     return from_betas(self.discrete_betas)
 
-  def marginal_prob(self, x0, t):
+  def alpha_sigma(self, t):
     lmc = self.log_mean_coeff(t)
-    return bcast(jnp.exp(lmc), x0) * x0, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+    return jnp.exp(lmc), jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
 
   def discretize(self, x, t):
     """DDPM: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z."""
@@ -149,43 +128,25 @@ class SubVPSDE(LinearBetaSDE):
     discount = 1.0 - jnp.exp(-2.0 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t**2)
     return -0.5 * bcast(self.beta(t), x) * x, jnp.sqrt(self.beta(t) * discount)
 
-  def marginal_prob(self, x0, t):
+  def alpha_sigma(self, t):
     lmc = self.log_mean_coeff(t)
-    return bcast(jnp.exp(lmc), x0) * x0, 1.0 - jnp.exp(2.0 * lmc)
+    return jnp.exp(lmc), 1.0 - jnp.exp(2.0 * lmc)
 
 
-class VESDE(SDE):
+class VESDE(SDE, VarianceExploding):
   """Variance exploding: dx = sqrt(d sigma^2(t) / dt) dw, sigma(t) = sigma_min (sigma_max / sigma_min)^t;
   its N-step discretisation is SMLD / NCSN (Song & Ermon 2019)."""
 
   def __init__(self, sigma_min=0.01, sigma_max=50.0, N=1000):
-    super().__init__(N)
-    self.sigma_min, self.sigma_max = sigma_min, sigma_max
+    SDE.__init__(self, N)
+    VarianceExploding.__init__(self, sigma_min, sigma_max)
     self.discrete_sigmas = jnp.asarray(np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), N)), jnp.float32)
 
-  def sigma(self, t):
-    return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
-
   def with_steps(self, N):
-    return VESDE(self.sigma_min, self.sigma_max, N)
+    return type(self)(self.sigma_min, self.sigma_max, N)
 
   def network_time(self, t):
     return self.sigma(t)
-
-  def sde(self, x, t):
-    g = self.sigma(t) * np.sqrt(2.0 * (np.log(self.sigma_max) - np.log(self.sigma_min)))
-    return jnp.zeros_like(x), g
-
-  def marginal_prob(self, x0, t):
-    return x0, self.sigma(t)
-
-  def prior_sampling(self, rng, shape):
-    return jax.random.normal(rng, shape) * self.sigma_max
-
-  def prior_logp(self, z):
-    n = np.prod(z.shape[1:])
-    return (-0.5 * n * np.log(2 * np.pi * self.sigma_max**2)
-            - jnp.sum(z**2, axis=tuple(range(1, z.ndim))) / (2 * self.sigma_max**2))
 
   def index(self, t):
     return jnp.clip(jnp.round(t * (self.N - 1)).astype(jnp.int32), 0, self.N - 1)
@@ -201,10 +162,44 @@ class VESDE(SDE):
     return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)
 
 
+class EDMSDE(VESDE):
+  """The VE path over Karras et al. 2022's noise levels, sigma from 0.002 to 80; its network takes sigma (through
+  models.precondition.EDMPrecond, as EDM's)."""
+
+  def __init__(self, sigma_min=0.002, sigma_max=80.0, N=1000):
+    super().__init__(sigma_min, sigma_max, N)
+
+
+class InterpolantSDE(SDE):
+  """What the interpolant paths (alpha(1) = 0) share as SDEs: N steps, score_sde's network time (N - 1) t, and samplers
+  that start at t_max = 1 - 1e-3, short of t = 1 where f and g are singular."""
+  t_max = 1.0 - 1e-3
+
+  def __init__(self, N=1000):
+    super().__init__(N)
+
+  def with_steps(self, N):
+    return type(self)(N)
+
+  def network_time(self, t):
+    return (self.N - 1) * t
+
+
+class RectifiedFlowSDE(InterpolantSDE, RectifiedFlow):
+  """The rectified-flow path alpha = 1 - t, sigma = t (paths.RectifiedFlow) as an SDE."""
+
+
+class CosineInterpolantSDE(InterpolantSDE, CosineInterpolant):
+  """The cosine interpolant alpha = cos(pi t / 2), sigma = sin(pi t / 2) (paths.CosineInterpolant) as an SDE."""
+
+
 SDES = Registry("SDE")
 SDES.register("vp")(VPSDE)
 SDES.register("subvp")(SubVPSDE)
 SDES.register("ve")(VESDE)
+SDES.register("edm")(EDMSDE)
+SDES.register("rectified_flow")(RectifiedFlowSDE)
+SDES.register("cosine_interpolant")(CosineInterpolantSDE)
 
 
 def get_sde(name, **kwargs):
@@ -214,8 +209,8 @@ def get_sde(name, **kwargs):
 def sde_from_config(d, name=None):
   """The SDE `name` (default d.sde) with the parameters of a `config.diffusion` block and N = d.num_timesteps."""
   name = name or d.sde
-  kw = (dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max) if name == "ve"
-        else dict(beta_min=d.beta_min, beta_max=d.beta_max))
+  kw = {"ve": dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max), "vp": dict(beta_min=d.beta_min, beta_max=d.beta_max),
+        "subvp": dict(beta_min=d.beta_min, beta_max=d.beta_max)}.get(name, {})
   return get_sde(name, N=d.num_timesteps, **kw)
 
 
@@ -233,7 +228,6 @@ def default_eps(sde):
 def score_fn(model_fn, sde, y=None, prediction="eps"):
   """score(x, t) = -eps_hat / sigma_t (Song et al. 2021), from any prediction type, with sigma_t from the SDE."""
   def score(x, t):
-    alpha, sigma = sde.alpha_sigma(t)
-    eps, _ = to_eps_x0(model_fn(x, t, y), x, bcast(alpha, x), bcast(sigma, x), prediction)
-    return -eps / bcast(sigma, x)
+    eps, _ = eps_x0_on(sde, model_fn(x, t, y), x, t, prediction)
+    return -eps / bcast(sde.alpha_sigma(t)[1], x)
   return score

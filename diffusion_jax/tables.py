@@ -1,5 +1,5 @@
 """Result tables and plots shared by the reports and experiments: Markdown and CSV tables, a metric-against-NFE
-pivot and its plot (one line per sampler)."""
+pivot and its plot (one line per sampler), and effective weightings over log-SNR."""
 import csv
 import os
 
@@ -64,6 +64,21 @@ def plot_by_nfe(curves, metric, path, title=""):
   ax.set_title(title)
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_weightings(curves, path, title="Effective weighting of the loss over log-SNR"):
+  """curves: {label: (log_snr, w)} -> one line each (Kingma & Gao 2023, Fig. 2's view: w(lambda), each normalised)."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, (lam, w) in curves.items():
+    ax.plot(lam, w, label=label)
+  ax.set(xlabel="log SNR (left: noisy, coarse content; right: clean, fine detail)", ylabel="w(log SNR), normalised",
+         title=title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)

@@ -18,6 +18,7 @@ from diffusion_jax.images import save_grid
 from diffusion_jax.losses import diffusion_loss
 from diffusion_jax.sample import generate_samples
 from diffusion_jax.schedules import Schedule
+from diffusion_jax.tables import plot_weightings
 
 def apply_gradients(state, grads, tx, ema_decay):
   """One optimizer step, then the EMA of the parameters with warm-up decay min(ema_decay, (1 + step) / (10 + step))."""
@@ -30,8 +31,19 @@ def apply_gradients(state, grads, tx, ema_decay):
 
 def log_snr_edges(process, num_bins):
   """num_bins + 1 equal-width bin edges over the log-SNR range of the training times, lowest (noisiest) first."""
-  t_min = process.index_to_t(0) if isinstance(process, Schedule) else process.t_min
-  return np.linspace(float(process.log_snr(1.0)), float(process.log_snr(t_min)), num_bins + 1)
+  t_min, t_max = (process.index_to_t(0), 1.0) if isinstance(process, Schedule) else (process.t_min, 1 - process.t_min)
+  return np.linspace(float(process.log_snr(t_max)), float(process.log_snr(t_min)), num_bins + 1)
+
+
+def write_effective_weighting(config, process, edges, workdir):
+  """WORKDIR/weighting.json and weighting.png: the effective weighting w(lambda) of this run's formulation over the
+  log-SNR range of its training times (losses.effective_weighting), normalised to integrate to 1."""
+  lam = np.linspace(edges[0], edges[-1], 241)
+  w = np.asarray(build.effective_weighting(config, process, jnp.asarray(lam, jnp.float32)), np.float64)
+  w = w / np.trapezoid(w, lam)
+  with open(os.path.join(workdir, "weighting.json"), "w") as f:
+    json.dump({"log_snr": lam.tolist(), "weighting": w.tolist()}, f)
+  plot_weightings({os.path.basename(os.path.normpath(workdir)): (lam, w)}, os.path.join(workdir, "weighting.png"))
 
 
 def loss_by_bin(log_snr, loss, edges):
@@ -81,6 +93,7 @@ def make_train_step(config, model, process, tx):
   tc = config.training
   edges = log_snr_edges(process, tc.loss_bins)
   null = text.null_condition(config) if tc.p_uncond else None
+  times = build.time_sampling(config)
 
   def train_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -89,7 +102,7 @@ def make_train_step(config, model, process, tx):
       y = drop_labels(jax.random.fold_in(rng, 7), y, config.training.p_uncond, null)
     loss_fn = lambda p: diffusion_loss(model.apply, p, process, batch["image"], y, rng,
                                        prediction=config.diffusion.prediction, weighting=tc.weighting, options=tc,
-                                       importance=tc.t_sampling == "importance")
+                                       importance=tc.t_sampling == "importance", time_sampling=times)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     bin_sum, bin_count = loss_by_bin(aux["log_snr"], aux["eps_mse"], edges)
     return apply_gradients(state, grads, tx, tc.ema_decay), {
@@ -202,6 +215,8 @@ def train(config, workdir, mesh=None):
                                   config.training.keep_checkpoints, resume_log=os.path.join(workdir, "resume_log.json"))
   every = config.training.sample_every
   edges = log_snr_edges(process, config.training.loss_bins)
+  if jax.process_index() == 0:
+    write_effective_weighting(config, process, edges, workdir)
 
   def sample_grid(done, state, _):
     if every and done % every == 0:

@@ -1,7 +1,9 @@
 """Where a run's capacity goes: the unweighted eps-equivalent training loss in log-SNR bins (from each workdir's
 training_log.json), several runs on one figure; runs with the same label are averaged (a band shows their spread).
+With --weighting_out, also the runs' effective weightings w(log SNR) (each workdir's weighting.json) on one figure.
 
-  python -m experiments.loss_by_snr runs/a runs/b [--labels=uniform,p2] [--out=loss_by_log_snr.png] [--last=0.25]"""
+  python -m experiments.loss_by_snr runs/a runs/b [--labels=uniform,p2] [--out=loss_by_log_snr.png] [--last=0.25]
+      [--weighting_out=weighting.png]"""
 import json
 import os
 
@@ -10,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from diffusion_jax.tables import plot_weightings  # noqa: E402
 
 
 def loss_by_log_snr(workdir, last=0.25):
@@ -56,11 +60,19 @@ def plot_loss_by_log_snr(runs, path, last=0.25):
   return True
 
 
+def effective_weighting(workdir):
+  """(log_snr, normalised w) of one run, from its weighting.json (written when its training starts)."""
+  with open(os.path.join(workdir, "weighting.json")) as f:
+    d = json.load(f)
+  return np.asarray(d["log_snr"]), np.asarray(d["weighting"])
+
+
 if __name__ == "__main__":
   from absl import app, flags
   flags.DEFINE_list("labels", None, "One label per workdir (default: the directory names).")
   flags.DEFINE_string("out", "loss_by_log_snr.png", "Output PNG.")
   flags.DEFINE_float("last", 0.25, "Fraction of the last logged intervals to average.")
+  flags.DEFINE_string("weighting_out", "", "Also write the runs' effective weightings to this PNG.")
 
   def main(argv):
     dirs = argv[1:]
@@ -72,4 +84,7 @@ if __name__ == "__main__":
       runs.setdefault(label, []).append(d)
     plot_loss_by_log_snr(runs, flags.FLAGS.out, flags.FLAGS.last)
     print(f"Wrote {flags.FLAGS.out}")
+    if flags.FLAGS.weighting_out:
+      plot_weightings({label: effective_weighting(dirs[0]) for label, dirs in runs.items()}, flags.FLAGS.weighting_out)
+      print(f"Wrote {flags.FLAGS.weighting_out}")
   app.run(main)

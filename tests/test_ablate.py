@@ -38,7 +38,7 @@ def test_bad_sweeps_fail_before_any_run(tmp_path):
     ablate.plan(CONFIG, ["training.weighting=uniform", "training.weightng=p2"], [], 1, out)
   with pytest.raises(ValueError, match="training.p2_gamma='high': 'high' is not a number"):
     ablate.plan(CONFIG, ["training.p2_gamma=0.5,high"], [], 1, out)
-  with pytest.raises(ValueError, match="valid weightings: likelihood, min_snr, p2, uniform"):
+  with pytest.raises(ValueError, match="valid weightings: edm, likelihood, min_snr, p2, sigmoid, uniform"):
     ablate.plan(CONFIG, ["training.weighting=uniform,p3"], [], 1, out)
   with pytest.raises(ValueError, match="2 parts joined by"):
     ablate.plan(CONFIG, ["training.weighting+training.p2_gamma=uniform"], [], 1, out)

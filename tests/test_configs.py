@@ -23,7 +23,8 @@ def test_all_configs_are_listed():
 def test_config_builds(name):
   config = importlib.import_module(name).get_config()
   model, process = build.setup(config)
-  assert getattr(model, "unet", model).out_channels == latent.diffusion_shape(config)[-1]  # text models wrap a U-Net
+  network = getattr(model, "backbone", model)  # EDM's preconditioning wraps a network
+  assert getattr(network, "unet", network).out_channels == latent.diffusion_shape(config)[-1]  # so do text models
   assert get_classifier(config).num_classes == config.classifier.model.num_classes
   sample.check_sampling(config, process)  # every run's options, guidance and values, traced
 
@@ -33,3 +34,32 @@ def test_p2_configs_take_gamma():
   assert (flowers.get_config().training.weighting, flowers.get_config().training.p2_gamma) == ("p2", 1.0)
   assert flowers.get_config("0.5").training.p2_gamma == 0.5 and flowers.get_config("0").training.weighting == "uniform"
   assert flowers.get_config().training.p2_k == 1.0 and flowers.get_config().diffusion.schedule == "linear"
+
+
+PATH_CONFIGS = ["configs.digits_rf", "configs.digits_edm", "configs.cifar10_edm", "configs.cifar10_rf"]
+
+
+@pytest.mark.parametrize("name", PATH_CONFIGS)
+def test_path_configs_take_a_training_step(name):
+  # the digits configs with a tiny U-Net run a step; the CIFAR-10 ones are traced (jax.eval_shape) at batch 2
+  import jax
+  import jax.numpy as jnp
+  from diffusion_jax.train import make_train_step
+  config = importlib.import_module(name).get_config()
+  digits = "digits" in name
+  if digits:
+    config.model.block_out_channels, config.model.norm_groups, config.training.batch_size = (16, 32), 4, 8
+  model, process = build.setup(config)
+  tx = build.make_optimizer(config.optim)
+  step = make_train_step(config, model, process, tx)
+  s = config.data.image_size
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8 if digits else 2, s, s, config.data.channels))}
+  if config.model.num_classes:
+    batch["label"] = jnp.arange(batch["image"].shape[0]) % config.model.num_classes
+  init = lambda rng: build.init_state(config, model, tx, rng)
+  if not digits:
+    _, metrics = jax.eval_shape(step, jax.eval_shape(init, jax.random.PRNGKey(0)), batch)
+    assert metrics["loss"].shape == ()
+    return
+  state, metrics = jax.jit(step)(init(jax.random.PRNGKey(0)), batch)
+  assert bool(jnp.isfinite(metrics["loss"])) and int(state.step) == 1

@@ -94,7 +94,7 @@ def double_weight(log_snr, prediction, dlog_snr_dt, options):
 
 def test_weighting_names():
   assert get_weighting("test_losses:double_weight") is double_weight
-  with pytest.raises(ValueError, match="valid weightings: likelihood, min_snr, p2, uniform"):
+  with pytest.raises(ValueError, match="valid weightings: edm, likelihood, min_snr, p2, sigmoid, uniform"):
     get_weighting("p3")
   with pytest.raises(ValueError, match="cannot import 'nothing' from 'test_losses'"):
     get_weighting("test_losses:nothing")

@@ -144,6 +144,7 @@ def test_samplers_describe_their_process_and_network_evaluations():
   assert nfe("pc", 4, {"corrector": "none"}) == 4 and nfe("pc", 4, {"n_corrector_steps": 2}) == 12
   assert nfe("ode", 3, {"solver": "heun"}) == 7 and nfe("ode", 3, {"solver": "euler", "denoise": False}) == 3
   assert nfe("ode", 3, {}) is None  # dopri5 counts its own
-  assert samplers_on("sde") == ["ode", "pc"] and {"ddpm", "ddim", "dpm_solver++", "edm"} <= set(samplers_on("schedule"))
+  assert samplers_on("sde") == ["flow", "ode", "pc"]
+  assert {"ddpm", "ddim", "dpm_solver++", "edm"} <= set(samplers_on("schedule"))
   assert [n for n in SAMPLERS.names() if get_sampler(n).mean_shift_guidance] == ["ddpm"]
 

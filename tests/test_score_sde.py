@@ -123,7 +123,7 @@ def tiny_ncsnpp(tiny, sde, **overrides):
 
 def test_ve_ncsnpp_trains_and_samples(tiny, tmp_path):
   """Continuous-time VE training of a tiny NCSN++ (FIR, residual input pyramid, Fourier features), likelihood
-  weighting, then pc and ode sampling; the discrete samplers refuse a VE model and name the ones that apply."""
+  weighting, then pc and ode sampling, and DDIM on the VE path's variance-preserving view."""
   import ml_collections
   from configs.score_sde import get_score_sde_config
   config = tiny(**{"diffusion.sde": "ve", "training.num_steps": 3, "training.checkpoint_every": 3,
@@ -142,12 +142,13 @@ def test_ve_ncsnpp_trains_and_samples(tiny, tmp_path):
                                               jax.random.PRNGKey(0), **kw)
     assert images.shape == (8, 8, 8, 1) and np.isfinite(images).all() and list(labels) == list(range(8))
   assert nfe == 7
-  with pytest.raises(ValueError, match="samples with: ode, pc"):
-    generate_samples(config, model, process, state.ema_params, mesh, "ddim", 5, 8, jax.random.PRNGKey(0))
+  images, _, _, nfe = generate_samples(config, model, process, state.ema_params, mesh, "ddim", 5, 8,
+                                       jax.random.PRNGKey(0))
+  assert images.shape == (8, 8, 8, 1) and np.isfinite(images).all() and nfe == 5
 
 
 def test_v_prediction_needs_vp(tiny):
-  with pytest.raises(ValueError, match="only the vp SDE"):
+  with pytest.raises(ValueError, match="which the 'subvp' path does not have"):
     build.setup(tiny(**{"diffusion.sde": "subvp", "diffusion.prediction": "v"}))
-  with pytest.raises(ValueError, match="valid SDEs: subvp, ve, vp"):
+  with pytest.raises(ValueError, match="valid SDEs: cosine_interpolant, edm, rectified_flow, subvp, ve, vp"):
     build.setup(tiny(**{"diffusion.sde": "vpsde"}))

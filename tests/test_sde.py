@@ -110,7 +110,7 @@ def test_ode_step_limit_raises():
 
 
 def test_bad_names():
-  with pytest.raises(ValueError, match="valid SDEs: subvp, ve, vp"):
+  with pytest.raises(ValueError, match="valid SDEs: cosine_interpolant, edm, rectified_flow, subvp, ve, vp"):
     get_sde("vpp")
   with pytest.raises(ValueError, match="valid solvers"):
     ode_sample(None, VPSDE(), (2, 2), jax.random.PRNGKey(0), num_steps=2, solver="rk4")

@@ -224,11 +224,11 @@ def test_unknown_config_key_is_rejected(tmp_path):
 
 
 def test_unknown_names_list_valid_ones(tiny, tmp_path):
-  with pytest.raises(ValueError, match="valid weightings: likelihood, min_snr, p2, uniform"):
+  with pytest.raises(ValueError, match="valid weightings: edm, likelihood, min_snr, p2, sigmoid, uniform"):
     train.train(tiny(**{"training.weighting": "p3"}), str(tmp_path))
   with pytest.raises(ValueError, match="valid optimizers: adam, adamw"):
     train.train(tiny(**{"optim.optimizer": "sgdd"}), str(tmp_path))
-  with pytest.raises(ValueError, match="valid targets: eps, x0, v"):
+  with pytest.raises(ValueError, match="valid targets: eps, x0, v, velocity"):
     train.train(tiny(**{"diffusion.prediction": "score"}), str(tmp_path))
   with pytest.raises(ValueError, match="valid: uniform, importance"):
     train.train(tiny(**{"training.t_sampling": "stratified"}), str(tmp_path))

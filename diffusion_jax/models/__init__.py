@@ -5,6 +5,7 @@ from diffusion_jax.latent import diffusion_shape
 from diffusion_jax.models.clip_text import CLIPTextConfig, CLIPTextModel, TextConditioned
 from diffusion_jax.models.kernels import resolve
 from diffusion_jax.models.ncsnpp import NCSNpp
+from diffusion_jax.models.precondition import EDMPrecond
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.registry import Registry
 
@@ -13,18 +14,31 @@ MODELS.register("unet")(UNet)
 MODELS.register("ncsnpp")(NCSNpp)
 
 
+PRECONDITIONINGS = ("", "edm")
+WRAPPER_FIELDS = ("name", "latent", "precondition")  # config.model fields that are not the network's own
+
+
 def get_model(config):
   """Builds `config.model.name` with the remaining `config.model` fields; output channels follow the data (or the
   latents, with model.latent). With model.context_dim > 0 the network is conditioned on text: a CLIP text encoder
-  (config.text.encoder) in front of it, its classes named in captions rather than embedded."""
+  (config.text.encoder) in front of it, its classes named in captions rather than embedded. model.precondition="edm"
+  wraps the whole in EDM's preconditioning (EDMPrecond, sigma_data = config.training.sigma_data)."""
   cls = MODELS.get(config.model.name)
   resolve(config.model.get("kernels", "auto"))  # an unknown kernel set fails here, before any tracing
-  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "latent")}
+  precondition = config.model.get("precondition", "")
+  if precondition not in PRECONDITIONINGS:
+    raise ValueError(f"Unknown model.precondition {precondition!r}; valid: '' (none), edm")
+  kwargs = {k: v for k, v in config.model.items() if k not in WRAPPER_FIELDS}
   valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "out_channels"}
   unknown = set(kwargs) - valid
   if unknown:
     raise ValueError(f"Unknown field(s) {sorted(unknown)} for model {config.model.name!r}; valid: "
-                     f"{sorted(valid | {'latent'})}")
+                     f"{sorted(valid | set(WRAPPER_FIELDS[1:]))}")
+  network = _network(config, cls, kwargs)
+  return EDMPrecond(network, config.training.sigma_data) if precondition == "edm" else network
+
+
+def _network(config, cls, kwargs):
   if not kwargs.get("context_dim"):
     return cls(out_channels=diffusion_shape(config)[-1], **kwargs)
   encoder = CLIPTextConfig.from_dict(dict(config.text.encoder))

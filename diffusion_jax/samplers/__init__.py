@@ -1,6 +1,6 @@
 """Samplers by name. Every sampler has the signature
 `sampler(model_fn, schedule_or_sde, shape, rng, *, num_steps, y=None, prediction="eps", ...) -> x_0`
 and its whole loop compiles into one XLA program. ddpm / ddim take a discrete Schedule (and clip_x0, spacing);
-pc / ode take an SDE (vp, subvp, ve)."""
+pc / ode / flow take a continuous path (sde.py: vp, subvp, ve, edm, rectified_flow, cosine_interpolant)."""
 from diffusion_jax.samplers.common import SAMPLERS, get_sampler, parse_runs  # noqa: F401
-from diffusion_jax.samplers import ddim, ddpm, dpm_solver, edm, ode, pc  # noqa: F401  (registers the samplers)
+from diffusion_jax.samplers import ddim, ddpm, dpm_solver, edm, flow, ode, pc  # noqa: F401  (registers the samplers)

@@ -3,7 +3,7 @@ as Song et al. used) or fixed-step Euler / Heun, integrated from t = 1 to t = ep
 import diffrax
 import jax.numpy as jnp
 
-from diffusion_jax.parametrization import bcast, to_eps_x0
+from diffusion_jax.parametrization import eps_x0_on
 from diffusion_jax.samplers.common import register_sampler
 from diffusion_jax.sde import SDE, default_eps, score_fn
 
@@ -36,15 +36,14 @@ def ode_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps"
   term = diffrax.ODETerm(lambda t, x, args: flow.sde(x, jnp.full((shape[0],), t))[0])
   adaptive = solver in ADAPTIVE
   sol = diffrax.diffeqsolve(
-      term, cls(), t0=1.0, t1=eps, dt0=-(1.0 - eps) / num_steps, y0=sde.prior_sampling(rng, shape),
+      term, cls(), t0=sde.t_max, t1=eps, dt0=-(sde.t_max - eps) / num_steps, y0=sde.prior_sampling(rng, shape),
       stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol) if adaptive else diffrax.ConstantStepSize(),
       max_steps=max_steps if adaptive else num_steps, saveat=diffrax.SaveAt(t1=True))
   x = sol.ys[0]
   nfe = sol.stats["num_steps"] * evals_per_step + (1 if adaptive else 0)
   if denoise:  # Tweedie: x_0 = E[x_0 | x_eps], one more network evaluation
     tb = jnp.full((shape[0],), eps)
-    alpha, sigma = sde.alpha_sigma(tb)
-    _, x = to_eps_x0(model_fn(x, tb, y), x, bcast(alpha, x), bcast(sigma, x), prediction)
+    _, x = eps_x0_on(sde, model_fn(x, tb, y), x, tb, prediction)
     nfe = nfe + 1
   return (x, nfe) if return_nfe else x
 

@@ -92,8 +92,8 @@ def pc_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps",
   score = score_fn(model_fn, sde, y, prediction)
   k0, k = jax.random.split(rng)
   x = sde.prior_sampling(k0, shape)
-  ts = jnp.linspace(1.0, eps, num_steps)
-  dt = -(1.0 - eps) / num_steps
+  ts = jnp.linspace(sde.t_max, eps, num_steps)
+  dt = -(sde.t_max - eps) / num_steps
 
   def step(carry, xs):
     x, _ = carry

@@ -1,0 +1,78 @@
+"""The flow-matching sampler: Euler or Heun on dx/dt = u(x, t) = alpha'(t) x_0 + sigma'(t) eps from t = 1 to 0 on any
+continuous path (Lipman et al. 2023; Liu et al. 2022), on the time grid shifted as Stable Diffusion 3's (Esser et al.
+2024, Sec. 5.3.2): t' = s t / (1 + (s - 1) t), s > 1 spending more steps at high noise."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.parametrization import eps_x0_on, path_coefficients
+from diffusion_jax.samplers.common import initial_noise, register_sampler
+from diffusion_jax.sde import SDE
+
+FLOW_SOLVERS = ("euler", "heun")
+FLOW_GRIDS = ("uniform", "diffusers")
+
+
+def shift_time(t, shift):
+  """t' = s t / (1 + (s - 1) t) (Esser et al. 2024, eq. 23): the time of equal noise at a resolution s^2 times as
+  many pixels."""
+  return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def resolution_shift(pixels, base_pixels=256 * 256):
+  """SD3's shift for images of `pixels` pixels trained at `base_pixels`: s = sqrt(pixels / base_pixels)."""
+  return float(np.sqrt(pixels / base_pixels))
+
+
+def flow_times(num_steps, shift=1.0, grid="uniform"):
+  """The num_steps + 1 times from 1 to 0: uniform, shift_time(linspace(1, 0, num_steps + 1)); diffusers, as its
+  FlowMatchEulerDiscreteScheduler(shift) with 1000 training steps (Stable Diffusion 3's pipeline):
+  shift_time(linspace(1, shift_time(1 / 1000), num_steps)), then 0."""
+  if grid not in FLOW_GRIDS:
+    raise ValueError(f"Unknown flow grid {grid!r}; valid: {', '.join(FLOW_GRIDS)}")
+  if grid == "uniform":
+    return shift_time(jnp.linspace(1.0, 0.0, num_steps + 1), shift)
+  ts = shift_time(jnp.linspace(1.0, shift_time(1.0 / 1000, shift), num_steps), shift)
+  return jnp.concatenate([ts, jnp.zeros((1,))])
+
+
+def flow_nfe(num_steps, options):
+  """Euler: num_steps; Heun: 2 num_steps - 1 (the last step, to t = 0, is Euler's)."""
+  return num_steps if options.get("solver", "euler") == "euler" else 2 * num_steps - 1
+
+
+@register_sampler("flow", process="sde", nfe=flow_nfe)
+def flow_sample(model_fn, path, shape, rng, *, num_steps, y=None, prediction="velocity", solver="euler", shift=1.0,
+                grid="uniform"):
+  """num_steps steps of Euler or Heun from x_1 ~ the path's prior over flow_times(num_steps, shift, grid); the
+  velocity is the network's own (prediction="velocity") or converted from its eps / x0 / v prediction."""
+  if not isinstance(path, SDE):
+    raise ValueError(f"The flow sampler needs a continuous path, got {type(path).__name__}")
+  if solver not in FLOW_SOLVERS:
+    raise ValueError(f"Unknown flow solver {solver!r}; valid: {', '.join(FLOW_SOLVERS)}")
+  if shift <= 0:
+    raise ValueError(f"The flow sampler's shift must be > 0, got {shift}")
+
+  def velocity(x, t):
+    tb = jnp.full((shape[0],), t)
+    pred = model_fn(x, tb, y)
+    if prediction == "velocity":
+      return pred
+    eps, x0 = eps_x0_on(path, pred, x, tb, prediction)
+    _, _, dalpha, dsigma = path_coefficients(path, t)
+    return dalpha * x0 + dsigma * eps
+
+  def step(x, ts):
+    t, t_next = ts
+    u = velocity(x, t)
+    x_euler = x + (t_next - t) * u
+    if solver == "euler":
+      return x_euler, None
+    heun = x + (t_next - t) * 0.5 * (u + velocity(x_euler, t_next))
+    return jnp.where(t_next > 0, heun, x_euler), None
+
+  ts = flow_times(num_steps, shift, grid)
+  x, _ = initial_noise(rng, shape)  # the discrete samplers' x_T for the same rng
+  x = path.prior_std() * x
+  x, _ = jax.lax.scan(step, x, (ts[:-1], ts[1:]))
+  return x

@@ -1,0 +1,79 @@
+"""Every sampler on the new paths: driven by the exact velocity (rectified flow) or denoiser (EDM) of a Gaussian
+mixture, each reproduces the mixture; the flow sampler's Euler equals DDIM on the same grid; its shifted grid is
+diffusers' FlowMatchEulerDiscreteScheduler's."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_jax.parametrization import target_on, vp_view
+from diffusion_jax.samplers import get_sampler
+from diffusion_jax.samplers.flow import flow_times
+from diffusion_jax.schedules import of_path
+from diffusion_jax.sde import CosineInterpolantSDE, EDMSDE, RectifiedFlowSDE
+from test_mixture import MEANS, N, STD, WEIGHTS, check_mixture
+
+RF, EDM, COSINE = RectifiedFlowSDE(), EDMSDE(), CosineInterpolantSDE()
+
+
+def exact(path, prediction):
+  """The mixture's exact prediction on `path`, in any parametrization: E[eps | x_t] and E[x_0 | x_t] from the
+  components' posteriors, finite where alpha or sigma is 0 (E[x_0 | x_t, k] = mu_k + alpha s^2 (x - alpha mu_k) / v_k,
+  E[eps | x_t, k] = sigma (x - alpha mu_k) / v_k, v_k = alpha^2 s^2 + sigma^2)."""
+  def fn(x, t, y=None):
+    alpha, sigma = path.alpha_sigma(t)
+    a, s = alpha[:, None, None], sigma[:, None, None]
+    var = a**2 * STD**2 + s**2
+    diff = x[:, None, :] - a * MEANS[None]
+    logits = jnp.log(WEIGHTS) - 0.5 * jnp.sum(diff**2, -1) / var[..., 0] - jnp.log(var[..., 0])
+    r = jax.nn.softmax(logits, -1)[..., None]
+    eps = jnp.sum(r * s * diff / var, axis=1)
+    x0 = jnp.sum(r * (MEANS[None] + a * STD**2 * diff / var), axis=1)
+    return target_on(path, x0, eps, t, prediction)
+  return fn
+
+
+def run(name, path, prediction, steps, **kwargs):
+  """A sampler on `path` as sample.py runs it: discrete samplers on the path's VP view, the others on the path."""
+  model_fn, process, seen = exact(path, prediction), path, prediction
+  if get_sampler(name).process == "schedule":
+    model_fn, process, seen = vp_view(model_fn, path, prediction), of_path(path, path.N), "v"
+  fn = functools.partial(get_sampler(name), model_fn, process, (N, 2), num_steps=steps, prediction=seen, **kwargs)
+  return jax.jit(fn)(jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("name,path,prediction,steps,kwargs", [
+    ("flow", RF, "velocity", 50, {}),
+    ("flow", RF, "velocity", 20, {"solver": "heun", "shift": 3.0}),
+    ("ddim", RF, "velocity", 50, {"spacing": "trailing"}),
+    ("dpm_solver++", RF, "velocity", 20, {}),
+    ("edm", RF, "velocity", 30, {"sigma_max": 80.0}),
+    ("ode", RF, "velocity", 20, {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4}),
+    ("pc", RF, "velocity", 1000, {"predictor": "euler_maruyama", "corrector": "none"}),
+    ("edm", EDM, "x0", 30, {}),
+    ("dpm_solver++", EDM, "x0", 20, {}),
+    ("ddim", EDM, "x0", 50, {"eta": 1.0}),
+    ("flow", EDM, "x0", 30, {"solver": "heun"}),
+    ("ode", EDM, "x0", 20, {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4}),
+    ("ddpm", COSINE, "v", 1000, {}),
+], ids=lambda v: v if isinstance(v, (str, int)) else None)
+def test_sampler_reproduces_mixture_on_the_new_paths(name, path, prediction, steps, kwargs):
+  check_mixture(run(name, path, prediction, steps, **kwargs))
+
+
+def test_flow_euler_on_rectified_flow_equals_ddim_on_the_same_grid():
+  # t = 1, 0.9, ..., 0.1, 0: DDIM's trailing grid of 10 steps of T = 1000, the flow sampler's uniform grid
+  flow = run("flow", RF, "velocity", 10)
+  ddim = run("ddim", RF, "velocity", 10, spacing="trailing")
+  np.testing.assert_allclose(flow, ddim, atol=1e-4 * float(jnp.max(jnp.abs(ddim))))
+
+
+def test_shifted_grid_equals_diffusers_flow_match_euler():
+  from diffusers import FlowMatchEulerDiscreteScheduler
+  scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+  scheduler.set_timesteps(28)
+  np.testing.assert_allclose(flow_times(28, 3.0, "diffusers"), scheduler.sigmas.numpy(), rtol=1e-6, atol=1e-7)
+  uniform = flow_times(4, 1.0)
+  np.testing.assert_allclose(uniform, [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-7)
