@@ -75,9 +75,17 @@ def setup(config):
                        "rectified_flow, edm), or use eps / x0 / v, uniform or importance t, no preconditioning")
     return get_model(config), get_schedule(d.schedule, d.num_timesteps)
   process = sde_from_config(d)
-  if config.model.get("precondition") == "edm" and not isinstance(process, VESDE):
-    raise ValueError(f"model.precondition='edm' takes x = x_0 + sigma n and sigma as the network's time: it needs the "
-                     f"edm or ve path (diffusion.sde), not {d.sde!r}")
+  time_sampling(config)  # its parameters are valid
+  if config.model.get("precondition") == "edm":
+    if not isinstance(process, VESDE) or d.prediction != "x0":
+      raise ValueError(f"model.precondition='edm' is a denoiser D(x; sigma) of x = x_0 + sigma n: it needs the edm or "
+                       f"ve path and prediction x0, not diffusion.sde={d.sde!r}, prediction={d.prediction!r}")
+    if config.model.name == "ncsnpp" and config.model.get("embedding_type") == "fourier":
+      raise ValueError("model.precondition='edm' feeds ln(sigma) / 4 to the network, which NCSN++'s Fourier features "
+                       "would take the log of again: use embedding_type='positional'")
+  if d.prediction == "velocity" and tc.weighting not in ("uniform",) and ":" not in tc.weighting:
+    raise ValueError(f"training.weighting={tc.weighting!r} is defined on the eps, x0 or v loss; with the velocity "
+                     "target use uniform (or a module:function weighting)")
   t = jnp.array([0.1, 0.5, 0.9])
   if d.prediction == "v" and not jnp.allclose(sum(jnp.square(a) for a in process.alpha_sigma(t)), 1.0, atol=1e-4):
     raise ValueError(f"prediction 'v' assumes alpha^2 + sigma^2 = 1, which the {d.sde!r} path does not have; "
@@ -109,7 +117,7 @@ def init_state(config, model, tx, rng):
   y = jnp.zeros((1,), jnp.int32) if config.model.num_classes else None
   if text.is_text(config):  # y: token ids
     y = jnp.zeros((1, config.text.encoder.max_position_embeddings), jnp.int32)
-  return new_state(model.init(k_init, x, jnp.zeros((1,)), y)["params"], tx, k_train)
+  return new_state(model.init(k_init, x, jnp.ones((1,)), y)["params"], tx, k_train)
 
 
 def new_state(params, tx, rng):

@@ -76,9 +76,12 @@ def target_on(process, x0, eps, t, prediction):
 def vp_view(fn, process, prediction=None):
   """A function of x_t on `process`'s path, seen by a sampler of the variance-preserving form: it takes
   x_vp = x_t / sqrt(alpha^2 + sigma^2), whose log-SNR is the path's, and, given the network's `prediction`, returns
-  the VP v-prediction alpha_vp eps - sigma_vp x0 (alpha_vp = alpha / s, sigma_vp = sigma / s), finite where alpha or
-  sigma is 0; without `prediction` (a classifier's log-probability) it returns fn's value."""
+  the VP v-prediction alpha_vp eps - sigma_vp x0 (alpha_vp = alpha / s, sigma_vp = sigma / s); without `prediction`
+  (a classifier's log-probability) it returns fn's value. An eps model, whose x0 = (x_t - sigma eps) / alpha is
+  singular where alpha = 0, is queried at the path's t_max at most."""
   def view(x, t, y=None):
+    if prediction == "eps":
+      t = jnp.minimum(t, getattr(process, "t_max", 1.0))
     alpha, sigma = (bcast(a, x) for a in process.alpha_sigma(t))
     scale = jnp.sqrt(jnp.square(alpha) + jnp.square(sigma))
     x_t = x * scale

@@ -110,7 +110,7 @@ class CosineInterpolant(GaussianPath):
 
   def alpha_sigma(self, t):
     t = jnp.asarray(t, jnp.float32)
-    return jnp.maximum(jnp.cos(0.5 * np.pi * t), 0.0), jnp.sin(0.5 * np.pi * t)  # float32's cos(pi / 2) < 0
+    return jnp.sin(0.5 * np.pi * (1.0 - t)), jnp.sin(0.5 * np.pi * t)  # alpha = 0 at t = 1, not float32's cos
 
   def t_from_log_snr(self, lam):
     return 2.0 / np.pi * jnp.arctan(jnp.exp(-0.5 * jnp.asarray(lam, jnp.float32)))  # lambda = 2 log cot(pi t / 2)

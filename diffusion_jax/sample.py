@@ -43,6 +43,8 @@ def on_sampler_process(config, fn, process, name, prediction=None):
   if isinstance(process, Schedule):
     return fn, process, prediction
   if isinstance(process, VPSDE):
+    if prediction == "velocity":  # the VP path's own scale: vp_view only converts the prediction to v
+      return vp_view(fn, process, prediction), process.discrete_schedule(), "v"
     return fn, process.discrete_schedule(), prediction
   return vp_view(fn, process, prediction), of_path(process, process.N), None if prediction is None else "v"
 

@@ -62,7 +62,7 @@ def plan(config, model, process, families, nfes, tolerances):
       logging.warning("skipping %s: %s", fam, e)
       continue
     if name == "pc" and opts.get("corrector") == "langevin":  # Song et al. 2021, App. G: r = 0.16 (VE), 0.01 (VP)
-      opts = {**opts, "snr": 0.16 if config.diffusion.sde == "ve" else 0.01}
+      opts = {**opts, "snr": 0.16 if config.diffusion.sde in ("ve", "edm") else 0.01}
     for n in nfes:
       steps = steps_for(n)
       if 1 <= steps <= config.diffusion.num_timesteps:

@@ -2,8 +2,9 @@
 x0, log-normal sigma, EDM weighting), and rectified flow (velocity) with uniform, logit-normal(0, 1) and mode(1.29)
 times (Esser et al. 2024, Table 1's axes), on configs/digits.py at one training budget, several seeds each, through
 the ablation runner (resumable). Each model is sampled by its own family's sampler and by DPM-Solver++(2M) at 10, 20
-and 50 steps. Writes OUT/paths.md (one table, mean ± std over seeds), OUT/fid_vs_nfe.png and OUT/weighting.png (the
-formulations' effective weightings over log-SNR, Kingma & Gao 2023), beside the ablation runner's own tables.
+and 50 steps, on trailing grids (every sampler starts at t = 1). Writes OUT/paths.md (one table, mean ± std over
+seeds), OUT/fid_vs_nfe.png and OUT/weighting.png (the formulations' effective weightings over log-SNR, Kingma & Gao
+2023), beside the ablation runner's own tables.
 
   python -m experiments.paths_digits [--out=runs/paths_digits] [--seeds=3] [--steps=600] [--dry_run]"""
 import os
@@ -11,6 +12,7 @@ import os
 from absl import app, flags, logging
 
 from diffusion_jax import tables
+from diffusion_jax.samplers import get_sampler
 from experiments import ablate
 from experiments.loss_by_snr import effective_weighting
 
@@ -42,14 +44,14 @@ def plan(out, seeds, steps):
   runs = []
   for values, own in FORMULATIONS.values():
     fixed = [f"training.num_steps={steps}", f"training.checkpoint_every={steps}", "training.sample_every=0",
-             "training.mode_scale=1.29", f"sample.runs={sampler_runs(own)}"]
+             "training.mode_scale=1.29", "sample.spacing=trailing", f"sample.runs={sampler_runs(own)}"]
     runs += ablate.plan("configs/digits.py", ["+".join(KEYS) + "=" + "+".join(values)], fixed, seeds, out)
   return runs
 
 
 def summary(rows):
-  """One row per formulation: FID-digits of its sampler and of DPM-Solver++ at 10 / 20 / 50 steps, IS-digits and
-  class accuracy of its sampler at 20 steps, mean ± std over seeds."""
+  """One row per formulation: FID-digits of its sampler and of DPM-Solver++, IS-digits and class accuracy of its
+  sampler, at 10 / 20 / 50 steps, mean ± std over seeds."""
   by_values = {tuple(r[k] for k in KEYS): r for r in rows}
   cell = lambda r, m: f"{r[m + '_mean']:.3g} ± {r[m + '_std']:.2g}" if m + "_mean" in r else ""
   out = []
@@ -59,23 +61,25 @@ def summary(rows):
     for name, tag in ((own, "own"), ("dpm_solver++", "DPM++")):
       for n in STEPS:
         row[f"FID {tag} {n}"] = cell(r, f"{name}_{n}/fid_digits")
-    row["IS 20"], row["accuracy 20"] = cell(r, f"{own}_20/is_digits"), cell(r, f"{own}_20/class_accuracy")
+    for n in STEPS:
+      row[f"IS {n}"], row[f"accuracy {n}"] = cell(r, f"{own}_{n}/is_digits"), cell(r, f"{own}_{n}/class_accuracy")
     out.append(row)
   return out
 
 
 def plot_fid_vs_nfe(rows, path):
-  """FID-digits (mean over seeds) against steps: one line per formulation and sampler."""
+  """FID-digits (mean over seeds) against network evaluations: one line per formulation and sampler."""
   by_values = {tuple(r[k] for k in KEYS): r for r in rows}
   curves = {}
   for label, (values, own) in FORMULATIONS.items():
     r = by_values.get(values, {})
     for name in (own, "dpm_solver++"):
-      points = [(n, r[f"{name}_{n}/fid_digits_mean"]) for n in STEPS if f"{name}_{n}/fid_digits_mean" in r]
+      points = [(get_sampler(name).nfe(n, {}), r[f"{name}_{n}/fid_digits_mean"]) for n in STEPS
+                if f"{name}_{n}/fid_digits_mean" in r]
       if points:
         curves[f"{label}: {name}"] = points
   if curves:
-    tables.plot_by_nfe(curves, "FID-digits", path, title="Paths on the digits (x: sampler steps)")
+    tables.plot_by_nfe(curves, "FID-digits", path, title="Paths on the digits")
 
 
 def main(argv):
@@ -88,8 +92,8 @@ def main(argv):
     return
   status = ablate.execute(runs, out)
   rows = ablate.write_results(runs, out, status, title=f"Paths on the digits ({_STEPS.value} steps, batch 128)")
-  columns = ["formulation", "sampler", "seeds"] + [f"FID {t} {n}" for t in ("own", "DPM++") for n in STEPS] + [
-      "IS 20", "accuracy 20"]
+  columns = ["formulation", "sampler", "seeds"] + [f"{m} {n}" for m in ("FID own", "FID DPM++", "IS", "accuracy")
+                                                    for n in STEPS]
   table = summary(rows)
   tables.write_csv(table, columns, os.path.join(out, "paths.csv"))
   plot_fid_vs_nfe(rows, os.path.join(out, "fid_vs_nfe.png"))
@@ -102,8 +106,9 @@ def main(argv):
     tables.plot_weightings(curves, os.path.join(out, "weighting.png"))
   with open(os.path.join(out, "paths.md"), "w") as f:
     f.write(f"# Paths on the digits ({_STEPS.value} steps, batch 128, 500 samples per run, "
-            f"{_SEEDS.value} seeds)\n\nFID-digits by sampler steps (the formulation's own sampler, and DPM-Solver++);"
-            " IS-digits and class accuracy of its own sampler at 20 steps; mean ± std over seeds.\n\n"
+            f"{_SEEDS.value} seeds)\n\nFID-digits by sampler steps (the formulation's own sampler, and DPM-Solver++;"
+            " trailing spacing, so every sampler starts from t = 1); IS-digits and class accuracy of its own sampler;"
+            " mean ± std over seeds.\n\n"
             + tables.markdown_table(table, columns) + "\n\n![FID against steps](fid_vs_nfe.png)\n\n"
             "![effective weightings](weighting.png)\n")
   logging.info("Wrote %s", os.path.join(out, "paths.md"))

@@ -77,3 +77,24 @@ def test_shifted_grid_equals_diffusers_flow_match_euler():
   np.testing.assert_allclose(flow_times(28, 3.0, "diffusers"), scheduler.sigmas.numpy(), rtol=1e-6, atol=1e-7)
   uniform = flow_times(4, 1.0)
   np.testing.assert_allclose(uniform, [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-7)
+
+
+@pytest.mark.parametrize("name,path,prediction,steps", [
+    ("flow", RF, "eps", 50),  # an eps model starts at t_max, short of alpha = 0
+    ("dpm_solver++", RF, "eps", 20),
+    ("dpm_solver++", COSINE, "velocity", 20),  # alpha = 0 at t = 1 with its derivative -pi / 2
+])
+def test_singular_end_of_interpolant_paths_is_avoided(name, path, prediction, steps):
+  check_mixture(run(name, path, prediction, steps))
+
+
+def test_velocity_model_on_the_vp_sde_runs_the_discrete_samplers(tiny):
+  from diffusion_jax import sample
+  from diffusion_jax.sde import VPSDE
+  config = tiny(**{"diffusion.sde": "vp", "diffusion.prediction": "velocity"})
+  vp = VPSDE()
+  fn, on, prediction = sample.on_sampler_process(config, exact(vp, "velocity"), vp, "ddim", "velocity")
+  assert prediction == "v"
+  x = jax.jit(functools.partial(get_sampler("ddim"), fn, on, (N, 2), num_steps=100, prediction="v"))(
+      jax.random.PRNGKey(0))
+  check_mixture(x)

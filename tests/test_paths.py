@@ -92,3 +92,14 @@ def test_bad_path_input_says_what_is_valid(tiny):
   saved = json.loads(tiny(**{"diffusion.sde": "rectified_flow"}).to_json())
   with pytest.raises(ValueError, match="diffusion.sde: checkpoint has 'rectified_flow', config has 'edm'"):
     checkpoint.check_compatible(saved, tiny(**{"diffusion.sde": "edm"}))
+
+
+def test_preconditioning_and_velocity_weightings_refuse_what_they_cannot_do(tiny):
+  from diffusion_jax import build
+  with pytest.raises(ValueError, match="needs the edm or ve path and prediction x0"):
+    build.setup(tiny(**{"diffusion.sde": "edm", "model.precondition": "edm"}))  # eps target
+  with pytest.raises(ValueError, match="with the velocity target use uniform"):
+    build.setup(tiny(**{"diffusion.sde": "rectified_flow", "diffusion.prediction": "velocity",
+                        "training.weighting": "min_snr"}))
+  with pytest.raises(ValueError, match="non-monotone"):
+    build.setup(tiny(**{"diffusion.sde": "rectified_flow", "training.t_sampling": "mode", "training.mode_scale": 3.0}))

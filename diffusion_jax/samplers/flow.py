@@ -43,9 +43,11 @@ def flow_nfe(num_steps, options):
 
 @register_sampler("flow", process="sde", nfe=flow_nfe)
 def flow_sample(model_fn, path, shape, rng, *, num_steps, y=None, prediction="velocity", solver="euler", shift=1.0,
-                grid="uniform"):
-  """num_steps steps of Euler or Heun from x_1 ~ the path's prior over flow_times(num_steps, shift, grid); the
-  velocity is the network's own (prediction="velocity") or converted from its eps / x0 / v prediction."""
+                grid="uniform", base_resolution=0):
+  """num_steps steps of Euler or Heun (Euler for the last step, to t = 0) from x_1 ~ the path's prior over
+  flow_times(num_steps, shift, grid); with base_resolution > 0 the shift is SD3's for these images against that
+  resolution (resolution_shift). The velocity is the network's own (prediction="velocity") or converted from its
+  eps / x0 / v prediction."""
   if not isinstance(path, SDE):
     raise ValueError(f"The flow sampler needs a continuous path, got {type(path).__name__}")
   if solver not in FLOW_SOLVERS:
@@ -62,17 +64,24 @@ def flow_sample(model_fn, path, shape, rng, *, num_steps, y=None, prediction="ve
     _, _, dalpha, dsigma = path_coefficients(path, t)
     return dalpha * x0 + dsigma * eps
 
-  def step(x, ts):
+  def euler(x, ts):
+    t, t_next = ts
+    return x + (t_next - t) * velocity(x, t), None
+
+  def heun(x, ts):
     t, t_next = ts
     u = velocity(x, t)
     x_euler = x + (t_next - t) * u
-    if solver == "euler":
-      return x_euler, None
-    heun = x + (t_next - t) * 0.5 * (u + velocity(x_euler, t_next))
-    return jnp.where(t_next > 0, heun, x_euler), None
+    return x + (t_next - t) * 0.5 * (u + velocity(x_euler, t_next)), None
 
+  if base_resolution:
+    shift = resolution_shift(shape[1] * shape[2], base_resolution**2)
   ts = flow_times(num_steps, shift, grid)
+  if prediction == "eps":  # x0 = (x - sigma eps) / alpha is singular where alpha = 0: start at the path's t_max
+    ts = ts.at[0].set(jnp.minimum(ts[0], path.t_max))
   x, _ = initial_noise(rng, shape)  # the discrete samplers' x_T for the same rng
   x = path.prior_std() * x
-  x, _ = jax.lax.scan(step, x, (ts[:-1], ts[1:]))
-  return x
+  if solver == "euler":
+    return jax.lax.scan(euler, x, (ts[:-1], ts[1:]))[0]
+  x, _ = jax.lax.scan(heun, x, (ts[:-2], ts[1:-1]))
+  return euler(x, (ts[-2], ts[-1]))[0]
