@@ -11,10 +11,13 @@ import os
 
 from absl import app, flags, logging
 
-from diffusion_jax import tables
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax import build, tables
+from diffusion_jax.config_files import load_config
 from diffusion_jax.samplers import get_sampler
 from experiments import ablate
-from experiments.loss_by_snr import effective_weighting
 
 KEYS = ("diffusion.sde", "diffusion.schedule", "diffusion.prediction", "model.precondition", "training.weighting",
         "training.t_sampling")
@@ -82,6 +85,22 @@ def plot_fid_vs_nfe(rows, path):
     tables.plot_by_nfe(curves, "FID-digits", path, title="Paths on the digits")
 
 
+def weightings(lam=np.linspace(-10.0, 10.0, 201)):
+  """{label: (lambda, w)}: each formulation's effective weighting (build.effective_weighting) on one log-SNR grid,
+  normalised to integrate to 1 on it, so the curves compare."""
+  curves = {}
+  for label, (values, _) in FORMULATIONS.items():
+    config = load_config("configs/digits.py")
+    for key, value in zip(KEYS, values):
+      ablate.set_value(config, key, value)
+    config.training.mode_scale = 1.29
+    _, process = build.setup(config)
+    w = np.asarray(build.effective_weighting(config, process, jnp.asarray(lam, jnp.float32)), np.float64)
+    w = np.where(np.isfinite(w), w, 0.0)
+    curves[label] = (lam, w / np.trapezoid(w, lam))
+  return curves
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -97,13 +116,7 @@ def main(argv):
   table = summary(rows)
   tables.write_csv(table, columns, os.path.join(out, "paths.csv"))
   plot_fid_vs_nfe(rows, os.path.join(out, "fid_vs_nfe.png"))
-  curves = {}
-  for label, (values, _) in FORMULATIONS.items():
-    first = next((r for r in runs if tuple(r["combo"][k] for k in KEYS) == values), None)
-    if first and os.path.exists(os.path.join(out, "runs", first["name"], "weighting.json")):
-      curves[label] = effective_weighting(os.path.join(out, "runs", first["name"]))
-  if curves:
-    tables.plot_weightings(curves, os.path.join(out, "weighting.png"))
+  tables.plot_weightings(weightings(), os.path.join(out, "weighting.png"))
   with open(os.path.join(out, "paths.md"), "w") as f:
     f.write(f"# Paths on the digits ({_STEPS.value} steps, batch 128, 500 samples per run, "
             f"{_SEEDS.value} seeds)\n\nFID-digits by sampler steps (the formulation's own sampler, and DPM-Solver++;"
