@@ -103,3 +103,26 @@ def test_preconditioning_and_velocity_weightings_refuse_what_they_cannot_do(tiny
                         "training.weighting": "min_snr"}))
   with pytest.raises(ValueError, match="non-monotone"):
     build.setup(tiny(**{"diffusion.sde": "rectified_flow", "training.t_sampling": "mode", "training.mode_scale": 3.0}))
+
+
+def test_pc_refuses_a_path_whose_diffusion_would_be_imaginary():
+  from diffusion_jax.samplers import get_sampler
+  from diffusion_jax.sde import InterpolantSDE
+
+  class Sharpening(InterpolantSDE):  # sigma falls after t = 0.5: the log-SNR rises there, g^2 < 0
+    def alpha_sigma(self, t):
+      t = jnp.asarray(t, jnp.float32)
+      return jnp.ones_like(t), 0.1 + t * (1.0 - t)
+  with pytest.raises(ValueError, match=r"g\(t\)\^2 = -sigma\^2 dlambda/dt is negative for t in \[0.50"):
+    get_sampler("pc")(lambda x, t, y=None: x, Sharpening(), (2, 2), jax.random.PRNGKey(0), num_steps=10,
+                      predictor="euler_maruyama", corrector="none")
+
+
+def test_a_checkpoint_refuses_another_schedule_or_step_count(tiny):
+  import json
+  from diffusion_jax import checkpoint
+  saved = json.loads(tiny().to_json())
+  with pytest.raises(ValueError, match="diffusion.schedule: checkpoint has 'linear', config has 'cosine'"):
+    checkpoint.check_compatible(saved, tiny(**{"diffusion.schedule": "cosine"}))
+  with pytest.raises(ValueError, match="diffusion.num_timesteps: checkpoint has 1000, config has 500"):
+    checkpoint.check_compatible(saved, tiny(**{"diffusion.num_timesteps": 500}))

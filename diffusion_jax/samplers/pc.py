@@ -73,6 +73,19 @@ def pc_nfe(num_steps, options):
   return num_steps * (1 + corrector_steps)
 
 
+def check_stochastic(sde, eps, points=257):
+  """Raises where the path's g(t)^2 = -sigma^2 d lambda / dt is negative somewhere in [eps, t_max] (its log-SNR rises
+  with t): no diffusion has those marginals, so no stochastic sampler can run on it."""
+  with jax.ensure_compile_time_eval():  # constants, also inside a jitted sampler
+    t = jnp.linspace(eps, sde.t_max, points)
+    g2 = sde.drift_diffusion(t)[1]
+    bad = t[g2 < 0]
+  if bad.size:
+    raise ValueError(f"The pc sampler needs a stochastic SDE, but this path's g(t)^2 = -sigma^2 dlambda/dt is negative "
+                     f"for t in [{float(bad.min()):.3g}, {float(bad.max()):.3g}] (its log-SNR rises there): use ode, "
+                     "flow or a discrete sampler")
+
+
 @register_sampler("pc", process="sde", nfe=pc_nfe)
 def pc_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps", predictor="reverse_diffusion",
               corrector="langevin", snr=0.16, n_corrector_steps=1, denoise=True, eps=None):
@@ -82,6 +95,7 @@ def pc_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps",
   if not isinstance(sde, SDE):
     raise ValueError(f"The pc sampler needs an SDE (vp, subvp, ve), got {type(sde).__name__}")
   eps = default_eps(sde) if eps is None else eps
+  check_stochastic(sde, eps)
   predict, correct = PREDICTORS.get(predictor), CORRECTORS.get(corrector)
   uses_discretisation = predictor in ("reverse_diffusion", "ancestral") or corrector == "langevin"
   if isinstance(sde, LinearBetaSDE) and uses_discretisation and sde.beta_1 / num_steps >= 1:
