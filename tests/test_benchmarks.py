@@ -4,13 +4,13 @@ import json
 from conftest import run_python
 
 
-def test_accelerator_benchmark_smoke_run_prints_every_kernel_set_and_task():
-  out = run_python(["-m", "benchmarks.accelerator", "--smoke", "--dtypes=float32"]).stdout
+def test_accelerator_benchmark_smoke_run_prints_its_tasks():
+  # one kernel set keeps this short: the sets' equality is tests/test_kernel_parity.py's
+  out = run_python(["-m", "benchmarks.accelerator", "--smoke", "--dtypes=float32", "--kernels=xla"]).stdout
   lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
   header, rows = lines[0], lines[1:]
   assert header["benchmark"] == "accelerator" and header["backend"] == "cpu"
-  assert [(r["kernels"], r["task"]) for r in rows] == [(k, t) for k in ("blocked", "cpu", "xla")
-                                                      for t in ("train", "ddim_3")]
+  assert [(r["kernels"], r["task"]) for r in rows] == [("xla", "train"), ("xla", "ddim_3")]
   for r in rows:
     assert r["images_per_s"] > 0 and r["flops"] > 0 and r["tflops_per_s"] > 0 and r["xla_mb"] > 0
     assert r["fraction_of_peak"] is None  # no peak is known for a CPU

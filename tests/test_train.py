@@ -230,5 +230,5 @@ def test_unknown_names_list_valid_ones(tiny, tmp_path):
     train.train(tiny(**{"optim.optimizer": "sgdd"}), str(tmp_path))
   with pytest.raises(ValueError, match="valid targets: eps, x0, v, velocity"):
     train.train(tiny(**{"diffusion.prediction": "score"}), str(tmp_path))
-  with pytest.raises(ValueError, match="valid: uniform, importance"):
+  with pytest.raises(ValueError, match="valid: importance, logit_normal, lognormal_sigma, mode, uniform"):
     train.train(tiny(**{"training.t_sampling": "stratified"}), str(tmp_path))
