@@ -9,6 +9,7 @@ import time
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import logging
 
@@ -94,11 +95,15 @@ def setup(config):
 
 
 def effective_weighting(config, process, lam):
-  """w(lambda) of the config's formulation on `process` (losses.effective_weighting): uniform and importance-sampled
-  t give the same one (importance sampling keeps the expected loss), over the training times' range."""
+  """w(lambda) of the config's formulation on `process` (losses.effective_weighting) at the log-SNRs `lam` (a NumPy
+  grid), normalised to integrate to 1 over it: uniform and importance-sampled t give the same one (importance sampling
+  keeps the expected loss). Non-finite values count as 0 (a schedule's log-SNR has no derivative at its last grid
+  point)."""
   t_min = process.index_to_t(0) if isinstance(process, Schedule) else process.t_min
-  return losses.effective_weighting(process, time_sampling(config) or Uniform(t_min), config.training.weighting,
-                                    config.diffusion.prediction, config.training, lam)
+  w = losses.effective_weighting(process, time_sampling(config) or Uniform(t_min), config.training.weighting,
+                                 config.diffusion.prediction, config.training, jnp.asarray(lam, jnp.float32))
+  w = np.where(np.isfinite(w), np.asarray(w, np.float64), 0.0)
+  return w / np.trapezoid(w, lam)
 
 
 def time_sampling(config):

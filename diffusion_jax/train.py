@@ -39,9 +39,7 @@ def write_effective_weighting(config, process, edges, workdir):
   """WORKDIR/weighting.json and weighting.png: the effective weighting w(lambda) of this run's formulation over the
   log-SNR range of its training times (losses.effective_weighting), normalised to integrate to 1."""
   lam = np.linspace(edges[0], edges[-1], 241)
-  w = np.asarray(build.effective_weighting(config, process, jnp.asarray(lam, jnp.float32)), np.float64)
-  w = np.where(np.isfinite(w), w, 0.0)  # a schedule's log-SNR has no derivative at its last grid point
-  w = w / np.trapezoid(w, lam)
+  w = build.effective_weighting(config, process, lam)
   with open(os.path.join(workdir, "weighting.json"), "w") as f:
     json.dump({"log_snr": lam.tolist(), "weighting": w.tolist()}, f)
   plot_weightings({os.path.basename(os.path.normpath(workdir)): (lam, w)}, os.path.join(workdir, "weighting.png"))

@@ -11,7 +11,6 @@ import os
 
 from absl import app, flags, logging
 
-import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import build, tables
@@ -95,9 +94,7 @@ def weightings(lam=np.linspace(-10.0, 10.0, 201)):
       ablate.set_value(config, key, value)
     config.training.mode_scale = 1.29
     _, process = build.setup(config)
-    w = np.asarray(build.effective_weighting(config, process, jnp.asarray(lam, jnp.float32)), np.float64)
-    w = np.where(np.isfinite(w), w, 0.0)
-    curves[label] = (lam, w / np.trapezoid(w, lam))
+    curves[label] = (lam, build.effective_weighting(config, process, lam))
   return curves
 
 
