@@ -2,6 +2,53 @@
 import ml_collections
 
 
+# The fields of config.model for each built-in network; get_model passes a network its own fields and ignores those
+# of the other networks, so that --config.model.name=dit --config.model.size=S/2 switches a U-Net config to a DiT.
+WRAPPER = dict(
+    latent=False,         # latent diffusion: work on the latents of the autoencoder (--mode=train_autoencoder)
+    dtype="float32",      # activations; "bfloat16": mixed precision (float32 parameters, norms, softmax, output)
+    kernels="auto",       # how every network's layers compute: auto | xla | cpu | blocked (models/kernels)
+    precondition="",      # "" | edm: D = c_skip x + c_out F(c_in x, ln(sigma) / 4) (Karras et al. 2022; on ve / edm)
+    num_classes=0,        # 0: unconditional; else labels 0..K-1 and the null label K of classifier-free guidance
+    size="",              # dit / uvit: a size of the paper, e.g. S/2 (fixes depth, hidden_size, num_heads, patch_size)
+)
+MODEL_DEFAULTS = dict(
+    unet=dict(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        attn_resolutions=(4,),
+        num_heads=1,
+        dropout=0.0,
+        norm_groups=8,
+        norm_eps=1e-6,
+        scale_shift=False,
+        flip_sin_to_cos=False,
+        freq_shift=1.0,
+        context_dim=0,        # > 0: cross-attention to a context sequence y [B, M, context_dim] (text-encoder states)
+        transformer_depth=1,  # transformer blocks per attention level (with context_dim)
+        linear_projection=False,  # linear (SD 2) instead of 1x1-conv (SD 1) projections around those blocks
+        downsample_padding=0,  # 0: pad right / bottom (Ho et al.); 1: all round (Stable Diffusion)
+    ),
+    # Peebles & Xie 2023 (models/dit.py): S/B/L/XL with patch 2, 4, 8, or depth / hidden_size / num_heads / patch_size
+    dit=dict(depth=0, hidden_size=0, num_heads=0, patch_size=0, mlp_ratio=4.0,
+             learn_sigma=False,   # 2C output channels (the variance's C are not trained here; see models/dit.py)
+             freq_shift=0.0, norm_eps=1e-6),
+    # Bao et al. 2023 (models/uvit.py): S, S-Deep, M, L, H with patch 2, 4, 8, or the four explicit fields
+    uvit=dict(depth=0, hidden_size=0, num_heads=0, patch_size=0, mlp_ratio=4.0, qkv_bias=False, mlp_time_embed=False,
+              conv_out=True),
+)
+
+
+def model_defaults(name, **fields):
+  """config.model of the built-in network `name` (unet | dit | uvit) with its defaults, updated by `fields`."""
+  if name not in MODEL_DEFAULTS:
+    raise ValueError(f"No defaults for model {name!r}; valid: {', '.join(MODEL_DEFAULTS)}")
+  unknown = set(fields) - set(MODEL_DEFAULTS[name]) - set(WRAPPER)
+  if unknown:
+    raise ValueError(f"Unknown field(s) {sorted(unknown)} for model {name!r}")
+  return ml_collections.ConfigDict(dict(name=name, **WRAPPER, **MODEL_DEFAULTS[name], **fields))
+
+
 def get_base_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -32,28 +79,7 @@ def get_base_config():
       sigma_max=50.0,
   ))
 
-  c.model = ml_collections.ConfigDict(dict(
-      name="unet",
-      block_out_channels=(32, 64),
-      layers_per_block=2,
-      attn_resolutions=(4,),
-      num_heads=1,
-      dropout=0.0,
-      norm_groups=8,
-      norm_eps=1e-6,
-      scale_shift=False,
-      num_classes=0,
-      flip_sin_to_cos=False,
-      freq_shift=1.0,
-      latent=False,         # latent diffusion: work on the latents of the autoencoder (--mode=train_autoencoder)
-      context_dim=0,        # > 0: cross-attention to a context sequence y [B, M, context_dim] (text-encoder states)
-      transformer_depth=1,  # transformer blocks per attention level (with context_dim)
-      linear_projection=False,  # linear (SD 2) instead of 1x1-conv (SD 1) projections around those blocks
-      downsample_padding=0,  # 0: pad right / bottom (Ho et al.); 1: all round (Stable Diffusion)
-      dtype="float32",      # activations; "bfloat16": mixed precision (float32 parameters, norms, softmax, output)
-      kernels="auto",       # how every network's layers compute: auto | xla | cpu | blocked (models/kernels)
-      precondition="",      # "" | edm: D = c_skip x + c_out F(c_in x, ln(sigma) / 4) (Karras et al. 2022; on ve / edm)
-  ))
+  c.model = model_defaults("unet")
 
   # Text conditioning, on with model.context_dim > 0 (= encoder.hidden_size): y = token ids of captions of the class
   # labels, through a CLIP text encoder (transformers' CLIPTextConfig fields) in front of the U-Net.

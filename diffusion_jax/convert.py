@@ -1,6 +1,7 @@
 """Released checkpoints into this codebase: a diffusers `UNet2DModel` directory (config.json + safetensors or .bin, e.g.
-Ho et al.'s google/ddpm-cifar10-32 and the other DDPM releases), or a whole Stable Diffusion v1 / v2 directory (unet/,
-vae/, text_encoder/, tokenizer/, scheduler/), becomes orbax checkpoints and a config file.
+Ho et al.'s google/ddpm-cifar10-32 and the other DDPM releases), a DiT (a `DiTTransformer2DModel` directory or a DiT
+pipeline with transformer/, vae/ and scheduler/, e.g. facebook/DiT-XL-2-256), or a whole Stable Diffusion v1 / v2
+directory (unet/, vae/, text_encoder/, tokenizer/, scheduler/), becomes orbax checkpoints and a config file.
 
   python -m diffusion_jax.convert --from=diffusers --src=DIR --dst=DIR [--tfds_name=cifar10]
   python -m diffusion_jax.convert --from=stable_diffusion --src=SD_DIR --dst=DIR
@@ -231,8 +232,9 @@ def vae_overrides(cfg):
 
 def write_config_file(path, overrides, source, kind="diffusers UNet2DModel"):
   lines = [f'"""diffusion_jax config of the {kind} converted from {source}."""',
-           "from configs.base import get_base_config", "", "", "def get_config():", "  c = get_base_config()"]
-  lines += [f"  c.{k} = {v!r}" for k, v in overrides.items()]
+           "from configs.base import get_base_config, model_defaults", "", "", "def get_config():",
+           "  c = get_base_config()", f"  c.model = model_defaults({overrides.get('model.name', 'unet')!r})"]
+  lines += [f"  c.{k} = {v!r}" for k, v in overrides.items() if k != "model.name"]
   lines += ["  return c", ""]
   with open(path, "w") as f:
     f.write("\n".join(lines))
@@ -246,11 +248,18 @@ def abstract_params(config):
 
 
 def convert_diffusers(src, dst, tfds_name=None):
-  """Writes dst/config.py and dst/checkpoints/0 (params = EMA params = the release's weights); returns the config."""
-  with open(os.path.join(src, "config.json")) as f:
-    unet_cfg = json.load(f)
-  if unet_cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
-    raise ValueError(f"{src} holds a {unet_cfg['_class_name']}; this converter reads UNet2DModel directories")
+  """Writes dst/config.py and dst/checkpoints/0 (params = EMA params = the release's weights); returns the config.
+  A DiT (a DiTTransformer2DModel directory, or a DiT pipeline's with transformer/ and vae/) goes to convert_dit."""
+  if os.path.exists(os.path.join(src, "transformer", "config.json")):
+    return convert_dit(src, dst, tfds_name)
+  unet_cfg = read_json(os.path.join(src, "config.json"), "a diffusers model directory holds config.json and "
+                       "diffusion_pytorch_model.safetensors (or a pipeline's transformer/)")
+  cls = unet_cfg.get("_class_name", "UNet2DModel")
+  if is_dit(unet_cfg):
+    return convert_dit(src, dst, tfds_name)
+  if cls != "UNet2DModel":
+    raise ValueError(f"{src} holds a {cls}; this converter reads UNet2DModel and DiTTransformer2DModel directories "
+                     "(and Stable Diffusion pipelines with --from=stable_diffusion)")
   overrides = unet_overrides(unet_cfg)
   scheduler = find_scheduler_config(src)
   if scheduler:
@@ -278,12 +287,35 @@ def save_state(directory, state, config):
   mngr.wait_until_finished()
 
 
-def read_json(path):
+def read_json(path, layout="a Stable Diffusion directory holds unet/, vae/, text_encoder/, tokenizer/ and scheduler/ "
+                    "(diffusers' save_pretrained layout)"):
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: a Stable Diffusion directory holds unet/, vae/, text_encoder/, "
-                            "tokenizer/ and scheduler/ (diffusers' save_pretrained layout)")
+    raise FileNotFoundError(f"{path} not found: {layout}")
   with open(path) as f:
     return json.load(f)
+
+
+def write_autoencoder(src, dst, config, vae_cfg):
+  """A diffusers AutoencoderKL directory (a pipeline's vae/) into dst/autoencoder: checkpoints/0 and latent_scale.json
+  with its scaling_factor, so that model.latent configs find it."""
+  ae = build.get_autoencoder(config)
+  tx = build.make_optimizer(config.autoencoder.optim)
+  abstract = jax.eval_shape(lambda: build.init_autoencoder_state(config, ae, tx, jax.random.PRNGKey(0))).params
+  vae = convert_params(load_state_dict(src), abstract, key=vae_key)
+  out = os.path.join(dst, "autoencoder")
+  save_state(os.path.join(out, "checkpoints"), build.new_state(vae, tx, jax.random.PRNGKey(config.seed)), config)
+  size = config.data.image_size // 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+  with open(os.path.join(out, "latent_scale.json"), "w") as fp:
+    json.dump({"step": 0, "scale_factor": vae_cfg.get("scaling_factor", 0.18215),
+               "latent_shape": [size, size, config.autoencoder.model.latent_channels], "source": os.path.abspath(src)},
+              fp, indent=1)
+
+
+def vae_pipeline_overrides(vae_cfg, latent_size):
+  """The overrides of a latent model behind the AutoencoderKL of vae_cfg whose latents are latent_size square."""
+  f = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+  return {**vae_overrides(vae_cfg), "data.image_size": latent_size * f, "data.channels": vae_cfg.get("in_channels", 3),
+          "model.latent": True}
 
 
 def convert_stable_diffusion(src, dst, tfds_name=None):
@@ -297,10 +329,8 @@ def convert_stable_diffusion(src, dst, tfds_name=None):
   if "model.context_dim" not in overrides:
     raise ValueError(f"{src}/unet holds a {unet_cfg.get('_class_name')} without cross-attention; Stable Diffusion's "
                      "is a UNet2DConditionModel")
-  overrides.update(vae_overrides(vae_cfg))
-  f = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
-  overrides.update({"data.image_size": overrides["data.image_size"] * f, "data.channels": vae_cfg.get("in_channels", 3),
-                    "model.latent": True, "text.train_encoder": False, "training.p_uncond": 0.1,  # SD's text dropout
+  overrides.update(vae_pipeline_overrides(vae_cfg, overrides["data.image_size"]))
+  overrides.update({"text.train_encoder": False, "training.p_uncond": 0.1,  # SD's text dropout
                     "text.tokenizer": os.path.abspath(os.path.join(dst, "tokenizer"))})
   overrides.update({f"text.encoder.{k}": v for k, v in dataclasses.asdict(text_cfg).items()})
   overrides.update(scheduler_overrides(read_json(os.path.join(src, "scheduler", "scheduler_config.json"))))
@@ -316,18 +346,106 @@ def convert_stable_diffusion(src, dst, tfds_name=None):
   save_state(os.path.join(dst, "checkpoints"), build.new_state(params, build.model_optimizer(config),
                                                                jax.random.PRNGKey(config.seed)), config)
 
-  ae = build.get_autoencoder(config)
-  tx = build.make_optimizer(config.autoencoder.optim)
-  abstract = jax.eval_shape(lambda: build.init_autoencoder_state(config, ae, tx, jax.random.PRNGKey(0))).params
-  vae = convert_params(load_state_dict(os.path.join(src, "vae")), abstract, key=vae_key)
-  out = os.path.join(dst, "autoencoder")
-  save_state(os.path.join(out, "checkpoints"), build.new_state(vae, tx, jax.random.PRNGKey(config.seed)), config)
-  size = config.data.image_size // f
-  with open(os.path.join(out, "latent_scale.json"), "w") as fp:
-    json.dump({"step": 0, "scale_factor": vae_cfg.get("scaling_factor", 0.18215),
-               "latent_shape": [size, size, config.autoencoder.model.latent_channels], "source": os.path.abspath(src)},
-              fp, indent=1)
+  write_autoencoder(os.path.join(src, "vae"), dst, config, vae_cfg)
   logging.info("Converted %s -> %s\n%s", src, dst, pprint.pformat(overrides))
+  return config
+
+
+# DiT's fields of a DiTTransformer2DModel config (diffusers < 0.28 saved DiT as a Transformer2DModel with patch_size,
+# as in facebook/DiT-XL-2-256) that this DiT reproduces only at these values
+DIT_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
+DIT_FIXED = {"activation_fn": "gelu-approximate", "attention_bias": True, "norm_type": "ada_norm_zero",
+             "norm_elementwise_affine": False, "cross_attention_dim": None, "num_vector_embeds": None,
+             "only_cross_attention": False, "double_self_attention": False}
+DIT_MODULES = {"pos_embed": "pos_embed.proj", "proj_out_1": "proj_out_1", "proj_out_2": "proj_out_2",
+               "norm1_linear": "norm1.linear", "to_out": "to_out.0", "ff_proj": "net.0.proj", "ff_out": "net.2",
+               "time_embedding_1": "transformer_blocks.0.norm1.emb.timestep_embedder.linear_1",
+               "time_embedding_2": "transformer_blocks.0.norm1.emb.timestep_embedder.linear_2",
+               "class_embedding": "transformer_blocks.0.norm1.emb.class_embedder.embedding_table"}
+EMBEDDER = "norm1.emb."  # each diffusers block holds a copy of DiT's one timestep + class embedder
+
+
+def is_dit(cfg):
+  return cfg.get("_class_name") == DIT_CLASSES[0] or (cfg.get("_class_name") == DIT_CLASSES[1]
+                                                       and cfg.get("patch_size") is not None)
+
+
+def dit_overrides(cfg):
+  """Config overrides of models/dit.py for a diffusers DiTTransformer2DModel config.json."""
+  if not is_dit(cfg):
+    raise ValueError(f"A {cfg.get('_class_name')} is not a DiT; this converter reads {' and '.join(DIT_CLASSES)} "
+                     "(with patch_size) directories")
+  for key, value in DIT_FIXED.items():
+    if cfg.get(key, value) != value:
+      raise ValueError(f"Unsupported DiT setting {key}={cfg[key]!r}; this converter supports {key}={value!r}")
+  channels, out = cfg.get("in_channels", 4), cfg.get("out_channels") or cfg.get("in_channels", 4)
+  if out not in (channels, 2 * channels):
+    raise ValueError(f"DiT out_channels={out} is neither in_channels={channels} nor twice it (learn_sigma)")
+  if not cfg.get("num_embeds_ada_norm"):
+    raise ValueError("A DiT without num_embeds_ada_norm (its class count) cannot be converted: adaLN-Zero needs it")
+  return {"model.name": "dit", "model.depth": cfg.get("num_layers", 28),
+          "model.hidden_size": cfg["num_attention_heads"] * cfg["attention_head_dim"],
+          "model.num_heads": cfg["num_attention_heads"], "model.patch_size": cfg["patch_size"],
+          "model.num_classes": cfg["num_embeds_ada_norm"], "model.learn_sigma": out == 2 * channels,
+          "model.freq_shift": 1.0, "model.norm_eps": cfg.get("norm_eps", 1e-5),
+          "data.image_size": cfg.get("sample_size", 32), "data.channels": channels}
+
+
+def dit_key(path):
+  """The diffusers DiTTransformer2DModel state-dict key of one of models/dit.py's parameter paths."""
+  *mods, leaf = path
+  names = [DIT_MODULES.get(m, m.replace("transformer_blocks_", "transformer_blocks.")) for m in mods if m != "ff"]
+  names[-1:] = [f"ff.{names[-1]}"] if "ff" in mods else names[-1:]
+  return ".".join(names + [{"kernel": "weight", "bias": "bias", "embedding": "weight"}[leaf]])
+
+
+def dit_state_dict(state_dict, num_classes):
+  """DiT's state dict with one shared embedder: refuses blocks whose embedder copies differ, and a class table that
+  is not num_classes + 1 rows (the classes and the null class of classifier-free guidance)."""
+  shared = {}
+  for key, value in state_dict.items():
+    if EMBEDDER in key and not key.startswith("transformer_blocks.0."):
+      first = "transformer_blocks.0." + key.split(".", 2)[2]
+      if first not in state_dict or not np.array_equal(state_dict[first], value):
+        raise ValueError(f"{key} differs from {first}: DiT shares one timestep and class embedder among its blocks; "
+                         "a DiTTransformer2DModel whose blocks embed differently is not a DiT")
+      continue
+    shared[key] = value
+  table = shared.get(DIT_MODULES["class_embedding"] + ".weight")
+  if table is not None and len(table) != num_classes + 1:
+    raise ValueError(f"The class embedding table has {len(table)} rows; model.num_classes={num_classes} needs "
+                     f"{num_classes + 1} (the classes and the null class): set num_classes to {len(table) - 1}")
+  return shared
+
+
+def convert_dit(src, dst, tfds_name=None):
+  """A DiT into dst: src is a DiTTransformer2DModel directory, or a DiT pipeline's (transformer/, vae/, scheduler/,
+  the layout of facebook/DiT-XL-2-256), which also writes dst/autoencoder and makes a latent config. Returns the
+  config; sample it with main.py --mode=sample (class-conditional, guidance scale 1.5 = 1 + w as in DiT's table)."""
+  transformer = os.path.join(src, "transformer") if os.path.isdir(os.path.join(src, "transformer")) else src
+  overrides = dit_overrides(read_json(os.path.join(transformer, "config.json"), "a DiTTransformer2DModel directory "
+                                      "holds config.json and diffusion_pytorch_model.safetensors"))
+  vae_dir = os.path.join(src, "vae")
+  vae_cfg = read_json(os.path.join(vae_dir, "config.json")) if os.path.isdir(vae_dir) else None
+  if vae_cfg:
+    overrides.update(vae_pipeline_overrides(vae_cfg, overrides["data.image_size"]))
+  scheduler = find_scheduler_config(transformer)
+  overrides.update(scheduler_overrides(read_json(scheduler)) if scheduler else {})
+  tfds_name = tfds_name if tfds_name is not None else ("imagenet2012" if overrides["model.num_classes"] == 1000 else "")
+  overrides.update({"data.name": "tfds", "data.tfds_name": tfds_name} if tfds_name else {})
+  overrides.update({"training.p_uncond": 0.1, "sample.clip_x0": False, "sample.runs": "ddim:50:w=0.5",
+                    "sample.num_samples": 8, "sample.batch_size": 8})  # DiT's label dropout and CFG scale 1.5
+  os.makedirs(dst, exist_ok=True)
+  write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src), "DiT")
+  config = load_config(os.path.join(dst, "config.py"))
+  state_dict = dit_state_dict(load_state_dict(transformer), config.model.num_classes)
+  params = from_state_dict(state_dict, abstract_params(config), dit_key)
+  save_state(os.path.join(dst, "checkpoints"), build.new_state(params, build.model_optimizer(config),
+                                                               jax.random.PRNGKey(config.seed)), config)
+  if vae_cfg:
+    write_autoencoder(vae_dir, dst, config, vae_cfg)
+  logging.info("Converted %s (%d parameters) -> %s\n%s", src, sum(np.size(p) for p in jax.tree.leaves(params)), dst,
+               pprint.pformat(overrides))
   return config
 
 
@@ -337,8 +455,9 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   flags.DEFINE_enum("from", "diffusers", list(CONVERTERS), "Format of the source checkpoint.")
-  flags.DEFINE_string("src", None, "Directory of the source checkpoint (diffusers: a UNet2DModel's config.json + "
-                      "weights; stable_diffusion: the pipeline directory with unet/, vae/, text_encoder/, ...).")
+  flags.DEFINE_string("src", None, "Directory of the source checkpoint (diffusers: a UNet2DModel's or a "
+                      "DiTTransformer2DModel's config.json + weights, or a DiT pipeline; stable_diffusion: the "
+                      "pipeline directory with unet/, vae/, text_encoder/, ...).")
   flags.DEFINE_string("dst", None, "Output directory: config.py and checkpoints/ (use it as main.py's workdir).")
   flags.DEFINE_string("tfds_name", None, "TFDS dataset of the model (default: guessed from the directory name).")
   flags.mark_flags_as_required(["src", "dst"])

@@ -1,6 +1,8 @@
 """The spatial transformer of latent diffusion's U-Net (Rombach et al. 2022, Sec. 3.3; diffusers' `Transformer2DModel`
 with `BasicTransformerBlock`): feature-map positions attend to each other and, by cross-attention, to a context
 sequence (text-encoder states), then pass a GEGLU feed-forward layer; parameter names follow diffusers."""
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,20 +11,23 @@ from diffusion_jax.models.layers import Conv, Dense, GroupNorm, multihead_attent
 
 
 class Attention(nn.Module):
-  """Multi-head attention of x [B, N, C] to context [B, M, Cc] (x itself when None); projections without bias, as in
-  Stable Diffusion, except the output's. Computes in x's dtype (the context is cast to it)."""
+  """Multi-head attention of x [B, N, C] to context [B, M, Cc] (x itself when None); q, k, v projections without bias
+  as in Stable Diffusion (qkv_bias=True: with, as in DiT), the output's with. Computes in x's dtype (the context is cast
+  to it)."""
   heads: int
   head_dim: int
+  qkv_bias: bool = False
+  kernel_init: Callable = nn.initializers.lecun_normal()
   kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, context=None):
     context = x if context is None else context
     inner = self.heads * self.head_dim
-    q = nn.Dense(inner, use_bias=False, dtype=x.dtype, name="to_q")(x)
-    k, v = (nn.Dense(inner, use_bias=False, dtype=x.dtype, name=f"to_{p}")(context) for p in "kv")
+    proj = lambda name: nn.Dense(inner, use_bias=self.qkv_bias, kernel_init=self.kernel_init, dtype=x.dtype, name=name)
+    q, k, v = proj("to_q")(x), proj("to_k")(context), proj("to_v")(context)
     o = multihead_attention(q, k, v, self.heads, self.kernels)
-    return Dense(x.shape[-1], name="to_out", kernels=self.kernels)(o)
+    return Dense(x.shape[-1], kernel_init=self.kernel_init, name="to_out", kernels=self.kernels)(o)
 
 
 class TransformerBlock(nn.Module):
