@@ -46,7 +46,7 @@ def model_defaults(name, **fields):
   unknown = set(fields) - set(MODEL_DEFAULTS[name]) - set(WRAPPER)
   if unknown:
     raise ValueError(f"Unknown field(s) {sorted(unknown)} for model {name!r}")
-  return ml_collections.ConfigDict(dict(name=name, **WRAPPER, **MODEL_DEFAULTS[name], **fields))
+  return ml_collections.ConfigDict({"name": name, **WRAPPER, **MODEL_DEFAULTS[name], **fields})
 
 
 def get_base_config():
