@@ -430,11 +430,11 @@ def convert_dit(src, dst, tfds_name=None):
   if vae_cfg:
     overrides.update(vae_pipeline_overrides(vae_cfg, overrides["data.image_size"]))
   scheduler = find_scheduler_config(transformer)
-  overrides.update(scheduler_overrides(read_json(scheduler)) if scheduler else {})
+  overrides.update(scheduler_overrides(read_json(scheduler)) if scheduler else {"sample.clip_x0": False})
   tfds_name = tfds_name if tfds_name is not None else ("imagenet2012" if overrides["model.num_classes"] == 1000 else "")
   overrides.update({"data.name": "tfds", "data.tfds_name": tfds_name} if tfds_name else {})
-  overrides.update({"training.p_uncond": 0.1, "sample.clip_x0": False, "sample.runs": "ddim:50:w=0.5",
-                    "sample.num_samples": 8, "sample.batch_size": 8})  # DiT's label dropout and CFG scale 1.5
+  overrides.update({"training.p_uncond": 0.1, "sample.runs": "ddim:50:w=0.5", "sample.num_samples": 8,
+                    "sample.batch_size": 8})  # DiT's label dropout and CFG scale 1.5
   os.makedirs(dst, exist_ok=True)
   write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src), "DiT")
   config = load_config(os.path.join(dst, "config.py"))

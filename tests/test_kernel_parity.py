@@ -20,20 +20,26 @@ def _ncsnpp(kernels):
 def _networks(tiny, dtype):
   """(name, kernels -> module, inputs) of every network: the U-Net with class labels and attention at 8x8 (64 tokens:
   blocked attention) and 4x4 (short attention), NCSN++ (BigGAN blocks, upsampling folded into the convolution), the
-  text U-Net (CLIP text encoder + spatial transformers), the autoencoder and the noise-conditional classifier."""
+  text U-Net (CLIP text encoder + spatial transformers), the autoencoder, the noise-conditional classifier, DiT and
+  U-ViT."""
   from diffusion_jax.models import get_model
   from diffusion_jax.models.autoencoder import AutoencoderKL
   from diffusion_jax.models.classifier import NoisyClassifier
+  from diffusion_jax.models.dit import DiT
+  from diffusion_jax.models.uvit import UViT
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
   t, y = jnp.array([0.0, 10.0, 500.0, 999.0]), jnp.array([0, 1, 2, 10])
   ids = jnp.asarray(np.random.default_rng(0).integers(4, 128, (4, 16)), jnp.int32)
   unet = {"model.attn_resolutions": (8, 4), "model.num_classes": 10, "model.dtype": dtype}
   text = {"model.context_dim": 64, "model.num_heads": 2, "model.dtype": dtype}
+  transformer = dict(depth=3, hidden_size=32, num_heads=4, patch_size=2, num_classes=10, dtype=dtype)
   return {"unet": (lambda k: get_model(tiny(**unet, **{"model.kernels": k})), (x, t, y)),
           "ncsnpp": (_ncsnpp, (x, jnp.array([0.01, 0.5, 3.0, 50.0]))),
           "text_unet": (lambda k: get_model(tiny(**text, **{"model.kernels": k})), (x, t, ids)),
           "autoencoder": (lambda k: AutoencoderKL(1, (16, 32), 1, 4, 4, kernels=k), (x, jax.random.PRNGKey(1))),
-          "classifier": (lambda k: NoisyClassifier(10, (16, 32), norm_groups=4, kernels=k), (x, t))}
+          "classifier": (lambda k: NoisyClassifier(10, (16, 32), norm_groups=4, kernels=k), (x, t)),
+          "dit": (lambda k: DiT(1, **transformer, learn_sigma=True, kernels=k), (x, t, y)),
+          "uvit": (lambda k: UViT(1, **transformer, kernels=k), (x, t, y))}
 
 
 def _outputs_and_grads(module, params, inputs):
@@ -55,7 +61,7 @@ def _relative_errors(a, b):
           for (path, x), y, n in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), norms)}
 
 
-@pytest.mark.parametrize("network", ["unet", "ncsnpp", "text_unet", "autoencoder", "classifier"])
+@pytest.mark.parametrize("network", ["unet", "ncsnpp", "text_unet", "autoencoder", "classifier", "dit", "uvit"])
 def test_every_network_computes_the_same_under_xla_and_cpu_kernels(tiny, network, monkeypatch):
   # the tiny shapes fall below the cpu set's Winograd thresholds: take Winograd (forward and gradients) everywhere
   monkeypatch.setattr(cpu, "use_winograd", lambda x, features: x.dtype == jnp.float32)

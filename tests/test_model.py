@@ -102,7 +102,7 @@ def test_unknown_model_field_is_rejected(tiny):
   with pytest.raises(ValueError, match="channel_multiplier"):
     get_model(c)
   c = tiny(**{"model.name": "transformer"})
-  with pytest.raises(ValueError, match="valid models: ncsnpp, unet"):
+  with pytest.raises(ValueError, match="valid models: dit, ncsnpp, unet, uvit"):
     get_model(c)
 
 
