@@ -5,16 +5,19 @@ from conftest import run_python
 
 
 def test_accelerator_benchmark_smoke_run_prints_its_tasks():
-  # one kernel set keeps this short: the sets' equality is tests/test_kernel_parity.py's
+  # one kernel set keeps this short: the sets' equality is tests/test_kernel_parity.py's; the default models' DiTs
+  # (DiT-B/2, DiT-XL/2) are one tiny DiT under --smoke
   out = run_python(["-m", "benchmarks.accelerator", "--smoke", "--dtypes=float32", "--kernels=xla"]).stdout
   lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
   header, rows = lines[0], lines[1:]
   assert header["benchmark"] == "accelerator" and header["backend"] == "cpu"
-  assert [(r["kernels"], r["task"]) for r in rows] == [("xla", "train"), ("xla", "ddim_3")]
+  assert header["models"] == ["unet", "dit_tiny"]
+  assert [(r["model"], r["kernels"], r["task"]) for r in rows] == [
+      ("unet", "xla", "train"), ("unet", "xla", "ddim_3"), ("dit_tiny", "xla", "train"), ("dit_tiny", "xla", "ddim_3")]
   for r in rows:
     assert r["images_per_s"] > 0 and r["flops"] > 0 and r["tflops_per_s"] > 0 and r["xla_mb"] > 0
     assert r["fraction_of_peak"] is None  # no peak is known for a CPU
-  assert "| task | dtype | kernels |" in out
+  assert "| model | task | dtype | kernels |" in out
 
 
 def test_peak_table_matches_device_kinds_and_dtypes():

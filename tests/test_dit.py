@@ -218,6 +218,9 @@ def test_a_unet_config_switches_to_a_dit_by_name_and_size():
   config = tiny_config(**{"model.name": "dit", "model.size": "S/4"})  # the U-Net's own fields are left unused
   model = models.get_model(config)
   assert (model.size, model.num_classes, model.out_channels) == ("S/4", 10, 1)
+  with pytest.raises(ValueError, match=r"model.context_dim=64 \(text conditioning\) needs a network with "
+                                       r"cross-attention \(unet\); 'dit' takes class labels"):
+    models.get_model(tiny_config(**{"model.name": "dit", "model.size": "S/4", "model.context_dim": 64}))
 
 
 FSDP = """
@@ -246,3 +249,12 @@ def test_fsdp_splits_every_large_dit_weight_and_trains_the_same(tmp_path):
   logged = lambda d: [r["loss"] for r in json.loads((tmp_path / d / "training_log.json").read_text())["records"]]
   assert len(logged("one")) == 3
   np.testing.assert_allclose(logged("fsdp"), logged("one"), rtol=1e-5)
+
+
+def test_backbones_study_plans_one_point_per_backbone_and_measures_their_cost(tmp_path):
+  from experiments import backbones_digits
+  runs = backbones_digits.plan(str(tmp_path), seeds=2, steps=10)
+  assert [r["combo"]["model.name"] for r in runs] == ["unet", "unet", "dit", "dit", "uvit", "uvit"]
+  assert len({r["name"] for r in runs}) == 6 and all("--config.training.num_steps=10" in r["args"] for r in runs)
+  params, gflops = backbones_digits.network_cost("configs/digits_dit.py")
+  assert 0.5e6 < params < 1.5e6 and 0 < gflops < 1

@@ -39,6 +39,9 @@ def get_model(config):
   if unknown:
     raise ValueError(f"Unknown field(s) {sorted(unknown)} for model {config.model.name!r}; valid: "
                      f"{sorted(own | set(WRAPPER_FIELDS[1:]))}")
+  if kwargs.get("context_dim") and "context_dim" not in own:
+    raise ValueError(f"model.context_dim={kwargs['context_dim']} (text conditioning) needs a network with "
+                     f"cross-attention (unet); {config.model.name!r} takes class labels: set model.context_dim=0")
   kwargs = {k: v for k, v in kwargs.items() if k in own}  # the other networks' fields stay unused
   network = _network(config, cls, kwargs)
   return EDMPrecond(network, config.training.sigma_data) if precondition == "edm" else network
