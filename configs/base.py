@@ -121,6 +121,7 @@ def get_base_config():
       optimizer="adam",      # adam | adamw
       lr=2e-4,
       warmup_steps=0,
+      decay_steps=0,         # > 0: cosine decay from lr to 0 at this step, after the warmup (0: constant)
       grad_clip=1.0,
       weight_decay=0.0,
       b1=0.9,

@@ -1,5 +1,8 @@
-"""DiT (Peebles & Xie 2023) on the demo data: pixel space, 8x8x1 in patches of 2 (16 tokens), adaLN-Zero blocks, the
-demo's class conditioning, schedule and sampler runs; trains in the demo's time on 2 CPU cores.
+"""DiT (Peebles & Xie 2023) on the demo data: pixel space, 8x8x1 in patches of 2 (16 tokens), 4 adaLN-Zero blocks of
+width 96 (0.72M parameters, the demo U-Net's 0.70M), the demo's schedule, target, class conditioning, batch and sampler
+runs. Trained for the demo's training time on the 2-core CPU: 1,600 steps (the DiT takes 1.4 steps per U-Net step),
+Adam at 4e-3 with a cosine decay to 0, which this small transformer needs where the U-Net does well at a constant
+2e-3.
 
   python -m diffusion_jax.main --config=configs/digits_dit.py --workdir=runs/digits_dit"""
 from configs.base import model_defaults
@@ -9,4 +12,6 @@ from configs.digits import get_config as get_digits_config
 def get_config():
   c = get_digits_config()
   c.model = model_defaults("dit", depth=4, hidden_size=96, num_heads=4, patch_size=2, num_classes=10)
+  c.training.num_steps = 1600
+  c.optim.lr, c.optim.decay_steps = 4e-3, 1600
   return c

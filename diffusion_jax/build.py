@@ -38,10 +38,18 @@ class TrainState:
 
 
 def make_optimizer(optim):
-  """Adam / AdamW with linear warmup to a constant rate and global-norm gradient clipping (Ho et al. 2020)."""
+  """Adam / AdamW with linear warmup to a constant rate (Ho et al. 2020) or, with optim.decay_steps > 0, then a cosine
+  decay to 0 at that step (Loshchilov & Hutter 2017), and global-norm gradient clipping."""
   if optim.optimizer not in OPTIMIZERS:
     raise ValueError(f"Unknown optimizer {optim.optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
-  lr = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps) if optim.warmup_steps else optim.lr
+  decay = optim.get("decay_steps", 0)
+  if decay and decay <= optim.warmup_steps:
+    raise ValueError(f"optim.decay_steps={decay} must exceed optim.warmup_steps={optim.warmup_steps} (or be 0: a "
+                     "constant rate after the warmup)")
+  if decay:
+    lr = optax.warmup_cosine_decay_schedule(0.0, optim.lr, optim.warmup_steps, decay, 0.0)
+  else:
+    lr = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps) if optim.warmup_steps else optim.lr
   if optim.optimizer == "adam":
     opt = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
   else:

@@ -41,6 +41,7 @@ def plan(out, seeds, steps=0):
     n = steps or config.training.num_steps
     fixed = [f"training.num_steps={n}", f"training.checkpoint_every={n}", "training.sample_every=0",
              "sample.runs=" + ",".join(f"{s}:{k}" for s in SAMPLERS for k in STEPS)]
+    fixed += [f"optim.decay_steps={n}"] if config.optim.decay_steps else []  # the cosine decay ends with training
     runs += ablate.plan(path, [f"model.name={config.model.name}"], fixed, seeds, out)
   return runs
 
