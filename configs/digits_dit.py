@@ -1,8 +1,7 @@
 """DiT (Peebles & Xie 2023) on the demo data: pixel space, 8x8x1 in patches of 2 (16 tokens), 4 adaLN-Zero blocks of
 width 96 (0.72M parameters, the demo U-Net's 0.70M), the demo's schedule, target, class conditioning, batch and sampler
-runs. Trained for the demo's training time on the 2-core CPU: 1,600 steps (the DiT takes 1.4 steps per U-Net step),
-Adam at 4e-3 with a cosine decay to 0, which this small transformer needs where the U-Net does well at a constant
-2e-3.
+runs. 1,600 steps take the demo's training time on the 2-core CPU (docs/results.md, backbones); Adam at 4e-3 with a
+cosine decay to 0 (the U-Net's constant 2e-3 trains this transformer more slowly).
 
   python -m diffusion_jax.main --config=configs/digits_dit.py --workdir=runs/digits_dit"""
 from configs.base import model_defaults

@@ -1,7 +1,7 @@
 """U-ViT (Bao et al. 2023) on the demo data: pixel space, 8x8x1 in patches of 2, time and class as tokens, 5 blocks of
 width 104 with long skips between shallow and deep blocks (0.70M parameters, the demo U-Net's); the demo's schedule,
-target, conditioning, batch and sampler runs, and the DiT's optimizer (Adam at 4e-3, cosine decay to 0). Trained for
-the demo's training time on the 2-core CPU: 1,100 steps (0.92 steps per U-Net step).
+target, conditioning, batch and sampler runs, and the DiT's optimizer (Adam at 4e-3, cosine decay to 0). 1,100 steps
+take the demo's training time on the 2-core CPU (docs/results.md, backbones).
 
   python -m diffusion_jax.main --config=configs/digits_uvit.py --workdir=runs/digits_uvit"""
 from configs.base import model_defaults

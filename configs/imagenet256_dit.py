@@ -10,10 +10,13 @@ comes from a converted DiT (or Stable Diffusion) release, whose vae/ is the one 
       --config.autoencoder.workdir=runs/dit_xl2/autoencoder                                               # train it
 
 `--config=configs/imagenet256_dit.py:B/4` selects another size of the paper (S/B/L/XL with /2, /4, /8), and `:local`
-a DiT-S/8 on 64x64 images (8x8x4 latents) with small batches, to check a setup before an accelerator run. The
-TFDS loader holds the training images in memory (~197 GB of float32 for ImageNet at 256x256): an accelerator host.
-Learned variance: the network has the 2C output channels of DiT's checkpoints; their variance half is not trained
-here (the eps half is, with the simple loss) and the samplers use the eps half."""
+a DiT-S/2 on 64x64 images (8x8x4 latents) with small batches, to check a setup before an accelerator run. This config
+computes DiT's own function (timestep frequencies unshifted, LayerNorm eps 1e-6), which trained the released weights;
+the converter's config.py reproduces diffusers' port of it instead (see convert.convert_dit).
+Limits: the TFDS loader holds the training images in memory as float32 (about 1 TB for ImageNet at 256x256), so
+training at this scale needs a streaming loader or pre-encoded latents, which this codebase does not have yet; the
+network has the 2C output channels of learn_sigma, but their variance half is not trained here (the eps half is, with
+the simple loss) and the samplers use the eps half."""
 from configs.base import get_base_config, model_defaults
 
 
@@ -23,7 +26,7 @@ def get_config(arg="XL/2"):
   c.data.name, c.data.tfds_name = "tfds", "imagenet2012"
   c.data.image_size, c.data.channels, c.data.center_crop = (64 if local else 256), 3, True
   c.diffusion.schedule, c.diffusion.num_timesteps, c.diffusion.prediction = "linear", 1000, "eps"
-  c.model = model_defaults("dit", size="S/8" if local else arg, num_classes=1000, learn_sigma=True, latent=True)
+  c.model = model_defaults("dit", size="S/2" if local else arg, num_classes=1000, learn_sigma=True, latent=True)
   c.autoencoder.model.update(dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                                   norm_groups=32))
   c.training.update(dict(num_steps=400_000, batch_size=256, ema_decay=0.9999, p_uncond=0.1, checkpoint_every=10_000,

@@ -74,6 +74,11 @@ def setup(config):
   diffusion.schedule, or with diffusion.sde set the continuous path (an SDE) of continuous-time training."""
   d, tc = config.diffusion, config.training
   check_prediction(d.prediction)
+  decay = config.optim.get("decay_steps", 0)
+  if 0 < decay < tc.num_steps:
+    raise ValueError(f"optim.decay_steps={decay} ends the cosine decay before training.num_steps={tc.num_steps}: the "
+                     f"last {tc.num_steps - decay} steps would have a learning rate of 0; set optim.decay_steps to "
+                     "training.num_steps (or 0: a constant rate)")
   get_weighting(tc.weighting)
   if tc.t_sampling not in T_SAMPLINGS:
     raise ValueError(f"Unknown training.t_sampling {tc.t_sampling!r}; valid: {', '.join(T_SAMPLINGS)}")

@@ -413,15 +413,18 @@ def dit_state_dict(state_dict, num_classes):
     shared[key] = value
   table = shared.get(DIT_MODULES["class_embedding"] + ".weight")
   if table is not None and len(table) != num_classes + 1:
-    raise ValueError(f"The class embedding table has {len(table)} rows; model.num_classes={num_classes} needs "
-                     f"{num_classes + 1} (the classes and the null class): set num_classes to {len(table) - 1}")
+    raise ValueError(f"The class embedding table has {len(table)} rows, but num_embeds_ada_norm={num_classes} in "
+                     f"config.json needs {num_classes + 1} (the classes and the null class): the table holds "
+                     f"{len(table) - 1} classes")
   return shared
 
 
 def convert_dit(src, dst, tfds_name=None):
   """A DiT into dst: src is a DiTTransformer2DModel directory, or a DiT pipeline's (transformer/, vae/, scheduler/,
   the layout of facebook/DiT-XL-2-256), which also writes dst/autoencoder and makes a latent config. Returns the
-  config; sample it with main.py --mode=sample (class-conditional, guidance scale 1.5 = 1 + w as in DiT's table)."""
+  config; sample it with main.py --mode=sample (class-conditional, guidance scale 1.5 = 1 + w as in DiT's table).
+  The config computes diffusers' DiTTransformer2DModel (timestep frequencies shifted by 1, the MLP's LayerNorm eps
+  1e-5); model.freq_shift=0 and model.norm_eps=1e-6 give the function of DiT's own code, which trained the weights."""
   transformer = os.path.join(src, "transformer") if os.path.isdir(os.path.join(src, "transformer")) else src
   overrides = dit_overrides(read_json(os.path.join(transformer, "config.json"), "a DiTTransformer2DModel directory "
                                       "holds config.json and diffusion_pytorch_model.safetensors"))
@@ -431,14 +434,15 @@ def convert_dit(src, dst, tfds_name=None):
     overrides.update(vae_pipeline_overrides(vae_cfg, overrides["data.image_size"]))
   scheduler = find_scheduler_config(transformer)
   overrides.update(scheduler_overrides(read_json(scheduler)) if scheduler else {"sample.clip_x0": False})
-  tfds_name = tfds_name if tfds_name is not None else ("imagenet2012" if overrides["model.num_classes"] == 1000 else "")
+  if tfds_name is None:  # ImageNet's images behind a pipeline's VAE; a bare latent transformer has no data set
+    tfds_name = "imagenet2012" if vae_cfg and overrides["model.num_classes"] == 1000 else ""
   overrides.update({"data.name": "tfds", "data.tfds_name": tfds_name} if tfds_name else {})
   overrides.update({"training.p_uncond": 0.1, "sample.runs": "ddim:50:w=0.5", "sample.num_samples": 8,
                     "sample.batch_size": 8})  # DiT's label dropout and CFG scale 1.5
+  state_dict = dit_state_dict(load_state_dict(transformer), overrides["model.num_classes"])  # before writing
   os.makedirs(dst, exist_ok=True)
   write_config_file(os.path.join(dst, "config.py"), overrides, os.path.abspath(src), "DiT")
   config = load_config(os.path.join(dst, "config.py"))
-  state_dict = dit_state_dict(load_state_dict(transformer), config.model.num_classes)
   params = from_state_dict(state_dict, abstract_params(config), dit_key)
   save_state(os.path.join(dst, "checkpoints"), build.new_state(params, build.model_optimizer(config),
                                                                jax.random.PRNGKey(config.seed)), config)

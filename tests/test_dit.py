@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,6 +80,36 @@ def test_uvit_has_long_skips_and_tokens_for_time_and_class():
   np.testing.assert_array_equal(out(None), out(jnp.full(2, 10)))
 
 
+def test_uvit_joins_each_deep_block_to_its_mirror():
+  model = UViT(1, depth=5, hidden_size=32, num_heads=4, patch_size=2, num_classes=10)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 1)), jnp.float32)
+  params = model.init(jax.random.PRNGKey(0), x, jnp.ones(2), jnp.arange(2))
+  seen = {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and "blocks" in (context.module.name or ""):
+      seen[context.module.name] = (args, out)
+    return out
+  with nn.intercept_methods(record):
+    model.apply(params, x, jnp.ones(2), jnp.arange(2))
+  for deep, shallow in (("out_blocks_0", "in_blocks_1"), ("out_blocks_1", "in_blocks_0")):
+    np.testing.assert_array_equal(seen[deep][0][1], seen[shallow][1])  # the skip is the mirrored block's output
+
+
+def test_position_and_time_features_equal_the_reference_formulas():
+  from diffusers.models.embeddings import get_2d_sincos_pos_embed
+  from diffusion_jax.models.unet import timestep_embedding
+  from diffusion_jax.models.vit import sincos_2d
+  theirs = get_2d_sincos_pos_embed(64, 4, base_size=4, output_type="np")
+  np.testing.assert_allclose(sincos_2d(64, 4, 4), theirs, atol=1e-6)
+  t = np.array([0.0, 17.0, 999.0])  # DiT's TimestepEmbedder: cos then sin of t 10000^(-i / 128), i < 128
+  freqs = np.exp(-np.log(10000) * np.arange(128) / 128)
+  dit = np.concatenate([np.cos(t[:, None] * freqs), np.sin(t[:, None] * freqs)], axis=1)
+  np.testing.assert_allclose(timestep_embedding(jnp.asarray(t), 256, flip_sin_to_cos=True, freq_shift=0.0), dit,
+                             atol=2e-4)  # float32 phases of up to 999 rad
+
+
 # --- diffusers' DiT -----------------------------------------------------------------------------------------------
 
 def random_dit(learn_sigma, num_classes=10, seed=0, in_channels=4, sample_size=8):
@@ -100,6 +131,11 @@ def random_dit(learn_sigma, num_classes=10, seed=0, in_channels=4, sample_size=8
 def test_converted_dit_equals_pytorch(learn_sigma, tmp_path):
   dit = random_dit(learn_sigma)
   dit.save_pretrained(str(tmp_path / "src"))
+  if learn_sigma:  # facebook/DiT-XL-2-256's layout: saved by diffusers < 0.28 as a Transformer2DModel, no norm_eps
+    cfg_path = tmp_path / "src" / "config.json"
+    cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if k != "norm_eps"}
+    cfg_path.write_text(json.dumps(dict(cfg, _class_name="Transformer2DModel", num_vector_embeds=None,
+                                        cross_attention_dim=None, use_linear_projection=False)))
   config = convert.convert_diffusers(str(tmp_path / "src"), str(tmp_path / "dst"))
   assert (config.model.name, config.model.learn_sigma, config.model.num_classes) == ("dit", learn_sigma, 10)
   params = build.load_params(config, str(tmp_path / "dst"), parallel.mesh_for(config))
@@ -163,6 +199,17 @@ def test_bad_dit_input_says_what_is_valid(tmp_path):
     config = small_config("uvit")
     config.model.size = "S/3"
     init(config)
+  with pytest.raises(ValueError, match=r"model.size='S/2' means .* clashes with \{'patch_size': 4\}"):
+    init(small_config(**{"model.size": "S/2", "model.patch_size": 4, "model.depth": 0, "model.hidden_size": 0,
+                         "model.num_heads": 0}))
+  with pytest.raises(ValueError, match=r"hidden_size=64 is not divisible by num_heads=3"):
+    init(small_config(**{"model.num_heads": 3}))
+  with pytest.raises(ValueError, match=r"set model.size \(e.g. S/2\) or every one of model.depth"):
+    init(small_config(**{"model.depth": 0}))
+  with pytest.raises(ValueError, match=r"Unknown field\(s\) \['patch'\] for model 'dit'"):
+    model_defaults("dit", patch=2)
+  with pytest.raises(ValueError, match=r"optim.decay_steps=3 ends the cosine decay before training.num_steps=6"):
+    build.setup(small_config(**{"optim.decay_steps": 3}))
   config = small_config()
   config.model.depth_ = 3
   with pytest.raises(ValueError, match=r"Unknown field\(s\) \['depth_'\] for model 'dit'; valid: .*'hidden_size'"):
@@ -173,9 +220,15 @@ def test_bad_dit_input_says_what_is_valid(tmp_path):
   cfg_path = tmp_path / "dit" / "config.json"
   cfg = json.loads(cfg_path.read_text())
   cfg_path.write_text(json.dumps(dict(cfg, num_embeds_ada_norm=12)))
-  with pytest.raises(ValueError, match=r"class embedding table has 11 rows; model.num_classes=12 needs 13 .* set "
-                                       r"num_classes to 10"):
+  with pytest.raises(ValueError, match=r"class embedding table has 11 rows, but num_embeds_ada_norm=12 in config.json "
+                                       r"needs 13 .* the table holds 10 classes"):
     convert.convert_diffusers(str(tmp_path / "dit"), str(tmp_path / "out1"))
+  for bad, message in ((dict(activation_fn="geglu"), r"Unsupported DiT setting activation_fn='geglu'"),
+                       (dict(out_channels=6), r"DiT out_channels=6 is neither in_channels=4 nor twice it")):
+    cfg_path.write_text(json.dumps(dict(cfg, **bad)))
+    with pytest.raises(ValueError, match=message):
+      convert.convert_diffusers(str(tmp_path / "dit"), str(tmp_path / "out0"))
+  assert not os.path.exists(tmp_path / "out1")  # nothing is written when the weights do not fit
   cfg_path.write_text(json.dumps(dict(cfg, _class_name="SD3Transformer2DModel")))
   with pytest.raises(ValueError, match="holds a SD3Transformer2DModel; this converter reads UNet2DModel and "
                                        "DiTTransformer2DModel"):
@@ -188,14 +241,15 @@ def test_bad_dit_input_says_what_is_valid(tmp_path):
     convert.convert_diffusers(str(tmp_path / "dit"), str(tmp_path / "out3"))
 
 
-
 # --- the same machinery as the U-Net -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,sde,prediction", [("dit", "", "eps"), ("uvit", "", "x0"), ("dit", "", "v"),
-                                                 ("uvit", "rectified_flow", "velocity")])
+                                                 ("uvit", "rectified_flow", "velocity"), ("dit", "edm", "x0")])
 def test_every_target_and_path_trains(name, sde, prediction, tmp_path):
+  edm = {"model.precondition": "edm", "training.weighting": "edm", "training.t_sampling": "lognormal_sigma"}
   config = small_config(name, **{"diffusion.sde": sde, "diffusion.prediction": prediction, "training.num_steps": 4,
-                                 "training.checkpoint_every": 4, "training.p_uncond": 0.2, "optim.lr": 3e-3})
+                                 "training.checkpoint_every": 4, "training.p_uncond": 0.2, "optim.lr": 3e-3,
+                                 **(edm if sde == "edm" else {})})
   state = train.train(config, str(tmp_path))
   with open(tmp_path / "training_log.json") as f:
     losses = [r["loss"] for r in json.load(f)["records"]]
@@ -217,7 +271,10 @@ def test_bfloat16_dit_and_uvit_agree_with_float32():
 def test_a_unet_config_switches_to_a_dit_by_name_and_size():
   config = tiny_config(**{"model.name": "dit", "model.size": "S/4"})  # the U-Net's own fields are left unused
   model = models.get_model(config)
-  assert (model.size, model.num_classes, model.out_channels) == ("S/4", 10, 1)
+  # the U-Net's own values of the fields both networks have (freq_shift, num_heads, norm_eps) do not carry over
+  assert (model.size, model.num_classes, model.out_channels, model.freq_shift, model.num_heads) == ("S/4", 10, 1, 0, 0)
+  with pytest.raises(ValueError, match=r"model 'ncsnpp' has no field\(s\) \['dtype'\]: leave them at"):
+    models.get_model(tiny_config(**{"model.name": "ncsnpp", "model.dtype": "bfloat16"}))
   with pytest.raises(ValueError, match=r"model.context_dim=64 \(text conditioning\) needs a network with "
                                        r"cross-attention \(unet\); 'dit' takes class labels"):
     models.get_model(tiny_config(**{"model.name": "dit", "model.size": "S/4", "model.context_dim": 64}))

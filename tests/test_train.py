@@ -232,3 +232,23 @@ def test_unknown_names_list_valid_ones(tiny, tmp_path):
     train.train(tiny(**{"diffusion.prediction": "score"}), str(tmp_path))
   with pytest.raises(ValueError, match="valid: importance, logit_normal, lognormal_sigma, mode, uniform"):
     train.train(tiny(**{"training.t_sampling": "stratified"}), str(tmp_path))
+
+
+def test_cosine_decay_of_the_learning_rate(tiny):
+  """Adam's step on a constant gradient is the learning rate itself: warmup to lr, then lr (1 + cos(pi s)) / 2 with s
+  the fraction of the decay done, 0 at decay_steps; decay_steps=0 keeps lr after the warmup."""
+  def rates(**optim):
+    tx = build.make_optimizer(tiny(**{f"optim.{k}": v for k, v in optim.items()}).optim)
+    params, out = jnp.zeros(()), []
+    state = tx.init(params)
+    for _ in range(12):
+      update, state = tx.update(jnp.float32(1e-3), state, params)  # below the clip norm
+      out.append(-float(update))
+    return np.array(out)
+  s = np.clip((np.arange(12) - 2) / 8, 0, 1)
+  expected = np.where(np.arange(12) < 2, np.arange(12) / 2 * 0.1, 0.1 * (1 + np.cos(np.pi * s)) / 2)
+  np.testing.assert_allclose(rates(lr=0.1, warmup_steps=2, decay_steps=10), expected, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(rates(lr=0.1, warmup_steps=2, decay_steps=0), np.minimum(np.arange(12) / 2, 1) * 0.1,
+                             rtol=1e-4)
+  with pytest.raises(ValueError, match=r"optim.decay_steps=2 must exceed optim.warmup_steps=2"):
+    build.make_optimizer(tiny(**{"optim.warmup_steps": 2, "optim.decay_steps": 2}).optim)

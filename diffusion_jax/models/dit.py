@@ -11,7 +11,7 @@ from diffusion_jax.models.layers import Dense, class_conditioning
 from diffusion_jax.models.transformer import Attention
 from diffusion_jax.models.unet import DTYPES, timestep_embedding
 from diffusion_jax.models.vit import (Mlp, PatchEmbed, check_patch, layer_norm, resolve_dims, sincos_2d, unpatchify,
-                                      xavier)
+                                      xavier, xavier_qkv)
 
 zeros = nn.initializers.zeros
 # (depth, hidden size, heads) of the paper's Table 1; patch 2, 4 or 8 (DiT-XL/2: 675M parameters at 32x32x4)
@@ -39,7 +39,7 @@ class DiTBlock(nn.Module):
     mod = Dense(6 * d, kernel_init=zeros, name="norm1_linear", kernels=self.kernels)(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod[:, None].astype(x.dtype), 6, -1)
     h = modulate(layer_norm(x, 1e-6, affine=False), shift_msa, scale_msa)
-    x = x + gate_msa * Attention(self.heads, d // self.heads, qkv_bias=True, kernel_init=xavier, name="attn1",
+    x = x + gate_msa * Attention(self.heads, d // self.heads, True, xavier_qkv, xavier, name="attn1",
                                  kernels=self.kernels)(h)
     h = modulate(layer_norm(x, self.norm_eps, affine=False), shift_mlp, scale_mlp)
     return x + gate_mlp * Mlp(int(d * self.mlp_ratio), approximate=True, name="ff", kernels=self.kernels)(h)
@@ -75,7 +75,7 @@ class DiT(nn.Module):
     temb = Dense(d, kernel_init=nn.initializers.normal(0.02), name="time_embedding_1", kernels=self.kernels)(t)
     temb = Dense(d, kernel_init=nn.initializers.normal(0.02), name="time_embedding_2",
                  kernels=self.kernels)(nn.silu(temb))
-    c = class_conditioning(temb, y, self.num_classes, "DiT")
+    c = class_conditioning(temb, y, self.num_classes, "DiT", nn.initializers.normal(0.02))
 
     tokens = PatchEmbed(d, p, name="pos_embed", kernels=self.kernels)(x.astype(self.dtype))
     tokens = tokens + jnp.asarray(sincos_2d(d, h // p, w // p), self.dtype)

@@ -11,16 +11,19 @@ from diffusion_jax.models.kernels import get_kernels
 
 
 class Dense(nn.Module):
-  """nn.Dense (same parameters, same output), in x's dtype."""
+  """nn.Dense (same parameters, same output; use_bias=False: no bias), in x's dtype."""
   features: int
   kernel_init: Callable = nn.initializers.lecun_normal()
+  use_bias: bool = True
   kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return get_kernels(self.kernels).add_bias(jnp.einsum("...i,io->...o", x, kernel.astype(x.dtype)), bias)
+    y = jnp.einsum("...i,io->...o", x, kernel.astype(x.dtype))
+    if not self.use_bias:
+      return y
+    return get_kernels(self.kernels).add_bias(y, self.param("bias", nn.initializers.zeros, (self.features,)))
 
 
 class Conv(nn.Module):
@@ -82,13 +85,20 @@ def multihead_attention(q, k, v, num_heads, kernels="auto"):
   return get_kernels(kernels).attention(heads(q), heads(k), heads(v)).reshape(b, -1, c)
 
 
-def class_conditioning(temb, y, num_classes, network):
-  """temb plus a learned embedding of the labels y (call inside a compact method); labels 0..K-1 and the null label K
-  of classifier-free guidance, which y=None also selects. An unconditional network (K = 0) refuses labels."""
+def labels_or_null(y, num_classes, batch, network):
+  """The labels of a class-conditional network: y, or the null label K (= num_classes) of classifier-free guidance for
+  every example when y is None; an unconditional network (K = 0) refuses labels and gets None."""
   if not num_classes:
     if y is not None:
       raise ValueError(f"labels y were given to an unconditional {network} (set model.num_classes)")
-    return temb
+    return None
+  return jnp.full((batch,), num_classes, jnp.int32) if y is None else y
+
+
+def class_conditioning(temb, y, num_classes, network, embedding_init=nn.linear.default_embed_init):
+  """temb plus a learned embedding of the labels y (call inside a compact method); labels 0..K-1 and the null label K
+  of classifier-free guidance, which y=None also selects. An unconditional network (K = 0) refuses labels."""
+  y = labels_or_null(y, num_classes, temb.shape[0], network)
   if y is None:
-    y = jnp.full((temb.shape[0],), num_classes, jnp.int32)
-  return temb + nn.Embed(num_classes + 1, temb.shape[-1], name="class_embedding")(y)
+    return temb
+  return temb + nn.Embed(num_classes + 1, temb.shape[-1], embedding_init=embedding_init, name="class_embedding")(y)

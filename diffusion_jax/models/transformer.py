@@ -12,22 +12,23 @@ from diffusion_jax.models.layers import Conv, Dense, GroupNorm, multihead_attent
 
 class Attention(nn.Module):
   """Multi-head attention of x [B, N, C] to context [B, M, Cc] (x itself when None); q, k, v projections without bias
-  as in Stable Diffusion (qkv_bias=True: with, as in DiT), the output's with. Computes in x's dtype (the context is cast
-  to it)."""
+  as in Stable Diffusion (qkv_bias=True: with, as in DiT), the output's with; qkv_init / out_init initialise them.
+  Computes in x's dtype (the context is cast to it)."""
   heads: int
   head_dim: int
   qkv_bias: bool = False
-  kernel_init: Callable = nn.initializers.lecun_normal()
+  qkv_init: Callable = nn.initializers.lecun_normal()
+  out_init: Callable = nn.initializers.lecun_normal()
   kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, context=None):
-    context = x if context is None else context
+    context = x if context is None else context.astype(x.dtype)
     inner = self.heads * self.head_dim
-    proj = lambda name: nn.Dense(inner, use_bias=self.qkv_bias, kernel_init=self.kernel_init, dtype=x.dtype, name=name)
+    proj = lambda name: Dense(inner, self.qkv_init, self.qkv_bias, name=name, kernels=self.kernels)
     q, k, v = proj("to_q")(x), proj("to_k")(context), proj("to_v")(context)
     o = multihead_attention(q, k, v, self.heads, self.kernels)
-    return Dense(x.shape[-1], kernel_init=self.kernel_init, name="to_out", kernels=self.kernels)(o)
+    return Dense(x.shape[-1], self.out_init, name="to_out", kernels=self.kernels)(o)
 
 
 class TransformerBlock(nn.Module):

@@ -7,10 +7,12 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import Conv, Dense
+from diffusion_jax.models.layers import Conv, Dense, labels_or_null
 from diffusion_jax.models.transformer import Attention
 from diffusion_jax.models.unet import DTYPES, timestep_embedding
-from diffusion_jax.models.vit import Mlp, PatchEmbed, check_patch, layer_norm, resolve_dims, unpatchify, xavier
+from diffusion_jax.models.vit import Mlp, PatchEmbed, check_patch, layer_norm, resolve_dims, unpatchify
+
+linear_init = nn.initializers.truncated_normal(0.02)  # U-ViT's init of every linear layer and the positions
 
 # (depth, width, heads) of the paper's Table 1 (U-ViT-S: 44M parameters, M: 131M, L: 287M, H: 501M); patch 2, 4 or 8
 SIZES = {"S": (13, 512, 8), "S-Deep": (17, 512, 8), "M": (17, 768, 12), "L": (21, 1024, 16), "H": (29, 1152, 16)}
@@ -30,15 +32,16 @@ class UViTBlock(nn.Module):
   def __call__(self, x, skip=None):
     d = x.shape[-1]
     if self.skip:
-      x = Dense(d, kernel_init=xavier, name="skip_linear", kernels=self.kernels)(jnp.concatenate([x, skip], -1))
-    x = x + Attention(self.heads, d // self.heads, self.qkv_bias, xavier, name="attn",
+      x = Dense(d, linear_init, name="skip_linear", kernels=self.kernels)(jnp.concatenate([x, skip], -1))
+    x = x + Attention(self.heads, d // self.heads, self.qkv_bias, linear_init, linear_init, name="attn",
                       kernels=self.kernels)(layer_norm(x, 1e-5, name="norm1"))
-    return x + Mlp(int(d * self.mlp_ratio), name="mlp", kernels=self.kernels)(layer_norm(x, 1e-5, name="norm2"))
+    return x + Mlp(int(d * self.mlp_ratio), kernel_init=linear_init, name="mlp",
+                   kernels=self.kernels)(layer_norm(x, 1e-5, name="norm2"))
 
 
 class UViT(nn.Module):
   """U-ViT by a named size (`size="M/2"`, or depth / hidden_size / num_heads / patch_size): depth // 2 shallow blocks,
-  a middle block, depth // 2 deep blocks. Tokens [time, class (when num_classes > 0; y=None is the null label K),
+  a middle block, depth // 2 deep blocks. Tokens [class (when num_classes > 0; y=None is the null label K), time,
   patches] with learned positions; the time token is the sinusoidal embedding (through an MLP with
   mlp_time_embed)."""
   out_channels: int
@@ -65,16 +68,14 @@ class UViT(nn.Module):
     patches = PatchEmbed(d, p, name="patch_embed", kernels=self.kernels)(x.astype(self.dtype))
     time = timestep_embedding(timesteps, d, flip_sin_to_cos=True, freq_shift=0.0)
     if self.mlp_time_embed:
-      time = Dense(4 * d, name="time_embed_1", kernels=self.kernels)(time)
-      time = Dense(d, name="time_embed_2", kernels=self.kernels)(nn.silu(time))
+      time = Dense(4 * d, linear_init, name="time_embed_1", kernels=self.kernels)(time)
+      time = Dense(d, linear_init, name="time_embed_2", kernels=self.kernels)(nn.silu(time))
     extras = [time[:, None]]
-    if self.num_classes:
-      labels = jnp.full((b,), self.num_classes, jnp.int32) if y is None else y
+    labels = labels_or_null(y, self.num_classes, b, "U-ViT")
+    if labels is not None:
       extras.insert(0, nn.Embed(self.num_classes + 1, d, name="label_emb")(labels)[:, None])
-    elif y is not None:
-      raise ValueError("labels y were given to an unconditional U-ViT (set model.num_classes)")
     tokens = jnp.concatenate([e.astype(self.dtype) for e in extras] + [patches], axis=1)
-    pos = self.param("pos_embed", nn.initializers.truncated_normal(0.02), (1, tokens.shape[1], d))
+    pos = self.param("pos_embed", linear_init, (1, tokens.shape[1], d))
     tokens = tokens + pos.astype(self.dtype)
 
     block = lambda name, skip=False: UViTBlock(heads, self.mlp_ratio, self.qkv_bias, skip, name=name,
@@ -87,7 +88,7 @@ class UViT(nn.Module):
     for i in range(depth // 2):
       tokens = block(f"out_blocks_{i}", skip=True)(tokens, skips.pop())
 
-    tokens = Dense(p * p * self.out_channels, kernel_init=xavier, name="decoder_pred",
+    tokens = Dense(p * p * self.out_channels, linear_init, name="decoder_pred",
                    kernels=self.kernels)(layer_norm(tokens, 1e-5, name="norm"))
     out = unpatchify(tokens[:, len(extras):], p, h, w)
     if self.conv_out:

@@ -1,5 +1,7 @@
 """What the patch transformers (DiT, U-ViT) share: images to patch tokens and back, the patch embedding, fixed 2-D
 sin-cos position embeddings, the pre-norm MLP, and the named sizes of the papers ("XL/2": size XL, patch 2)."""
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,8 @@ from diffusion_jax.models.kernels import get_kernels
 from diffusion_jax.models.layers import Dense
 
 xavier = nn.initializers.xavier_uniform()
+# DiT's fused qkv projection [d, 3d] under Xavier, for separate q, k, v projections [d, d]
+xavier_qkv = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
 
 
 def check_patch(shape, patch, network):
@@ -72,12 +76,13 @@ class Mlp(nn.Module):
   approximate=True is the tanh GELU of DiT, False the exact one of ViT and U-ViT. Parameters ff_proj / ff_out."""
   hidden: int
   approximate: bool = False
+  kernel_init: Callable = xavier
   kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x):
-    h = Dense(self.hidden, kernel_init=xavier, name="ff_proj", kernels=self.kernels)(x)
-    return Dense(x.shape[-1], kernel_init=xavier, name="ff_out", kernels=self.kernels)(
+    h = Dense(self.hidden, kernel_init=self.kernel_init, name="ff_proj", kernels=self.kernels)(x)
+    return Dense(x.shape[-1], kernel_init=self.kernel_init, name="ff_out", kernels=self.kernels)(
         jax.nn.gelu(h, approximate=self.approximate))
 
 
@@ -96,13 +101,20 @@ def named_size(name, sizes, patches, network):
 
 
 def resolve_dims(module, sizes, patches, network):
-  """(depth, width, heads, patch) of a DiT / U-ViT: from module.size when it names one (which then fixes all four),
-  else its explicit depth, hidden_size, num_heads and patch_size."""
-  if module.size:
-    return named_size(module.size, sizes, patches, network)
+  """(depth, width, heads, patch) of a DiT / U-ViT: from module.size when it names one (explicit fields left at 0 or
+  equal to the size's), else its explicit depth, hidden_size, num_heads and patch_size; the heads divide the width."""
   fields = ("depth", "hidden_size", "num_heads", "patch_size")
   given = tuple(getattr(module, f) for f in fields)
+  if module.size:
+    dims = named_size(module.size, sizes, patches, network)
+    clash = {f: g for f, g, d in zip(fields, given, dims) if g and g != d}
+    if clash:
+      raise ValueError(f"{network}: model.size={module.size!r} means {dict(zip(fields, dims))}, which clashes with "
+                       f"{clash}; leave those at 0 or clear model.size")
+    return dims
   if min(given) < 1:
     raise ValueError(f"{network}: set model.size (e.g. {next(iter(sizes))}/2) or every one of model."
                      f"{', model.'.join(fields)} (got {dict(zip(fields, given))})")
+  if given[1] % given[2]:
+    raise ValueError(f"{network}: hidden_size={given[1]} is not divisible by num_heads={given[2]}")
   return given
