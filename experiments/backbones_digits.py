@@ -57,11 +57,12 @@ def network_cost(path, batch=128):
   return sum(np.size(p) for p in jax.tree.leaves(params)), flops / batch / 1e9
 
 
-def training_speed(workdir):
-  """Training images/s of a run: the mean over its logged intervals but the first (which includes compilation)."""
+def training_speed(workdir, batch):
+  """Training images/s of a run from its log: the images of every logged interval but the first (which includes
+  compilation) over their seconds."""
   with open(os.path.join(workdir, "training_log.json")) as f:
-    records = json.load(f)["records"]
-  return float(np.mean([r["images_per_sec"] for r in records[1:]]))
+    first, last = json.load(f)["records"][0], json.load(open(os.path.join(workdir, "training_log.json")))["records"][-1]
+  return (last["step"] - first["step"]) * batch / (last["seconds"] - first["seconds"])
 
 
 def summary(runs, rows, out):
@@ -74,7 +75,8 @@ def summary(runs, rows, out):
     name = load_config(path).model.name
     r = by_name.get(name, {})
     params, gflops = network_cost(path)
-    speeds = [training_speed(os.path.join(out, "runs", run["name"])) for run in runs
+    batch = load_config(path).training.batch_size
+    speeds = [training_speed(os.path.join(out, "runs", run["name"]), batch) for run in runs
               if run["combo"]["model.name"] == name and
               os.path.exists(os.path.join(out, "runs", run["name"], "training_log.json"))]
     row = {"backbone": label, "seeds": r.get("seeds", 0), "parameters (M)": f"{params / 1e6:.2f}",

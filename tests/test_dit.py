@@ -315,3 +315,15 @@ def test_backbones_study_plans_one_point_per_backbone_and_measures_their_cost(tm
   assert len({r["name"] for r in runs}) == 6 and all("--config.training.num_steps=10" in r["args"] for r in runs)
   params, gflops = backbones_digits.network_cost("configs/digits_dit.py")
   assert 0.5e6 < params < 1.5e6 and 0 < gflops < 1
+
+
+def test_imagenet256_dit_config_is_the_papers_setup_and_has_a_local_variant():
+  from configs.imagenet256_dit import get_config
+  c = get_config()
+  assert (c.model.size, c.model.learn_sigma, c.model.latent, c.optim.lr, c.optim.weight_decay, c.training.batch_size,
+          c.training.ema_decay, c.training.num_steps, c.sample.runs) == \
+      ("XL/2", True, True, 1e-4, 0.0, 256, 0.9999, 400_000, "ddpm:250:w=0.5")
+  assert models.get_model(get_config("B/4")).size == "B/4"
+  local = get_config("local")
+  model, _ = build.setup(local)
+  assert (model.size, local.data.image_size // 8) == ("S/2", 8)  # 16 tokens of the 8x8x4 latents
