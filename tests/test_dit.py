@@ -24,7 +24,7 @@ SMALL = dict(depth=2, hidden_size=64, num_heads=4, patch_size=2, num_classes=10)
 
 def small_config(name="dit", **overrides):
   c = tiny_config(**{k: v for k, v in overrides.items() if not k.startswith("model.")})
-  c.model = model_defaults(name, **SMALL, **{k[6:]: v for k, v in overrides.items() if k.startswith("model.")})
+  c.model = model_defaults(name, **{**SMALL, **{k[6:]: v for k, v in overrides.items() if k.startswith("model.")}})
   return c
 
 
@@ -265,7 +265,7 @@ def test_bfloat16_dit_and_uvit_agree_with_float32():
     full = model.apply(params, x, t, y)
     half = cls(1, **SMALL, dtype="bfloat16").apply(params, x, t, y)
     assert half.dtype == jnp.float32 and np.abs(full).max() > 0.1
-    np.testing.assert_allclose(half, full, atol=0.03 * np.abs(full).max())
+    assert float(jnp.linalg.norm(half - full) / jnp.linalg.norm(full)) < 0.03  # bfloat16 keeps 8 bits
 
 
 def test_a_unet_config_switches_to_a_dit_by_name_and_size():
