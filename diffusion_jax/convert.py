@@ -51,15 +51,20 @@ PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 VARIANCES = {"fixed_small": "beta_tilde", "fixed_large": "beta"}
 
 
+def check_fixed(cfg, fixed, kind):
+  """Refuses a config.json setting the network reproduces only at the value `fixed` gives it (absent: that value)."""
+  for key, value in fixed.items():
+    if cfg.get(key, value) != value:
+      raise ValueError(f"Unsupported {kind} setting {key}={cfg[key]!r}; this converter supports {key}={value!r}")
+
+
 def unet_overrides(cfg):
   """Config overrides ({"model.block_out_channels": ..., ...}) for a diffusers UNet2DModel config.json, or a
   UNet2DConditionModel's (one with cross_attention_dim: Stable Diffusion's layout)."""
   conditional = "cross_attention_dim" in cfg
   down_blocks, up_blocks = (COND_DOWN_BLOCKS, COND_UP_BLOCKS) if conditional else (DOWN_BLOCKS, UP_BLOCKS)
   cls = "UNet2DConditionModel" if conditional else "UNet2DModel"
-  for key, value in (COND_FIXED if conditional else FIXED).items():
-    if cfg.get(key, value) != value:
-      raise ValueError(f"Unsupported {cls} setting {key}={cfg[key]!r}; this converter supports {key}={value!r}")
+  check_fixed(cfg, COND_FIXED if conditional else FIXED, cls)
   down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
   for kind, types, known in (("down", down, down_blocks), ("up", up, up_blocks)):
     bad = sorted({t for t in types if t not in known})
@@ -214,9 +219,7 @@ def guess_tfds_name(src):
 
 def vae_overrides(cfg):
   """autoencoder.model overrides for a diffusers AutoencoderKL config.json."""
-  for key, value in VAE_FIXED.items():
-    if cfg.get(key, value) != value:
-      raise ValueError(f"Unsupported AutoencoderKL setting {key}={cfg[key]!r}; this converter supports {key}={value!r}")
+  check_fixed(cfg, VAE_FIXED, "AutoencoderKL")
   for kind, types, known in (("down", cfg["down_block_types"], "DownEncoderBlock2D"),
                              ("up", cfg["up_block_types"], "UpDecoderBlock2D")):
     bad = sorted({t for t in types if t != known})
@@ -375,9 +378,7 @@ def dit_overrides(cfg):
   if not is_dit(cfg):
     raise ValueError(f"A {cfg.get('_class_name')} is not a DiT; this converter reads {' and '.join(DIT_CLASSES)} "
                      "(with patch_size) directories")
-  for key, value in DIT_FIXED.items():
-    if cfg.get(key, value) != value:
-      raise ValueError(f"Unsupported DiT setting {key}={cfg[key]!r}; this converter supports {key}={value!r}")
+  check_fixed(cfg, DIT_FIXED, "DiT")
   channels, out = cfg.get("in_channels", 4), cfg.get("out_channels") or cfg.get("in_channels", 4)
   if out not in (channels, 2 * channels):
     raise ValueError(f"DiT out_channels={out} is neither in_channels={channels} nor twice it (learn_sigma)")

@@ -61,7 +61,8 @@ def training_speed(workdir, batch):
   """Training images/s of a run from its log: the images of every logged interval but the first (which includes
   compilation) over their seconds."""
   with open(os.path.join(workdir, "training_log.json")) as f:
-    first, last = json.load(f)["records"][0], json.load(open(os.path.join(workdir, "training_log.json")))["records"][-1]
+    records = json.load(f)["records"]
+  first, last = records[0], records[-1]
   return (last["step"] - first["step"]) * batch / (last["seconds"] - first["seconds"])
 
 
@@ -92,9 +93,9 @@ def summary(runs, rows, out):
 
 
 def plot_fid_vs_nfe(rows, path):
-  curves = {}
+  curves, by_name = {}, {row["model.name"]: row for row in rows}
   for label, config_path in BACKBONES.items():
-    r = {row["model.name"]: row for row in rows}.get(load_config(config_path).model.name, {})
+    r = by_name.get(load_config(config_path).model.name, {})
     for s in SAMPLERS:
       points = [(n, r[f"{s}_{n}/fid_digits_mean"]) for n in STEPS if f"{s}_{n}/fid_digits_mean" in r]
       if points:
