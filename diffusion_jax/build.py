@@ -4,11 +4,13 @@ parameters, the noise-conditional classifier of classifier guidance, the autoenc
 sampling, evaluation, conversion and the experiments build through here; it imports none of them."""
 import json
 import os
+import re
 import time
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -142,15 +144,20 @@ def new_state(params, tx, rng):
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params), rng=rng)
 
 
+def sharded_abstract(init, mesh):
+  """(the abstract train state of init(rng), placed by parallel.state_shardings; those shardings)."""
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  shardings = parallel.state_shardings(abstract, mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings), shardings
+
+
 def create_or_restore(config, directory, init, mesh, keep=2, section="model", resume_log=None):
   """The train state from the newest intact checkpoint in `directory` (whose config.`section` must match), or
   init(rng); placed on the mesh with parallel.state_shardings, whatever mesh and process count saved it. On a resume
   with resume_log (a JSON path) set, the config fields that differ from the checkpoint's are logged and recorded
   there (record_drift). Returns (state, checkpoint manager)."""
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-  shardings = parallel.state_shardings(abstract, mesh)
+  abstract, shardings = sharded_abstract(init, mesh)
   init = jax.jit(init, out_shardings=shardings)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   total, per_device = parallel.bytes_per_device(abstract)
   logging.info("Train state: %.2f MB, %.2f MB per device (mesh data=%d x fsdp=%d, %d process(es))", total / 1e6,
                per_device / 1e6, mesh.shape["data"], mesh.shape["fsdp"], jax.process_count())
@@ -189,6 +196,50 @@ def load_params(config, workdir, mesh):
   state = restore_latest(config, path, lambda rng: init_state(config, model, tx, rng), mesh,
                          f"No checkpoint found in {path}; train first with --mode=train")
   return state.ema_params if config.sample.use_ema else state.params
+
+
+GUIDE_SECTIONS = ("model", "optim", "training", "text")  # taken from the guide's checkpoint: its network and state
+
+
+def guide_checkpoint(spec):
+  """(checkpoint manager, step) of run option guide=WORKDIR[:step] (the newest step without one); FileNotFoundError
+  naming what exists when there is no such checkpoint."""
+  workdir, step = (spec.rsplit(":", 1) if re.fullmatch(r".+:\d+", spec) else (spec, None))
+  directory = os.path.join(workdir, "checkpoints")
+  steps = checkpoint.manager(directory).all_steps() if os.path.isdir(directory) else []
+  if not steps:
+    raise FileNotFoundError(f"guide={spec}: no checkpoint in {directory}; train the guiding model there first (e.g. "
+                            "--config=configs/digits_small.py for the digits)")
+  if step is not None and int(step) not in steps:
+    raise FileNotFoundError(f"guide={spec}: no step {step} in {directory}; its steps: "
+                            + ", ".join(map(str, sorted(steps))))
+  return checkpoint.manager(directory), max(steps) if step is None else int(step)
+
+
+def load_guide(config, spec, mesh):
+  """(network, parameters: EMA if config.sample.use_ema) of the weaker model of autoguidance (Karras et al. 2024), run
+  option guide=WORKDIR[:step]: another run, or an earlier checkpoint of this one. Its network, optimizer and training
+  sections come from its checkpoint; its process, target, data shape and classes must be this model's."""
+  mngr, step = guide_checkpoint(spec)
+  saved = checkpoint.saved_config(mngr, step)
+  if saved["model"].get("num_classes", 0) != config.model.get("num_classes", 0):
+    raise ValueError(f"guide={spec}: the guiding model has {saved['model'].get('num_classes', 0)} classes, this one "
+                     f"{config.model.get('num_classes', 0)}: autoguidance needs the same conditioning")
+  guide_config = config.copy_and_resolve_references()
+  with guide_config.unlocked():
+    for section in GUIDE_SECTIONS:
+      if section in saved:
+        guide_config[section] = ml_collections.ConfigDict(saved[section])
+  model, _ = setup(guide_config)
+  tx = model_optimizer(guide_config)
+  abstract, _ = sharded_abstract(lambda rng: init_state(guide_config, model, tx, rng), mesh)
+  try:
+    state, _ = checkpoint.restore(mngr, abstract, guide_config, step=step)
+  except ValueError as e:
+    raise ValueError(f"guide={spec} (step {step}) cannot guide this model, which must share its process, target and "
+                     f"data shape: {e}") from None
+  logging.info("Autoguidance by %s, step %d", spec, step)
+  return model, state.ema_params if config.sample.use_ema else state.params
 
 
 def restore_latest(config, directory, init, mesh, missing_message, section="model"):

@@ -105,30 +105,35 @@ STATE_FIELDS = ("optim.", "text.train_encoder")  # config fields that shape the 
 STRUCTURE_ERRORS = ("Structure mismatch", "tree structures do not match")  # orbax's words for a tree of other keys
 
 
+def saved_config(mngr, step):
+  """The config (a dict) saved with a checkpoint step."""
+  return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
 def restore_step(mngr, step, abstract_state, config, section="model"):
   """(train state, saved config) of one step, checked against config.`section`; CorruptCheckpoint when unreadable,
   ValueError when the config's network or optimizer state differs from the checkpoint's."""
   step_dir = os.path.join(str(mngr.directory), str(step))
   _drop_read_echoes()  # before reading: the first echoes may come before the error
   try:
-    saved_config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    saved = saved_config(mngr, step)
   except Exception as e:  # orbax raises many types (ValueError, FileNotFoundError, JSONDecodeError, ...)
     _FAILED.add(step_dir)
     raise CorruptCheckpoint(f"{step_dir}: cannot read its config: {_reason(e)}") from e
-  check_compatible(saved_config, config, section)
+  check_compatible(saved, config, section)
   try:
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
   except Exception as e:
     reason = _reason(e)
     if any(m in reason for m in STRUCTURE_ERRORS):  # intact, but this config builds another optimizer state
-      diffs = config_diffs(saved_config, config, lambda k: k.startswith(STATE_FIELDS))
+      diffs = config_diffs(saved, config, lambda k: k.startswith(STATE_FIELDS))
       raise ValueError(f"Checkpoint {step_dir} holds another train-state structure than this config builds "
                        f"({reason[:150]}); differing optimizer settings: "
                        + (", ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diffs.items())
                           or "none found") + ". Resume with the checkpoint's settings, or use a new workdir") from e
     _FAILED.add(step_dir)
     raise CorruptCheckpoint(f"{step_dir}: cannot restore the train state: {reason}") from e
-  return state, saved_config
+  return state, saved
 
 
 def _all_processes_ok(ok):

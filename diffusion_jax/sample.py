@@ -11,19 +11,27 @@ from absl import logging
 from tqdm import tqdm
 
 from diffusion_jax import build, latent, parallel, text
-from diffusion_jax.guidance import check_labels, classifier_free, classifier_grad, classifier_guided
+from diffusion_jax.guidance import (autoguidance, check_labels, classifier_free, classifier_grad, classifier_guided,
+                                    guidance_rule, limited_interval)
 from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
 from diffusion_jax.models.classifier import make_log_prob_fn
 from diffusion_jax.samplers import get_sampler, parse_runs
-from diffusion_jax.samplers.common import sampler_options
+from diffusion_jax.samplers.common import GUIDANCE_OPTIONS, sampler_options
 from diffusion_jax.parametrization import vp_view
 from diffusion_jax.schedules import Schedule, of_path
 from diffusion_jax.sde import VPSDE, on_sde, sde_from_config
 
 
+def label_value(v):
+  """An option's value in a run label (a file name): tuples joined by "-", a path's "/" and ":" as "_"."""
+  if isinstance(v, tuple):
+    return "-".join(map(str, v))
+  return str(v).replace(os.sep, "_").replace(":", "_").strip("_.")
+
+
 def run_label(name, steps, kwargs):
-  return "_".join([name, str(steps)] + [f"{k}{v}" for k, v in sorted(kwargs.items())])
+  return "_".join([name, str(steps)] + [f"{k}{label_value(v)}" for k, v in sorted(kwargs.items())])
 
 
 def sampling_sde(config):
@@ -60,26 +68,61 @@ def is_conditional(config):
   return bool(config.model.get("num_classes", 0)) or text.is_text(config)
 
 
-def guidance_scales(config, kwargs, has_classifier):
-  """Pops the guidance strengths of a run's options: `w` of classifier-free guidance (w = -1 is the model's
-  unconditional mode) and `s` of classifier guidance; checks that the model and the classifier allow them."""
-  w, s = kwargs.pop("w", 0.0), kwargs.pop("s", 0.0)
-  if w and not is_conditional(config):
-    raise ValueError(f"Classifier-free guidance (w={w}) needs a class- or text-conditional model "
-                     "(model.num_classes > 0 or model.context_dim > 0)")
+GUIDANCE_RULE_OPTIONS = ("interval", "rescale", "apg", "apg_eta", "apg_r", "apg_beta")
+
+
+def guidance_options(config, kwargs, has_classifier):
+  """Pops the guidance options of a run's options (samplers.common.GUIDANCE_OPTIONS) into a dict and checks them
+  against each other, the model and the classifier: `w` of classifier-free guidance (w = -1 is the model's
+  unconditional mode) or, with `guide`, of autoguidance; `interval`, `rescale` and `apg*`, which change how w guides;
+  `s` of classifier guidance."""
+  g = {k: kwargs.pop(k, d) for k, d in GUIDANCE_OPTIONS.items()}
+  w, s = g["w"], g["s"]
   if w < -1:
-    raise ValueError(f"Classifier-free guidance strength w={w} is below -1 (w = -1 is the unconditional model); "
-                     "valid: w >= -1")
-  if w and not config.training.p_uncond:
+    raise ValueError(f"Guidance strength w={w} is below -1 (w = -1 is the unconditional model); valid: w >= -1")
+  if g["guide"] and w <= 0:
+    raise ValueError(f"Autoguidance (guide={g['guide']}) needs a strength w > 0, got w={w}")
+  if w and not g["guide"] and not is_conditional(config):
+    raise ValueError(f"Classifier-free guidance (w={w}) needs a class- or text-conditional model "
+                     "(model.num_classes > 0 or model.context_dim > 0); an unconditional one can be autoguided "
+                     "(w= with guide=WORKDIR)")
+  if w and not g["guide"] and not config.training.p_uncond:
     logging.warning("Classifier-free guidance with w=%s on a model trained without label dropout "
                     "(training.p_uncond = 0): it has no trained unconditional mode", w)
+  changed = [k for k in GUIDANCE_RULE_OPTIONS if g[k] != GUIDANCE_OPTIONS[k]]
+  if changed and w <= 0:
+    raise ValueError(f"{', '.join(changed)} change how guidance of strength w acts: set w > 0 (got w={w})")
+  if g["interval"] and (len(g["interval"]) != 2 or not 0 <= g["interval"][0] <= g["interval"][1]):
+    raise ValueError(f"interval={','.join(map(str, g['interval']))} must be two noise levels sigma_lo,sigma_hi of "
+                     "sigma_t / alpha_t with 0 <= sigma_lo <= sigma_hi, e.g. interval=0.28,5.42")
+  if not 0 <= g["rescale"] <= 1:
+    raise ValueError(f"rescale={g['rescale']} is CFG rescale's phi, which lies in [0, 1] (Lin et al. use 0.7)")
+  apg_set = [k for k in ("apg_eta", "apg_r", "apg_beta") if g[k] != GUIDANCE_OPTIONS[k]]
+  if apg_set and not g["apg"]:
+    raise ValueError(f"{', '.join(apg_set)} set without apg=true: they are adaptive projected guidance's options")
+  if g["apg_r"] < 0 or not -1 < g["apg_beta"] < 1:
+    raise ValueError(f"APG needs a norm threshold apg_r >= 0 (0: none) and a momentum -1 < apg_beta < 1; got "
+                     f"apg_r={g['apg_r']}, apg_beta={g['apg_beta']}")
   if s and not has_classifier:
     raise ValueError(f"Classifier guidance (s={s}) needs a trained noise-conditional classifier "
                      "(--mode=train_classifier)")
   if latent.is_latent(config) and (config.sample.clip_x0 or s):
     raise ValueError("A latent diffusion model samples with sample.clip_x0=False (latents are not in [-1, 1]) and "
                      "without classifier guidance (s=): the classifier sees images")
-  return w, s
+  return g
+
+
+def guided_model(model_fn, guide_fn, g, null, process, prediction):
+  """The model guided as the options g of guidance_options say (before classifier guidance), on the sampler's
+  process and prediction: classifier-free guidance, or with a guide autoguidance, by g's rule (plain, APG, CFG
+  rescale), within g's interval of noise levels if one is set."""
+  rule, stateful = guidance_rule(g["w"], process, prediction, g["rescale"], g["apg"], g["apg_eta"], g["apg_r"],
+                                 g["apg_beta"])
+  if guide_fn is not None:
+    guided = autoguidance(model_fn, guide_fn, g["w"], rule, stateful)
+  else:
+    guided = classifier_free(model_fn, g["w"], null, rule, stateful)
+  return limited_interval(guided, model_fn, process, g["interval"]) if g["interval"] else guided
 
 
 def sampler_kwargs(config, name, kwargs):
@@ -108,9 +151,13 @@ def check_sampling(config, process):
   shape = (1, *latent.diffusion_shape(config))
   for name, steps, kwargs in runs:
     kwargs = dict(kwargs)
-    guidance_scales(config, kwargs, has_classifier=True)  # load_classifier says so if none was trained
+    g = guidance_options(config, kwargs, has_classifier=True)  # load_classifier says so if none was trained
+    if g["guide"]:
+      build.guide_checkpoint(g["guide"])  # exists
     fn, on, prediction = on_sampler_process(config, lambda x, t, y=None: jnp.zeros_like(x), process, name,
                                             config.diffusion.prediction)
+    if g["w"] > 0:  # the guided stand-in (as autoguided, which needs no labels): a rule the sampler cannot run fails
+      fn = guided_model(fn, fn, g, None, on, prediction)
     jax.eval_shape(lambda rng: get_sampler(name)(fn, on, shape, rng, num_steps=steps, prediction=prediction,
                                                  **sampler_kwargs(config, name, kwargs)), jax.random.PRNGKey(0))
 
@@ -123,29 +170,41 @@ def num_label_classes(config, classifier=None):
   return config.model.get("num_classes", 0) or (classifier.num_classes if classifier is not None else 0)
 
 
-def make_generate(config, model, process, mesh, name, num_steps, batch_size, classifier=None, latents=None, **kwargs):
-  """A jitted (params, rng, y, classifier_params=None, decoder_params=None) -> (images, nfe) function for one sampler
-  run; y: class labels, a text model's token ids, or None for unconditional models. Run options `w` (classifier-free
-  guidance; both passes in one batched network call; the null condition is the null label or the empty prompt's
-  ids) and `s` (classifier guidance by jax.grad through the flax module `classifier`) combine. A latent model's
-  samples are decoded by `latents` (latent.Latents) with decoder_params."""
+def unconditional(model_fn):
+  """model_fn with the condition dropped (an unconditional network: labels only steer a classifier)."""
+  return lambda x, t, y=None: model_fn(x, t, None)
+
+
+def make_generate(config, model, process, mesh, name, num_steps, batch_size, classifier=None, latents=None,
+                  guide_net=None, **kwargs):
+  """A jitted (params, rng, y, classifier_params=None, decoder_params=None, guide_params=None) -> (images, nfe)
+  function for one sampler run; y: class labels, a text model's token ids, or None for unconditional models. The run's
+  guidance options (guidance_options) combine: `w` with classifier-free guidance (both passes in one batched network
+  call; the null condition is the null label or the empty prompt's ids) or autoguidance by the flax module
+  `guide_net` (build.load_guide; both networks in the one compiled loop), by plain, APG or rescaled CFG, within an
+  interval of noise levels; and `s`, classifier guidance by jax.grad through the flax module `classifier`. A latent
+  model's samples are decoded by `latents` (latent.Latents) with decoder_params."""
   sampler = get_sampler(name)
   kwargs = dict(kwargs)
-  w, s = guidance_scales(config, kwargs, classifier is not None)
+  g = guidance_options(config, kwargs, classifier is not None)
+  w, s = g["w"], g["s"]
+  if g["guide"] and guide_net is None:
+    raise ValueError(f"guide={g['guide']}: autoguidance needs the guiding network (build.load_guide)")
   if latent.is_latent(config) and latents is None:
     raise ValueError("A latent diffusion model samples with its autoencoder (latent.load)")
   shape = (batch_size, *latent.diffusion_shape(config))
   sampler_setup(config, model, None, process, name)  # fails early if the sampler does not apply
   kwargs = sampler_kwargs(config, name, kwargs)
   fixed_nfe = sampler.nfe(num_steps, kwargs)  # None: the sampler counts its own (an adaptive solver)
-  null = text.null_condition(config) if w else None
+  null = text.null_condition(config) if w and not g["guide"] else None
 
-  def generate(params, rng, y, classifier_params=None, decoder_params=None):
+  def generate(params, rng, y, classifier_params=None, decoder_params=None, guide_params=None):
     model_fn, on, prediction = sampler_setup(config, model, params, process, name)
+    guide_fn = None if guide_net is None else sampler_setup(config, guide_net, guide_params, process, name)[0]
     if not is_conditional(config):  # labels only steer the classifier
-      unconditional = model_fn
-      model_fn = lambda x, t, y=None: unconditional(x, t, None)
-    model_fn = classifier_free(model_fn, w, null)
+      model_fn, guide_fn = (None if f is None else unconditional(f) for f in (model_fn, guide_fn))
+    if w:
+      model_fn = guided_model(model_fn, guide_fn, g, null, on, prediction)
     extra = {} if fixed_nfe is not None else {"return_nfe": True}
     if s:
       log_prob, _, _ = on_sampler_process(config, make_log_prob_fn(classifier, classifier_params, process), process,
@@ -179,8 +238,10 @@ def sample_batches(config, model, process, params, mesh, name, num_steps, num, r
   """Streams `num` samples in batches of config.sample.batch_size, each split over every device of every process and
   gathered once to every process: yields (images clipped to [-1, 1], labels or None,
   seconds excluding compilation, NFE) per batch, so a metric can consume 50,000 samples without holding them.
-  `classifier` = (module, params) for run option `s`; `latents` (latent.Latents) decodes a latent model's samples."""
+  `classifier` = (module, params) for run option `s`; `latents` (latent.Latents) decodes a latent model's samples; the
+  guiding model of run option `guide` is loaded here (build.load_guide)."""
   clf, clf_params = classifier or (None, None)
+  guide_net, guide_params = build.load_guide(config, kwargs["guide"], mesh) if kwargs.get("guide") else (None, None)
   bs = min(config.sample.batch_size, num)
   bs = -(-bs // mesh.devices.size) * mesh.devices.size
   parallel.check_batch(bs, mesh, "sample batch size")
@@ -188,12 +249,12 @@ def sample_batches(config, model, process, params, mesh, name, num_steps, num, r
   labels = sample_labels(num_label_classes(config, clf), nb * bs, config.sample.classes)
   conds = text.sample_conditions(config, labels, nb * bs)  # the labels, or a text model's prompt ids
   ys = [None if conds is None else parallel.shard_batch(conds[b * bs:(b + 1) * bs], mesh) for b in range(nb)]
-  gen = make_generate(config, model, process, mesh, name, num_steps, bs, clf, latents, **kwargs)
+  gen = make_generate(config, model, process, mesh, name, num_steps, bs, clf, latents, guide_net, **kwargs)
   dec_params = None if latents is None else latents.params
-  gen = gen.lower(params, rng, ys[0], clf_params, dec_params).compile()
+  gen = gen.lower(params, rng, ys[0], clf_params, dec_params, guide_params).compile()
   for b in tqdm(range(nb), desc=f"sampling {name}-{num_steps}", mininterval=5.0, disable=nb < 4):
     start = time.time()
-    images, nfe = gen(params, jax.random.fold_in(rng, b), ys[b], clf_params, dec_params)
+    images, nfe = gen(params, jax.random.fold_in(rng, b), ys[b], clf_params, dec_params, guide_params)
     images, keep = np.clip(parallel.to_host(images), -1.0, 1.0), min(bs, num - b * bs)  # the pixel range; NaN stays
     yield images[:keep], None if labels is None else labels[b * bs:b * bs + keep], time.time() - start, float(nfe)
 

@@ -209,7 +209,9 @@ def test_classifier_guidance_of_a_network_from_a_run_option(trained_classifier, 
 
 
 def test_guidance_without_label_dropout_warns(tiny, caplog):
-  from diffusion_jax.sample import guidance_scales
+  from diffusion_jax.sample import guidance_options
   with caplog.at_level("WARNING"):
-    assert guidance_scales(tiny(), {"w": 2.0, "eta": 0.0}, False) == (2.0, 0.0)
+    options = {"w": 2.0, "eta": 0.0}
+    g = guidance_options(tiny(), options, False)
+  assert (g["w"], g["s"], options) == (2.0, 0.0, {"eta": 0.0})
   assert "no trained unconditional mode" in caplog.text

@@ -2,6 +2,7 @@
 what the discrete-time ones share: respaced timestep grids and eps / x0 prediction."""
 import dataclasses
 import inspect
+import re
 from typing import Callable
 
 import jax
@@ -18,9 +19,12 @@ SPACINGS = ("leading", "leading_offset", "trailing", "linspace", "quadratic")
 
 # Keyword arguments that the caller sets for every sampler (the common signature), not run options.
 CONTRACT = ("num_steps", "y", "prediction", "return_nfe", "classifier_grad")
-# Run options that every sampler takes, applied around the model by sample.py: classifier-free guidance strength w
-# and classifier guidance scale s.
-GUIDANCE_OPTIONS = {"w": 0.0, "s": 0.0}
+# Run options that every sampler takes, applied around the model by sample.py (guidance.py): the strength w of
+# classifier-free guidance, or of autoguidance by the model of guide=WORKDIR[:step]; its noise-level interval
+# (sigma_lo, sigma_hi); CFG rescale phi; adaptive projected guidance with eta, norm threshold r and momentum beta; and
+# the classifier guidance scale s.
+GUIDANCE_OPTIONS = {"w": 0.0, "guide": "", "interval": (), "rescale": 0.0, "apg": False, "apg_eta": 0.0, "apg_r": 0.0,
+                    "apg_beta": 0.0, "s": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,22 +137,38 @@ def eps_x0(model_fn, x, t, abar, y, prediction, clip_x0):
   return eps, x0
 
 
+def split_runs(spec):
+  """The runs of a comma-separated spec; a piece that does not look like name:num_steps continues the run before."""
+  runs = []
+  for piece in (p.strip() for p in spec.split(",")):
+    if runs and piece and not re.match(r"^[^:=]+:\d+(:|$)", piece):
+      runs[-1] += "," + piece
+    elif piece:
+      runs.append(piece)
+  return runs
+
+
 def parse_runs(spec):
   """'ddpm:1000,ddim:50:eta=0.5,ode:20:solver=heun' ->
   [('ddpm', 1000, {}), ('ddim', 50, {'eta': 0.5}), ('ode', 20, {'solver': 'heun'})], each run's options parsed
-  and checked against its sampler's (parse_options)."""
+  and checked against its sampler's (parse_options).
+  An option's value may hold commas and colons (interval=0.28,5.42, guide=runs/small:300): a comma-separated piece
+  that does not start a run (name:num_steps) and a colon-separated piece without "=" continue the value before."""
   runs = []
-  for item in [s.strip() for s in spec.split(",") if s.strip()]:
+  for item in split_runs(spec):
     parts = item.split(":")
     if len(parts) < 2 or not parts[1].isdigit():
       raise ValueError(f"Sampler run {item!r} must look like name:num_steps[:key=value...], e.g. ddim:50:eta=0.5")
     get_sampler(parts[0])
-    texts = {}
+    texts, last = {}, None
     for kv in parts[2:]:
       k, sep, v = kv.partition("=")
+      if not sep and last is not None:
+        texts[last] += ":" + kv
+        continue
       if not sep:
         raise ValueError(f"Bad option {kv!r} in sampler run {item!r}: options look like key=value")
-      texts[k] = v
+      texts[k], last = v, k
     runs.append((parts[0], int(parts[1]), parse_options(parts[0], texts, item)))
   return runs
 
@@ -159,11 +179,33 @@ def initial_noise(rng, shape):
   return jax.random.normal(k0, shape), k
 
 
-def scan_sampler(step_fn, schedule, shape, rng, num_steps, spacing):
-  """Runs x_T ~ N(0, I) through `step_fn(x, (t, abar, abar_prev, key)) -> x` over the grid in one lax.scan."""
+def model_scan(model_fn, step, carry, xs, shape):
+  """jax.lax.scan of step(model_fn, carry, xs) -> (carry, out) over xs. A model function that carries state from call
+  to call (guidance.Stateful: APG's momentum) gets its state threaded through the loop, from init_state(shape): each
+  call in a step sees the state the call before it left. Samplers call the model in `step` itself, not inside nested
+  control flow."""
+  if not hasattr(model_fn, "apply_state"):
+    return jax.lax.scan(lambda c, xs: step(model_fn, c, xs), carry, xs)
+
+  def body(c, xs):
+    c, state = c
+    box = [state]
+
+    def call(x, t, y=None):
+      out, box[0] = model_fn.apply_state(box[0], x, t, y)
+      return out
+    c, out = step(call, c, xs)
+    return (c, box[0]), out
+  (carry, _), outs = jax.lax.scan(body, (carry, model_fn.init_state(shape)), xs)
+  return carry, outs
+
+
+def scan_sampler(model_fn, step_fn, schedule, shape, rng, num_steps, spacing):
+  """Runs x_T ~ N(0, I) through `step_fn(model_fn, x, (t, abar, abar_prev, key)) -> x` over the grid in one
+  model_scan."""
   ts, abar, abar_prev = grid(schedule, num_steps, spacing)
   x, k = initial_noise(rng, shape)
   keys = jax.random.split(k, num_steps)
-  x, _ = jax.lax.scan(lambda x, xs: (step_fn(x, xs), None), x, (ts, abar, abar_prev, keys))
+  x, _ = model_scan(model_fn, lambda fn, x, xs: (step_fn(fn, x, xs), None), x, (ts, abar, abar_prev, keys), shape)
   return x
 

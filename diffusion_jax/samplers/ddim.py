@@ -18,9 +18,9 @@ def ddim_sample(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction
   if eta < 0:
     raise ValueError(f"DDIM eta must be >= 0, got {eta}")
 
-  def step(x, xs):
+  def step(model_fn, x, xs):
     t, abar, abar_prev, key = xs
     eps, x0 = eps_x0(model_fn, x, t, abar, y, prediction, clip_x0)
     z = jax.random.normal(key, x.shape) if eta else 0.0  # deterministic DDIM draws no noise
     return ddim_step(x0, eps, abar, abar_prev, z, eta)
-  return scan_sampler(step, schedule, shape, rng, num_steps, spacing)
+  return scan_sampler(model_fn, step, schedule, shape, rng, num_steps, spacing)

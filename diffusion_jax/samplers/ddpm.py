@@ -27,9 +27,9 @@ def ddpm_step(x, x0, abar, abar_prev, z, variance="beta_tilde", shift=None):
 def ddpm_sample(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False,
                 spacing="leading", variance="beta_tilde", classifier_grad=None):
   """classifier_grad(x, t, y) -> s grad log p(y | x_t): classifier guidance by the mean shift of Dhariwal & Nichol."""
-  def step(x, xs):
+  def step(model_fn, x, xs):
     t, abar, abar_prev, key = xs
     _, x0 = eps_x0(model_fn, x, t, abar, y, prediction, clip_x0)
     shift = None if classifier_grad is None else classifier_grad(x, jnp.full((x.shape[0],), t), y)
     return ddpm_step(x, x0, abar, abar_prev, jax.random.normal(key, x.shape), variance, shift)
-  return scan_sampler(step, schedule, shape, rng, num_steps, spacing)
+  return scan_sampler(model_fn, step, schedule, shape, rng, num_steps, spacing)

@@ -1,9 +1,8 @@
 """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): a second-order multistep solver of the probability-flow ODE in the
 data-prediction form, on any respaced subset of the training steps; first order on the first and last step."""
-import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.common import eps_x0, grid, initial_noise, register_sampler
+from diffusion_jax.samplers.common import eps_x0, grid, initial_noise, model_scan, register_sampler
 
 
 @register_sampler("dpm_solver++")
@@ -16,7 +15,7 @@ def dpm_solver_pp_2m(model_fn, schedule, shape, rng, *, num_steps, y=None, predi
   h_prev = jnp.concatenate([jnp.ones((1,)), h[:-1]])
   first_order = (jnp.arange(num_steps) == 0) | (abar_next >= 1.0)
 
-  def step(carry, xs):
+  def step(model_fn, carry, xs):
     x, x0_prev = carry
     t, a, a_next, r_ei, hi, hp, first = xs
     _, x0 = eps_x0(model_fn, x, t, a, y, prediction, clip_x0)
@@ -27,5 +26,6 @@ def dpm_solver_pp_2m(model_fn, schedule, shape, rng, *, num_steps, y=None, predi
     return (x_next, x0), None
 
   x, _ = initial_noise(rng, shape)
-  (x, _), _ = jax.lax.scan(step, (x, jnp.zeros(shape)), (ts, abar, abar_next, ratio, h, h_prev, first_order))
+  (x, _), _ = model_scan(model_fn, step, (x, jnp.zeros(shape)), (ts, abar, abar_next, ratio, h, h_prev, first_order),
+                         shape)
   return x

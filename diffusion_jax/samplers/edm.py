@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.parametrization import to_eps_x0
-from diffusion_jax.samplers.common import initial_noise, register_sampler
+from diffusion_jax.samplers.common import initial_noise, model_scan, register_sampler
 
 
 def karras_sigmas(sigma_min, sigma_max, n, rho=7.0):
@@ -23,25 +23,25 @@ def edm_sample(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction=
   lam = schedule.log_snr(jnp.array([1.0 / schedule.num_timesteps, 1.0]))
   sigmas = karras_sigmas(jnp.exp(-lam[0] / 2), jnp.minimum(jnp.exp(-lam[1] / 2), sigma_max), num_steps, rho)
 
-  def denoise(x, sigma):  # D(x; sigma) for x = x0 + sigma n, through the VP model at alpha = 1 / sqrt(1 + sigma^2)
+  def denoise(model_fn, x, sigma):  # D(x; sigma) of x = x0 + sigma n, by the VP model at alpha = 1 / sqrt(1 + sigma^2)
     alpha = 1.0 / jnp.sqrt(1.0 + sigma**2)
     t = jnp.full((shape[0],), schedule.t_from_log_snr(-2.0 * jnp.log(sigma)))
     _, x0 = to_eps_x0(model_fn(alpha * x, t, y), alpha * x, alpha, alpha * sigma, prediction)
     return jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0
 
-  def step(x, xs):
+  def step(model_fn, x, xs):
     sigma, sigma_next, key = xs
     gamma = jnp.where((sigma >= s_tmin) & (sigma <= s_tmax), jnp.minimum(s_churn / num_steps, jnp.sqrt(2.0) - 1), 0.0)
     sigma_hat = sigma * (1 + gamma)
     x_hat = x + jnp.sqrt(sigma_hat**2 - sigma**2) * s_noise * jax.random.normal(key, shape)
-    d = (x_hat - denoise(x_hat, sigma_hat)) / sigma_hat
+    d = (x_hat - denoise(model_fn, x_hat, sigma_hat)) / sigma_hat
     x_next = x_hat + (sigma_next - sigma_hat) * d
     safe = jnp.maximum(sigma_next, 1e-12)
-    d2 = (x_next - denoise(x_next, safe)) / safe
+    d2 = (x_next - denoise(model_fn, x_next, safe)) / safe
     heun = x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d2)
     return jnp.where(sigma_next > 0, heun, x_next), None
 
   x, k = initial_noise(rng, shape)
   x = x * sigmas[0]
-  x, _ = jax.lax.scan(step, x, (sigmas[:-1], sigmas[1:], jax.random.split(k, num_steps)))
+  x, _ = model_scan(model_fn, step, x, (sigmas[:-1], sigmas[1:], jax.random.split(k, num_steps)), shape)
   return x

@@ -1,12 +1,11 @@
 """The flow-matching sampler: Euler or Heun on dx/dt = u(x, t) = alpha'(t) x_0 + sigma'(t) eps from t = 1 to 0 on any
 continuous path (Lipman et al. 2023; Liu et al. 2022), on the time grid shifted as Stable Diffusion 3's (Esser et al.
 2024, Sec. 5.3.2): t' = s t / (1 + (s - 1) t), s > 1 spending more steps at high noise."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.parametrization import eps_x0_on, path_coefficients
-from diffusion_jax.samplers.common import initial_noise, register_sampler
+from diffusion_jax.samplers.common import initial_noise, model_scan, register_sampler
 from diffusion_jax.sde import SDE
 
 FLOW_SOLVERS = ("euler", "heun")
@@ -55,7 +54,7 @@ def flow_sample(model_fn, path, shape, rng, *, num_steps, y=None, prediction="ve
   if shift <= 0:
     raise ValueError(f"The flow sampler's shift must be > 0, got {shift}")
 
-  def velocity(x, t):
+  def velocity(model_fn, x, t):
     tb = jnp.full((shape[0],), t)
     pred = model_fn(x, tb, y)
     if prediction == "velocity":
@@ -64,15 +63,15 @@ def flow_sample(model_fn, path, shape, rng, *, num_steps, y=None, prediction="ve
     _, _, dalpha, dsigma = path_coefficients(path, t)
     return dalpha * x0 + dsigma * eps
 
-  def euler(x, ts):
+  def euler(model_fn, x, ts):
     t, t_next = ts
-    return x + (t_next - t) * velocity(x, t), None
+    return x + (t_next - t) * velocity(model_fn, x, t), None
 
-  def heun(x, ts):
+  def heun(model_fn, x, ts):
     t, t_next = ts
-    u = velocity(x, t)
+    u = velocity(model_fn, x, t)
     x_euler = x + (t_next - t) * u
-    return x + (t_next - t) * 0.5 * (u + velocity(x_euler, t_next)), None
+    return x + (t_next - t) * 0.5 * (u + velocity(model_fn, x_euler, t_next)), None
 
   if base_resolution:
     shift = resolution_shift(shape[1] * shape[2], base_resolution**2)
@@ -82,6 +81,6 @@ def flow_sample(model_fn, path, shape, rng, *, num_steps, y=None, prediction="ve
   x, _ = initial_noise(rng, shape)  # the discrete samplers' x_T for the same rng
   x = path.prior_std() * x
   if solver == "euler":
-    return jax.lax.scan(euler, x, (ts[:-1], ts[1:]))[0]
-  x, _ = jax.lax.scan(heun, x, (ts[:-2], ts[1:-1]))
-  return euler(x, (ts[-2], ts[-1]))[0]
+    return model_scan(model_fn, euler, x, (ts[:-1], ts[1:]), shape)[0]
+  x, _ = model_scan(model_fn, heun, x, (ts[:-2], ts[1:-1]), shape)
+  return euler(model_fn, x, (ts[-2], ts[-1]))[0]
