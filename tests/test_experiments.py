@@ -43,29 +43,41 @@ def test_compare_samplers_bad_family(trained):
     cs.compare(config, wd, os.path.join(wd, "bad"), ["dpm2"], [3], [], 20)
 
 
-def test_guidance_sweep_tables_plot_and_resume(trained, trained_classifier, monkeypatch):
-  """Both methods on one model: classifier-free (w) and classifier guidance of the unconditional mode (w = -1, s);
-  scored by the evaluation classifier; CSV, Markdown and the FID-IS figure; finished runs are skipped."""
+def test_guidance_sweep_tables_plots_seeds_and_resume(trained, trained_classifier, monkeypatch):
+  """Every method on one model: classifier-free (w), in an interval, rescaled, APG, autoguidance by the run's earlier
+  checkpoint, and classifier guidance of the unconditional mode (w = -1, s); the unguided run once, starting every w
+  curve; each method's best point again under a second seed; CSV, Markdown and both figures; finished runs skipped."""
   from experiments import guidance_sweep as gs
   from experiments import scoring
   config, wd = trained
   config = config.copy_and_resolve_references()
   config.classifier.workdir = trained_classifier[1]
   out = os.path.join(wd, "sweep")
-  rows = gs.sweep(config, wd, out, ["cfg", "classifier"], ["1"], ["2"], "ddim:3", 2)
-  by = {(r["method"], r["w"], r["s"]): r for r in rows}
-  assert set(by) == {("cfg", 1.0, 0.0), ("classifier", -1.0, 2.0)}
+  methods = ["cfg", "interval", "rescale", "apg", "autoguidance", "classifier"]
+  run = lambda: gs.sweep(config, wd, out, methods, ["0", "1"], ["2"], "ddim:3", 2, guide=f"{wd}:3",
+                         interval=(0.5, 5.0), seeds=2)
+  rows = run()
+  first = [r for r in rows if "seed" not in r]
+  by = {(r["method"], r["w"], r["s"]): r for r in first}
+  assert set(by) == {("unguided", 0.0, 0.0), ("classifier", -1.0, 2.0)} | {(m, 1.0, 0.0) for m in methods[:5]}
   assert by[("classifier", -1.0, 2.0)]["run"] == "ddim_3_s2.0_w-1.0"
+  assert by[("interval", 1.0, 0.0)]["run"] == "ddim_3_interval0.5-5.0_w1.0"
   assert all(0.0 <= r["class_accuracy"] <= 1.0 and r["fid_digits"] > 0 and r["nfe"] == 3 for r in rows)
+  best = gs.summary(rows, methods, gs.metric_names("digits"))
+  assert [b["method"] for b in best] == methods and all(b["seeds"] == 2 for b in best)
+  best_runs = {r["run"] for r in gs.best_points(rows, methods, "fid_digits").values()}
+  assert {r["run"] for r in rows if r.get("seed") == 1} == {f"{run}_seed1" for run in best_runs}
   assert open(os.path.join(out, "results.csv")).readline().startswith("method,w,s,fid_digits,is_digits")
   assert "| classifier | -1.000 | 2.000 |" in open(os.path.join(out, "results.md")).read()
-  assert os.path.getsize(os.path.join(out, "fid_vs_is.png")) > 1000
+  assert "| autoguidance | w = " in open(os.path.join(out, "best.md")).read()
+  assert all(os.path.getsize(os.path.join(out, f)) > 1000 for f in ("fid_vs_is.png", "fid_vs_accuracy.png"))
   calls = []
   real = scoring.score_sampler_run
   monkeypatch.setattr(scoring, "score_sampler_run", lambda *a, **k: calls.append(a[6:8]) or real(*a, **k))
-  gs.sweep(config, wd, out, ["cfg"], ["1"], [], "ddim:3", 2)
-  assert calls == []
-  with pytest.raises(ValueError, match="valid: cfg, classifier, cond_classifier"):
+  assert run() == rows and calls == []
+  with pytest.raises(ValueError, match="valid: cfg, interval, rescale, apg, autoguidance, classifier, cond_classifier"):
     gs.plan(config, ["clf"], [], ["1"], "ddim:3")
   with pytest.raises(ValueError, match="must not set w or s"):
     gs.plan(config, ["cfg"], ["1"], [], "ddim:3:w=2")
+  with pytest.raises(ValueError, match="needs its guiding model: --guide"):
+    gs.plan(config, ["autoguidance"], ["1"], [], "ddim:3")
