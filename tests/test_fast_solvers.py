@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, EulerAncestralDiscreteScheduler
 from diffusers.schedulers import scheduling_euler_ancestral_discrete
 
 from diffusion_jax.samplers import get_sampler
@@ -30,9 +30,9 @@ def ours(name, steps, rng, **kwargs):
   return np.stack(seen), x
 
 
-def theirs(scheduler, steps, x, noise=None, scale=lambda x, t: x):
+def theirs(scheduler, steps, x, noise=None, scale=lambda x, t: x, timesteps=None):
   """diffusers' loop: (the model's inputs, final sample); `noise` feeds the SDE solver's variance_noise."""
-  scheduler.set_timesteps(steps)
+  scheduler.set_timesteps(**({"timesteps": timesteps} if timesteps is not None else {"num_inference_steps": steps}))
   x, seen = torch.from_numpy(np.array(x)), []
   for i, t in enumerate(scheduler.timesteps):
     model_in = scale(x, t)
@@ -73,6 +73,19 @@ def test_sde_dpm_solver_pp_equals_diffusers_along_the_trajectory(order, steps):
   np.testing.assert_allclose(x, ref_x, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("steps,lower_order_final", [(9, True), (10, True), (10, False), (20, True)])
+def test_dpm_solver_pp_2s_equals_diffusers_singlestep_along_the_trajectory(steps, lower_order_final):
+  """diffusers' singlestep scheduler on our trailing grid (given as its custom timesteps)."""
+  rng = jax.random.PRNGKey(8)
+  x_T, _ = fed_noise(rng, steps)
+  scheduler = DPMSolverSinglestepScheduler(num_train_timesteps=T, beta_schedule="linear", solver_order=2,
+                                           lower_order_final=lower_order_final)
+  path, x = ours("dpm_solver++_2s", steps, rng, lower_order_final=lower_order_final)
+  ref_path, ref_x = theirs(scheduler, steps, x_T, timesteps=list(respace(T, steps, "trailing")))
+  np.testing.assert_allclose(path, ref_path, atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(x, ref_x, atol=2e-5, rtol=1e-5)
+
+
 def test_euler_ancestral_equals_diffusers_along_the_trajectory(monkeypatch):
   """Leading spacing, where diffusers starts from sqrt(sigma_T^2 + 1) x_T, the VP sampler's x_T (with linspace or
   trailing it starts from sigma_T x_T instead); the model sees scale_model_input's x / sqrt(sigma^2 + 1)."""
@@ -90,17 +103,18 @@ def test_euler_ancestral_equals_diffusers_along_the_trajectory(monkeypatch):
   np.testing.assert_allclose(x, ref_x, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("order", [1, 2, 3])
-def test_dpm_solver_pp_error_falls_at_its_order(order):
+@pytest.mark.parametrize("name,order", [("dpm_solver++", 1), ("dpm_solver++", 2), ("dpm_solver++", 3),
+                                        ("dpm_solver++_2s", 2)])
+def test_dpm_solver_pp_error_falls_at_its_order(name, order):
   """Exact eps of a Gaussian: the final sample's error against the same solver at 1000 steps falls by about 2^order
   per doubling of 40, 80, 160 steps. On the linspace grid every run ends with the same step, from index 0 to the
   x0 prediction, whose error (sigma_0^2, not a power of the step) is common to all and cancels; the first steps,
   of lower order by the missing history, leave the second doubling closer to the order than the first."""
   model = two_gaussians_model_fn(LINEAR, 10, "eps")
   y = jnp.zeros((256,), jnp.int32)
-  run = lambda n: np.asarray(get_sampler("dpm_solver++")(model, LINEAR, (256, 2), jax.random.PRNGKey(0),
-                                                         num_steps=n, y=y, order=order, spacing="linspace"),
-                             np.float64)
+  kw = {"order": order} if name == "dpm_solver++" else {}
+  run = lambda n: np.asarray(get_sampler(name)(model, LINEAR, (256, 2), jax.random.PRNGKey(0), num_steps=n, y=y,
+                                               spacing="linspace", **kw), np.float64)
   ref = run(1000)
   errors = [np.abs(run(n) - ref).max() for n in (40, 80, 160)]
   slopes = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))

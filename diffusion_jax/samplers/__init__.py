@@ -3,5 +3,5 @@
 and its whole loop compiles into one XLA program. ddpm / ddim take a discrete Schedule (and clip_x0, spacing);
 pc / ode / flow take a continuous path (sde.py: vp, subvp, ve, edm, rectified_flow, cosine_interpolant)."""
 from diffusion_jax.samplers.common import SAMPLERS, get_sampler, parse_runs  # noqa: F401
-from diffusion_jax.samplers import (ddim, ddpm, dpm_solver, dpm_solver_sde, edm, euler_ancestral, flow,  # noqa: F401
-                                    ode, pc)  # (registers the samplers)
+from diffusion_jax.samplers import (ddim, ddpm, deis, dpm_solver, dpm_solver_sde, dpm_solver_singlestep,  # noqa: F401
+                                    edm, euler_ancestral, flow, ode, pc, unipc)  # (registers the samplers)
