@@ -58,6 +58,10 @@ def run(name, path, prediction, steps, **kwargs):
     ("flow", EDM, "x0", 30, {"solver": "heun"}),
     ("ode", EDM, "x0", 20, {"solver": "dopri5", "rtol": 1e-4, "atol": 1e-4}),
     ("ddpm", COSINE, "v", 1000, {}),
+    ("dpm_solver++", RF, "velocity", 20, {"order": 3}),
+    ("dpm_solver++_2s", COSINE, "v", 30, {}),
+    ("sde_dpm_solver++", EDM, "x0", 100, {}),
+    ("euler_ancestral", RF, "velocity", 200, {}),
 ], ids=lambda v: v if isinstance(v, (str, int)) else None)
 def test_sampler_reproduces_mixture_on_the_new_paths(name, path, prediction, steps, kwargs):
   check_mixture(run(name, path, prediction, steps, **kwargs))
