@@ -201,10 +201,15 @@ def load_params(config, workdir, mesh):
 GUIDE_SECTIONS = ("model", "optim", "training", "text")  # taken from the guide's checkpoint: its network and state
 
 
+def guide_workdir(spec):
+  """(workdir, step or None) of run option guide=WORKDIR[:step]."""
+  return tuple(spec.rsplit(":", 1)) if re.fullmatch(r".+:\d+", spec) else (spec, None)
+
+
 def guide_checkpoint(spec):
   """(checkpoint manager, step) of run option guide=WORKDIR[:step] (the newest step without one); FileNotFoundError
   naming what exists when there is no such checkpoint."""
-  workdir, step = (spec.rsplit(":", 1) if re.fullmatch(r".+:\d+", spec) else (spec, None))
+  workdir, step = guide_workdir(spec)
   directory = os.path.join(workdir, "checkpoints")
   steps = checkpoint.manager(directory).all_steps() if os.path.isdir(directory) else []
   if not steps:

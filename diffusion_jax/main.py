@@ -30,7 +30,7 @@ def run(config, workdir, mode):
     raise ValueError(f"Unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
   registry.import_modules(config.imports)
   if mode in ("sample", "eval", "all"):
-    sample.check_sampling(config, build.setup(config)[1])
+    sample.check_sampling(config, build.setup(config)[1], workdir)
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock.hold(workdir, config.job.lock_stale_s, mode):
     return _run(config, workdir, mode)

@@ -132,10 +132,12 @@ def sampler_kwargs(config, name, kwargs):
   return {**{k: v for k, v in generic.items() if k in accepted}, **kwargs}
 
 
-def check_sampling(config, process):
+def check_sampling(config, process, workdir=None):
   """Checks the sample section before anything compiles (`--mode=all` fails before training, not after it): the
   prompt and the classes against the model's conditioning, and every run of sample.runs, its options (parse_runs),
-  its guidance, and its values, by tracing the sampler once around a stand-in network."""
+  its guidance, and its values, by tracing the sampler once around a stand-in network. A guide (autoguidance) must
+  have a checkpoint, unless it is a step of this run's own `workdir`, which training may still write (keep it with
+  training.keep_checkpoints)."""
   conditional = is_conditional(config)
   if config.sample.prompt and not text.is_text(config):
     raise ValueError(f"sample.prompt={config.sample.prompt!r} needs a text-conditioned model (model.context_dim > 0);"
@@ -152,7 +154,8 @@ def check_sampling(config, process):
   for name, steps, kwargs in runs:
     kwargs = dict(kwargs)
     g = guidance_options(config, kwargs, has_classifier=True)  # load_classifier says so if none was trained
-    if g["guide"]:
+    own = workdir and os.path.abspath(build.guide_workdir(g["guide"])[0]) == os.path.abspath(workdir)
+    if g["guide"] and not own:
       build.guide_checkpoint(g["guide"])  # exists
     fn, on, prediction = on_sampler_process(config, lambda x, t, y=None: jnp.zeros_like(x), process, name,
                                             config.diffusion.prediction)

@@ -173,4 +173,9 @@ def test_autoguidance_by_an_earlier_checkpoint_through_the_run_options(trained_t
                 "apg_beta=-0.5"})
   with pytest.raises(TypeError, match="does not thread"):
     sample.check_sampling(run, process)
+  fresh = str(tmp_path / "fresh")
+  own = tiny(**{"sample.runs": f"ddim:4:w=1:guide={fresh}:3"})
+  sample.check_sampling(own, process, fresh)  # a step of the run itself: training writes it later
+  with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+    sample.check_sampling(own, process, str(tmp_path / "other"))
   assert os.path.isdir(os.path.join(wd, "checkpoints", "3"))
