@@ -62,6 +62,8 @@ def run(name, path, prediction, steps, **kwargs):
     ("dpm_solver++_2s", COSINE, "v", 30, {}),
     ("sde_dpm_solver++", EDM, "x0", 100, {}),
     ("euler_ancestral", RF, "velocity", 200, {}),
+    ("unipc", RF, "velocity", 20, {}),
+    ("deis", EDM, "x0", 20, {}),
 ], ids=lambda v: v if isinstance(v, (str, int)) else None)
 def test_sampler_reproduces_mixture_on_the_new_paths(name, path, prediction, steps, kwargs):
   check_mixture(run(name, path, prediction, steps, **kwargs))
