@@ -221,15 +221,30 @@ def guide_checkpoint(spec):
   return checkpoint.manager(directory), max(steps) if step is None else int(step)
 
 
+def guide_shared(key):
+  """The config fields a guide must share with the model it guides: the process, the data's shape, the conditioning
+  (classes, latent space, text input) and a text model's tokenizer."""
+  text_input = key.startswith("text.") and not key.startswith(("text.encoder.", "text.train_encoder"))
+  return (key.startswith("diffusion.") or key in ("data.image_size", "data.channels", "model.num_classes",
+                                                  "model.latent", "model.context_dim") or text_input)
+
+
+def check_guide(config, spec, saved):
+  """Raises, naming the fields, when the guide's saved config differs from `config` in what it must share."""
+  diffs = checkpoint.config_diffs(saved, config, guide_shared)
+  if diffs:
+    raise ValueError(f"guide={spec} cannot guide this model: autoguidance needs the same process, data shape and "
+                     "conditioning, and they differ:\n  " + "\n  ".join(
+                         f"{k}: guide has {a!r}, this model {b!r}" for k, (a, b) in diffs.items()))
+
+
 def load_guide(config, spec, mesh):
   """(network, parameters: EMA if config.sample.use_ema) of the weaker model of autoguidance (Karras et al. 2024), run
   option guide=WORKDIR[:step]: another run, or an earlier checkpoint of this one. Its network, optimizer and training
-  sections come from its checkpoint; its process, target, data shape and classes must be this model's."""
+  sections come from its checkpoint; its process, data shape and conditioning must be this model's (check_guide)."""
   mngr, step = guide_checkpoint(spec)
   saved = checkpoint.saved_config(mngr, step)
-  if saved["model"].get("num_classes", 0) != config.model.get("num_classes", 0):
-    raise ValueError(f"guide={spec}: the guiding model has {saved['model'].get('num_classes', 0)} classes, this one "
-                     f"{config.model.get('num_classes', 0)}: autoguidance needs the same conditioning")
+  check_guide(config, spec, saved)
   guide_config = config.copy_and_resolve_references()
   with guide_config.unlocked():
     for section in GUIDE_SECTIONS:
@@ -241,8 +256,7 @@ def load_guide(config, spec, mesh):
   try:
     state, _ = checkpoint.restore(mngr, abstract, guide_config, step=step)
   except ValueError as e:
-    raise ValueError(f"guide={spec} (step {step}) cannot guide this model, which must share its process, target and "
-                     f"data shape: {e}") from None
+    raise ValueError(f"guide={spec} (step {step}) cannot be restored: {e}") from None
   logging.info("Autoguidance by %s, step %d", spec, step)
   return model, state.ema_params if config.sample.use_ema else state.params
 

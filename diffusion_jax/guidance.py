@@ -46,8 +46,8 @@ class Stateful:
   def __call__(self, x, t, y=None):
     raise TypeError("This guided model carries state from one network call to the next (APG's momentum, "
                     "apg_beta != 0), which this sampler's loop does not thread (samplers.common.model_scan): use "
-                    "apg_beta=0 with it, or a sampler that threads it (ddim, ddpm, dpm_solver++, edm, flow with "
-                    "solver=euler)")
+                    "apg_beta=0 with it, or a sampler that threads it (every sampler but pc, ode and flow with "
+                    "solver=heun)")
 
 
 def stateless(fn):

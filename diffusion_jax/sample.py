@@ -10,7 +10,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from diffusion_jax import build, latent, parallel, text
+from diffusion_jax import build, checkpoint, latent, parallel, text
 from diffusion_jax.guidance import (autoguidance, check_labels, classifier_free, classifier_grad, classifier_guided,
                                     guidance_rule, limited_interval)
 from diffusion_jax.images import save_grid
@@ -103,6 +103,8 @@ def guidance_options(config, kwargs, has_classifier):
   if g["apg_r"] < 0 or not -1 < g["apg_beta"] < 1:
     raise ValueError(f"APG needs a norm threshold apg_r >= 0 (0: none) and a momentum -1 < apg_beta < 1; got "
                      f"apg_r={g['apg_r']}, apg_beta={g['apg_beta']}")
+  if s and g["apg"] and g["apg_beta"]:
+    raise ValueError("Classifier guidance (s=) does not compose with APG's momentum (apg_beta != 0); use apg_beta=0")
   if s and not has_classifier:
     raise ValueError(f"Classifier guidance (s={s}) needs a trained noise-conditional classifier "
                      "(--mode=train_classifier)")
@@ -154,15 +156,28 @@ def check_sampling(config, process, workdir=None):
   for name, steps, kwargs in runs:
     kwargs = dict(kwargs)
     g = guidance_options(config, kwargs, has_classifier=True)  # load_classifier says so if none was trained
-    own = workdir and os.path.abspath(build.guide_workdir(g["guide"])[0]) == os.path.abspath(workdir)
-    if g["guide"] and not own:
-      build.guide_checkpoint(g["guide"])  # exists
+    if g["guide"]:
+      check_guide_spec(config, g["guide"], workdir)
     fn, on, prediction = on_sampler_process(config, lambda x, t, y=None: jnp.zeros_like(x), process, name,
                                             config.diffusion.prediction)
     if g["w"] > 0:  # the guided stand-in (as autoguided, which needs no labels): a rule the sampler cannot run fails
       fn = guided_model(fn, fn, g, None, on, prediction)
     jax.eval_shape(lambda rng: get_sampler(name)(fn, on, shape, rng, num_steps=steps, prediction=prediction,
                                                  **sampler_kwargs(config, name, kwargs)), jax.random.PRNGKey(0))
+
+
+def check_guide_spec(config, spec, workdir=None):
+  """A guide (run option guide=) is another run's checkpoint that can guide this model (build.check_guide), or a step
+  of this run's own `workdir` that training will write: given as :step, at most training.num_steps."""
+  guide_dir, step = build.guide_workdir(spec)
+  if workdir and os.path.abspath(guide_dir) == os.path.abspath(workdir):
+    if step is None or int(step) >= config.training.num_steps:
+      raise ValueError(f"guide={spec} is this run's own workdir: name an earlier checkpoint, guide={spec}:STEP with "
+                       f"STEP < training.num_steps = {config.training.num_steps} (the last step would guide the model "
+                       "by itself, which is no guidance), kept with training.keep_checkpoints")
+    return
+  mngr, step = build.guide_checkpoint(spec)
+  build.check_guide(config, spec, checkpoint.saved_config(mngr, step))
 
 
 def num_label_classes(config, classifier=None):

@@ -102,7 +102,7 @@ def plan(config, methods, ws, ss, sampler, guide="", interval=(0.28, 5.42)):
     if not conditional and m not in ("classifier", "autoguidance"):
       raise ValueError(f"Method {m!r} needs a class-conditional model; an unconditional one sweeps: classifier, "
                        "autoguidance")
-    fixed = fixed if conditional else {}
+    fixed = fixed if conditional else {k: v for k, v in fixed.items() if k != "w"}  # no null label to send
     for v in (ws if key == "w" else ss):
       opts = {**base, **fixed, key: float(v)}
       extra = {"method": m, "w": opts.get("w", 0.0), "s": opts.get("s", 0.0)}
@@ -134,8 +134,9 @@ def best_points(rows, methods, fid):
 
 def reseeded(runs, seeds):
   """The runs again under sampling seeds 1 .. seeds - 1: (seed, label, sampler, steps, options, extra)."""
-  return [(k, f"{label}_seed{k}", name, steps, opts, {**extra, "seed": k})
-          for k in range(1, seeds) for label, name, steps, opts, extra in runs]
+  unique = list({r[0]: r for r in runs}.values())  # methods may share a best point (the unguided run)
+  return [(k, f"{label}_seed{k}", name, steps, opts, {**extra, "seed": k, "base_run": label})
+          for k in range(1, seeds) for label, name, steps, opts, extra in unique]
 
 
 def sweep(config, workdir, out, methods, ws, ss, sampler, per_class, guide="", interval=(0.28, 5.42), seeds=1):
@@ -145,7 +146,7 @@ def sweep(config, workdir, out, methods, ws, ss, sampler, per_class, guide="", i
     classifier = load_classifier(config, workdir, parallel.mesh_for(config))
   num_classes = config.model.get("num_classes", 0) or config.classifier.model.num_classes
   by_label = {r[0]: r for r in runs}
-  planned = lambda rows: [r for r in rows if r["run"].split("_seed")[0] in by_label]  # not other sweeps' points
+  planned = lambda rows: [r for r in rows if r.get("base_run", r["run"]) in by_label]  # not other sweeps' points
   rows = planned(score_runs(config, workdir, out, runs, per_class * num_classes, classifier))
   names = metric_names(config.eval.features)
   best = best_points(rows, methods, names.fid)
@@ -165,14 +166,16 @@ def strength(row):
 
 
 def summary(rows, methods, names):
-  """One row per method: its best strength, FID / IS / class accuracy mean ± std over the seeds of that point."""
+  """One row per method: its best strength, FID / IS / class accuracy mean ± std (ddof = 1) over the seeds of that
+  point, the seed it was chosen on included (which biases the mean low by the choice)."""
   out = []
   unguided = next((r[names.fid] for r in rows if r["method"] == "unguided" and "seed" not in r), float("nan"))
   for m, b in best_points(rows, methods, names.fid).items():
-    seeded = [b] + [r for r in rows if r.get("seed") and r["run"].rsplit("_seed", 1)[0] == b["run"]]
+    seeded = [b] + [r for r in rows if r.get("seed") and r.get("base_run") == b["run"]]
     stat = lambda k: np.array([r.get(k, np.nan) for r in seeded], np.float64)
     out.append({"method": m, "strength": strength({**b, "method": m}), "seeds": len(seeded),
-                names.fid + "_mean": stat(names.fid).mean(), names.fid + "_std": stat(names.fid).std(),
+                names.fid + "_mean": stat(names.fid).mean(),
+                names.fid + "_std": stat(names.fid).std(ddof=1) if len(seeded) > 1 else 0.0,
                 names.inception_score + "_mean": stat(names.inception_score).mean(),
                 "class_accuracy_mean": stat("class_accuracy").mean(), "fid_unguided": unguided})
   return out
@@ -221,8 +224,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   distributed.initialize()  # one of several processes (diffusion_jax.launch, a TPU pod, SLURM); else a no-op
   out = FLAGS.out or os.path.join(FLAGS.workdir, "guidance_sweep")
-  sweep(FLAGS.config, FLAGS.workdir, out, FLAGS.methods, FLAGS.w, FLAGS.s, FLAGS.sampler, FLAGS.per_class,
-        FLAGS.guide, FLAGS.interval, FLAGS.seeds)
+  methods = FLAGS.methods
+  if "autoguidance" in methods and not FLAGS.guide:
+    logging.warning("No --guide=WORKDIR[:step]: the autoguidance curve is left out")
+    methods = [m for m in methods if m != "autoguidance"]
+  sweep(FLAGS.config, FLAGS.workdir, out, methods, FLAGS.w, FLAGS.s, FLAGS.sampler, FLAGS.per_class, FLAGS.guide,
+        FLAGS.interval, FLAGS.seeds)
   logging.info("Wrote %s", os.path.join(out, "results.md"))
 
 

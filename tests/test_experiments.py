@@ -59,6 +59,7 @@ def test_guidance_sweep_tables_plots_seeds_and_resume(trained, trained_classifie
   rows = run()
   first = [r for r in rows if "seed" not in r]
   by = {(r["method"], r["w"], r["s"]): r for r in first}
+  assert len(first) == len(by) == 7
   assert set(by) == {("unguided", 0.0, 0.0), ("classifier", -1.0, 2.0)} | {(m, 1.0, 0.0) for m in methods[:5]}
   assert by[("classifier", -1.0, 2.0)]["run"] == "ddim_3_s2.0_w-1.0"
   assert by[("interval", 1.0, 0.0)]["run"] == "ddim_3_interval0.5-5.0_w1.0"
@@ -81,3 +82,8 @@ def test_guidance_sweep_tables_plots_seeds_and_resume(trained, trained_classifie
     gs.plan(config, ["cfg"], ["1"], [], "ddim:3:w=2")
   with pytest.raises(ValueError, match="needs its guiding model: --guide"):
     gs.plan(config, ["autoguidance"], ["1"], [], "ddim:3")
+  uncond = config.copy_and_resolve_references()
+  uncond.model.num_classes = 0
+  planned = {extra["method"]: opts for _, _, _, opts, extra in gs.plan(uncond, ["autoguidance", "classifier"], ["1"],
+                                                                          ["2"], "ddim:3", guide="runs/small")}
+  assert planned == {"autoguidance": {"guide": "runs/small", "w": 1.0}, "classifier": {"s": 2.0}}

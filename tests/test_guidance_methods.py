@@ -73,6 +73,24 @@ def test_apg_equals_diffusers_with_momentum_over_several_steps(eta, r, beta):
     np.testing.assert_allclose(np.asarray(ours32), theirs, atol=2e-5, rtol=2e-5)
 
 
+def test_rescale_and_apg_act_on_the_x0_predictions():
+  """guidance_rule on an eps model: both predictions converted to x0 = (x - sigma eps) / alpha, combined by CFG and
+  diffusers' rescale_noise_cfg (or APG's normalized_guidance), converted back to eps."""
+  rng = np.random.default_rng(2)
+  x, cond, ref = (rng.standard_normal((3, 4, 4, 2)).astype(np.float32) for _ in range(3))
+  t = jnp.full((3,), 0.4)
+  alpha, sigma = (float(v[0]) for v in LINEAR.alpha_sigma(t))
+  to_x0 = lambda e: torch.from_numpy((x - sigma * e) / alpha)
+  for options, combine in (
+      ({"rescale": 0.7}, lambda c, r: rescale_noise_cfg(c + 2.0 * (c - r), c, 0.7)),
+      ({"apg": True, "apg_eta": 0.3, "apg_r": 1.0}, lambda c, r: normalized_guidance(
+          c, r, 2.0, None, 0.3, 1.0, use_original_formulation=True))):
+    rule, _ = guidance_rule(2.0, LINEAR, "eps", **options)
+    ours = np.asarray(rule(jnp.asarray(cond), jnp.asarray(ref), jnp.asarray(x), t, ())[0])
+    expected = (x - alpha * combine(to_x0(cond), to_x0(ref)).numpy()) / sigma
+    np.testing.assert_allclose(ours, expected, atol=2e-5, rtol=1e-5)
+
+
 def gaussian_eps(mu, sigma_bar, x_bar):
   """Exact eps of N(mu, S) at x_bar = x_t / alpha_t = x_0 + sigma_bar eps: sigma_bar (S + sigma_bar^2 I)^-1
   (x_bar - mu)."""
@@ -141,7 +159,8 @@ def test_run_options_parse_commas_and_colons_in_values():
     ({"w": 2.0, "rescale": 1.5}, r"lies in \[0, 1\]"),
     ({"w": 2.0, "apg_eta": 0.5}, "without apg=true"),
     ({"w": 2.0, "apg": True, "apg_beta": 1.0}, "-1 < apg_beta < 1"),
-    ({"w": -1.0, "guide": "runs/x"}, "needs a strength w > 0")])
+    ({"w": -1.0, "guide": "runs/x"}, "needs a strength w > 0"),
+    ({"w": 1.0, "apg": True, "apg_beta": -0.5, "s": 1.0}, "does not compose with APG's momentum")])
 def test_bad_guidance_options_say_what_is_valid(tiny, options, message):
   with pytest.raises(ValueError, match=message):
     sample.guidance_options(tiny(), dict(options), False)
@@ -166,7 +185,7 @@ def test_autoguidance_by_an_earlier_checkpoint_through_the_run_options(trained_t
   assert np.isfinite(composed).all() and np.abs(composed - earlier).max() > 1e-4
   with pytest.raises(FileNotFoundError, match="no step 4 in .*; its steps: 3, 6"):
     gen(w=2.0, guide=f"{wd}:4")
-  with pytest.raises(ValueError, match="must share its process"):
+  with pytest.raises(ValueError, match="needs the same process(.|\n)*diffusion.prediction: guide has 'eps'"):
     sample.generate_samples(tiny(**{"diffusion.prediction": "v"}), model, process, params, mesh, "ddim", 4, 20,
                             jax.random.PRNGKey(1), w=2.0, guide=f"{wd}:3")
   run = tiny(**{"sample.runs": f"ddim:4:w=1:guide={wd}:3:apg=true:apg_beta=-0.5,ode:3:w=1:guide={wd}:3:apg=true:"
@@ -176,6 +195,8 @@ def test_autoguidance_by_an_earlier_checkpoint_through_the_run_options(trained_t
   fresh = str(tmp_path / "fresh")
   own = tiny(**{"sample.runs": f"ddim:4:w=1:guide={fresh}:3"})
   sample.check_sampling(own, process, fresh)  # a step of the run itself: training writes it later
+  with pytest.raises(ValueError, match="name an earlier checkpoint"):
+    sample.check_sampling(tiny(**{"sample.runs": f"ddim:4:w=1:guide={fresh}"}), process, fresh)
   with pytest.raises(FileNotFoundError, match="no checkpoint in"):
     sample.check_sampling(own, process, str(tmp_path / "other"))
   assert os.path.isdir(os.path.join(wd, "checkpoints", "3"))
