@@ -68,7 +68,9 @@ def get_base_config():
   ))
 
   c.diffusion = ml_collections.ConfigDict(dict(
-      schedule="linear",    # linear | scaled_linear | cosine | sigmoid (discrete-time training)
+      schedule="linear",    # linear | scaled_linear | cosine | sigmoid | shifted_cosine[:base=64] |
+                            # interpolated_cosine[:base_low=32:base_high=256] (discrete-time training; the shifted
+                            # ones at the data's or the latents' resolution)
       num_timesteps=1000,   # T of the schedule; N of an SDE's discretisation
       prediction="eps",     # eps | x0 | v | velocity (dx_t / dt, flow matching; on a continuous path)
       sde="",               # "" (discrete schedule) | vp | subvp | ve | edm | rectified_flow | cosine_interpolant:

@@ -89,7 +89,7 @@ def setup(config):
       raise ValueError(f"prediction={d.prediction!r}, t_sampling={tc.t_sampling!r}, model.precondition="
                        f"{config.model.get('precondition')!r} needs a continuous path: set diffusion.sde (e.g. "
                        "rectified_flow, edm), or use eps / x0 / v, uniform or importance t, no preconditioning")
-    return get_model(config), get_schedule(d.schedule, d.num_timesteps)
+    return get_model(config), get_schedule(d.schedule, d.num_timesteps, resolution=latent.diffusion_shape(config)[0])
   process = sde_from_config(d)
   time_sampling(config)  # its parameters are valid
   if config.model.get("precondition") == "edm":

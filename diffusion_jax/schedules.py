@@ -1,5 +1,6 @@
 """Noise schedules: discrete `alphas_cumprod` as published, and their continuous-time view
 x_t = alpha_t x_0 + sigma_t eps with t in [0, 1], index i <-> t = (i + 1) / T."""
+import inspect
 import math
 
 import flax.struct
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax.config_files import parse_value
 from diffusion_jax.paths import GaussianPath
 from diffusion_jax.registry import Registry
 
@@ -128,5 +130,48 @@ def sigmoid(T=1000, start=-3.0, end=3.0, tau=1.0, max_beta=0.999):
   return _from_alpha_bar_fn(f, T, max_beta)
 
 
+def cosine_log_snr(t, log_snr_min=-15.0, log_snr_max=15.0):
+  """lambda(t) = -2 log tan(t_min + t (t_max - t_min)), t_min = atan(e^{-lambda_max / 2}), t_max =
+  atan(e^{-lambda_min / 2}): the cosine schedule's log-SNR, alpha = cos(pi t / 2), within [lambda_min, lambda_max]
+  (Hoogeboom et al. 2023, "simple diffusion", Sec. 3)."""
+  t_min, t_max = math.atan(math.exp(-0.5 * log_snr_max)), math.atan(math.exp(-0.5 * log_snr_min))
+  return -2.0 * np.log(np.tan(t_min + t * (t_max - t_min)))
+
+
+def from_log_snr(log_snr, T):
+  """The schedule alpha_bar_i = sigmoid(lambda((i + 1) / T)) of a log-SNR function of t in [0, 1] (float64)."""
+  lam = log_snr(np.arange(1, T + 1, dtype=np.float64) / T)
+  return Schedule(alphas_cumprod=jnp.asarray(1.0 / (1.0 + np.exp(-lam)), jnp.float32))
+
+
+@SCHEDULES.register("shifted_cosine")
+def shifted_cosine(T=1000, resolution=64, base=64):
+  """Simple diffusion's shifted cosine schedule (Hoogeboom et al. 2023, eq. 4): lambda(t) = cosine_log_snr(t) +
+  2 log(base / resolution), so that images of `resolution` pixels per side (the data's, or the latents') see the
+  noise of `base`-sized images under the cosine schedule; base = resolution is the cosine log-SNR itself."""
+  return from_log_snr(lambda t: cosine_log_snr(t) + 2.0 * math.log(base / resolution), T)
+
+
+@SCHEDULES.register("interpolated_cosine")
+def interpolated_cosine(T=1000, resolution=64, base_low=32, base_high=256):
+  """Simple diffusion's interpolated schedule (Hoogeboom et al. 2023, Sec. 3.1): lambda(t) = t lambda_low(t) +
+  (1 - t) lambda_high(t), the cosine log-SNR shifted for base_low at the noisy end (t = 1) and for base_high at the
+  clean end (t = 0)."""
+  shifted = lambda t, base: cosine_log_snr(t) + 2.0 * math.log(base / resolution)
+  return from_log_snr(lambda t: t * shifted(t, base_low) + (1.0 - t) * shifted(t, base_high), T)
+
+
 def get_schedule(name, num_timesteps, **kwargs):
-  return SCHEDULES.get(name)(num_timesteps, **kwargs)
+  """The schedule of a spec name[:key=value...] (e.g. shifted_cosine:base=32), the options parsed as the types of the
+  schedule's defaults; `kwargs` (e.g. the data's resolution) go to the schedules that take them."""
+  name, *options = name.split(":")
+  fn = SCHEDULES.get(name)
+  defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k != "T"}
+  given = {}
+  for option in options:
+    k, sep, v = option.partition("=")
+    if not sep or k not in defaults:
+      raise ValueError(f"Schedule option {option!r} of {name!r}: valid options are "
+                       + (", ".join(f"{o}={d}" for o, d in defaults.items()) or "none"))
+    given[k] = parse_value(v, defaults[k])
+  return fn(num_timesteps, **{**{k: v for k, v in kwargs.items() if k in defaults}, **given})
