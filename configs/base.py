@@ -72,6 +72,7 @@ def get_base_config():
                             # interpolated_cosine[:base_low=32:base_high=256] (discrete-time training; the shifted
                             # ones at the data's or the latents' resolution)
       num_timesteps=1000,   # T of the schedule; N of an SDE's discretisation
+      zero_terminal_snr=False,  # rescale the schedule to alpha_bar_T = 0 (Lin et al. 2024; prediction v or x0)
       prediction="eps",     # eps | x0 | v | velocity (dx_t / dt, flow matching; on a continuous path)
       sde="",               # "" (discrete schedule) | vp | subvp | ve | edm | rectified_flow | cosine_interpolant:
                             # continuous-time training on that path (sde.py, paths.py)

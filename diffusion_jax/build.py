@@ -22,7 +22,7 @@ from diffusion_jax.models import get_model
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.classifier import NoisyClassifier
 from diffusion_jax.parametrization import check_prediction
-from diffusion_jax.schedules import Schedule, get_schedule
+from diffusion_jax.schedules import Schedule, get_schedule, rescale_zero_terminal_snr
 from diffusion_jax.sde import VESDE, sde_from_config
 from diffusion_jax.timesteps import TIME_SAMPLINGS, Uniform, get_time_sampling
 
@@ -69,6 +69,7 @@ def model_optimizer(config):
 
 
 T_SAMPLINGS = ("importance",) + tuple(TIME_SAMPLINGS.names())
+ZERO_SNR_UNDEFINED = ("likelihood", "edm", "sigmoid")  # weightings infinite at SNR 0
 
 
 def setup(config):
@@ -84,12 +85,24 @@ def setup(config):
   get_weighting(tc.weighting)
   if tc.t_sampling not in T_SAMPLINGS:
     raise ValueError(f"Unknown training.t_sampling {tc.t_sampling!r}; valid: {', '.join(T_SAMPLINGS)}")
+  if d.get("zero_terminal_snr"):
+    if d.sde:
+      raise ValueError(f"diffusion.zero_terminal_snr rescales a discrete schedule; diffusion.sde={d.sde!r} is a "
+                       "continuous path (rectified_flow and cosine_interpolant already reach SNR 0): unset one")
+    if d.prediction not in ("v", "x0"):
+      raise ValueError(f"diffusion.zero_terminal_snr needs prediction v or x0 (Lin et al. use v): at SNR 0 the "
+                       f"input is pure noise, so eps is known and x0 = (x_t - sigma eps) / alpha divides by alpha = 0; "
+                       f"got prediction={d.prediction!r}")
+    if tc.weighting in ZERO_SNR_UNDEFINED:
+      raise ValueError(f"training.weighting={tc.weighting!r} weighs by the log-SNR's derivative or 1 / SNR, infinite "
+                       "at the last step of a zero-terminal-SNR schedule; valid there: uniform, p2, min_snr")
   if not d.sde:
     if d.prediction == "velocity" or tc.t_sampling not in ("uniform", "importance") or config.model.get("precondition"):
       raise ValueError(f"prediction={d.prediction!r}, t_sampling={tc.t_sampling!r}, model.precondition="
                        f"{config.model.get('precondition')!r} needs a continuous path: set diffusion.sde (e.g. "
                        "rectified_flow, edm), or use eps / x0 / v, uniform or importance t, no preconditioning")
-    return get_model(config), get_schedule(d.schedule, d.num_timesteps, resolution=latent.diffusion_shape(config)[0])
+    schedule = get_schedule(d.schedule, d.num_timesteps, resolution=latent.diffusion_shape(config)[0])
+    return get_model(config), rescale_zero_terminal_snr(schedule) if d.get("zero_terminal_snr") else schedule
   process = sde_from_config(d)
   time_sampling(config)  # its parameters are valid
   if config.model.get("precondition") == "edm":

@@ -39,7 +39,8 @@ def save(mngr, step, state, config):
 
 SHAPE_FIELDS = ("data.image_size", "data.channels")  # besides every field of the network's section but `free`
 # what the diffusion network was trained on and to predict: its path (and the network time it maps t to) and target
-PROCESS_FIELDS = ("diffusion.sde", "diffusion.schedule", "diffusion.num_timesteps", "diffusion.prediction")
+PROCESS_FIELDS = ("diffusion.sde", "diffusion.schedule", "diffusion.num_timesteps", "diffusion.prediction",
+                  "diffusion.zero_terminal_snr")
 
 
 def config_diffs(saved, config, field=lambda k: True, new_fields=False):

@@ -55,11 +55,17 @@ class Schedule(GaussianPath):
     lo = jnp.floor(i).astype(jnp.int32)
     hi = jnp.minimum(lo + 1, self.num_timesteps - 1)
     frac = i - lo
-    return (1.0 - frac) * grid[lo] + frac * grid[hi]
+    # at a grid point the value itself: 0 * (-inf) is NaN at the end of a zero-terminal-SNR schedule
+    return jnp.where(frac > 0, (1.0 - frac) * grid[lo] + frac * grid[hi], grid[lo])
 
   def t_from_log_snr(self, lam):
-    """Inverse of log_snr on [1/T, 1] (piecewise linear in log-SNR, clamped at the ends)."""
-    return jnp.interp(-lam, -self.log_snr_grid, self.index_to_t(jnp.arange(self.num_timesteps)))
+    """Inverse of log_snr on [1/T, 1] (piecewise linear in log-SNR, clamped at the ends; a log-SNR of -inf, the last
+    point of a zero-terminal-SNR schedule, is t = 1)."""
+    grid = self.log_snr_grid
+    finite = jnp.isfinite(grid)
+    t = jnp.interp(-lam, -jnp.where(finite, grid, jnp.min(jnp.where(finite, grid, 0.0)) - 1.0),
+                   self.index_to_t(jnp.arange(self.num_timesteps)))
+    return jnp.where(jnp.isneginf(lam), 1.0, t)
 
   def alpha_sigma(self, t):
     """(alpha_t, sigma_t) with alpha_t^2 = sigmoid(log_snr), sigma_t^2 = sigmoid(-log_snr) (VP)."""
@@ -94,6 +100,15 @@ def of_path(path, T, min_log_snr=-27.6):
 def from_betas(betas):
   """The schedule alpha_bar_i = prod_{j <= i} (1 - beta_j) (Ho et al. 2020), accumulated in float64."""
   return Schedule(alphas_cumprod=jnp.asarray(np.cumprod(1.0 - np.asarray(betas, np.float64)), jnp.float32))
+
+
+def rescale_zero_terminal_snr(schedule):
+  """Lin et al. 2024 ("Common diffusion noise schedules and sample steps are flawed"), Alg. 1: sqrt(alpha_bar) shifted
+  to 0 at the last step and scaled to keep its first value, so that alpha_bar_T = 0 (SNR 0, pure noise) while
+  alpha_bar_1 is unchanged."""
+  root = np.sqrt(np.asarray(schedule.alphas_cumprod, np.float64))
+  root = (root - root[-1]) * root[0] / (root[0] - root[-1])
+  return Schedule(alphas_cumprod=jnp.asarray(root**2, jnp.float32))
 
 
 def _from_alpha_bar_fn(f, T, max_beta):

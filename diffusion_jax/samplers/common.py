@@ -115,11 +115,15 @@ def respace(num_timesteps, num_steps, spacing="leading"):
   return idx[::-1].copy()
 
 
+MIN_ALPHA_BAR = 1e-30  # alpha = 1e-15: SNR 0 (a zero-terminal-SNR schedule's last step) in finite log-SNR
+
+
 def grid(schedule, num_steps, spacing):
   """(t, alpha_bar_t, alpha_bar_prev) along the respaced grid, from noisiest to cleanest; alpha_bar_prev = 1 at the end
-  (alpha_bar_0 with leading_offset, as diffusers' set_alpha_to_one=False)."""
+  (alpha_bar_0 with leading_offset, as diffusers' set_alpha_to_one=False). alpha_bar is at least MIN_ALPHA_BAR, so
+  that the log-SNR steps of the multistep solvers stay finite from a zero-terminal-SNR schedule's pure noise."""
   idx = respace(schedule.num_timesteps, num_steps, spacing)
-  abar = schedule.alphas_cumprod[idx]
+  abar = jnp.maximum(schedule.alphas_cumprod[idx], MIN_ALPHA_BAR)
   last = schedule.alphas_cumprod[:1] if spacing == "leading_offset" else jnp.ones((1,))
   abar_prev = jnp.concatenate([abar[1:], last])
   return schedule.index_to_t(idx), abar, abar_prev

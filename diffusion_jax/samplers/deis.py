@@ -55,13 +55,16 @@ def deis(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps",
                / math.prod(u[:, k] - o for o in others))
     c = jnp.stack(c + [jnp.zeros(num_steps)] * (order - p), -1)
     coefs = jnp.where((orders == p)[:, None], c, coefs)
+  # x_s / alpha_s = x0_s + rho_s eps_s: eps_s's coefficient c_0 + rho_s, exactly rho_t at first order (DDIM's step),
+  # which keeps a first step from rho_s = inf (zero terminal SNR) finite
+  coefs = coefs.at[:, 0].set(jnp.where(jnp.asarray(orders) == 1, rho_next, coefs[:, 0] + rho))
 
   def step(model_fn, carry, xs):
     x, e = carry  # e: eps at the last `order` points, newest first
     t, a, a_next, c = xs
-    eps, _ = eps_x0(model_fn, x, t, a, y, prediction, clip_x0)
+    eps, x0 = eps_x0(model_fn, x, t, a, y, prediction, clip_x0)
     e = jnp.concatenate([eps[None], e[:-1]])
-    return (jnp.sqrt(a_next) * (x / jnp.sqrt(a) + jnp.tensordot(c, e, 1)), e), None
+    return (jnp.sqrt(a_next) * (x0 + jnp.tensordot(c, e, 1)), e), None
 
   x, _ = initial_noise(rng, shape)
   (x, _), _ = model_scan(model_fn, step, (x, jnp.zeros((order,) + shape)), (ts, abar, abar_next, coefs), shape)

@@ -19,9 +19,12 @@ def karras_sigmas(sigma_min, sigma_max, n, rho=7.0):
 def edm_sample(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False, rho=7.0,
                s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, sigma_max=float("inf")):
   """num_steps sigma levels from the schedule's noisiest, or sigma_max if lower (e.g. Karras et al.'s 80 for a path
-  whose alpha reaches 0), to its cleanest: 2 num_steps - 1 network evaluations."""
-  lam = schedule.log_snr(jnp.array([1.0 / schedule.num_timesteps, 1.0]))
-  sigmas = karras_sigmas(jnp.exp(-lam[0] / 2), jnp.minimum(jnp.exp(-lam[1] / 2), sigma_max), num_steps, rho)
+  whose alpha reaches 0), to its cleanest: 2 num_steps - 1 network evaluations. From a zero-terminal-SNR schedule
+  (sigma = inf at its last step) it starts at the level before."""
+  T = schedule.num_timesteps
+  lam = schedule.log_snr(jnp.array([1.0 / T, 1.0, 1.0 - 1.0 / T]))
+  noisiest = jnp.where(jnp.isfinite(lam[1]), lam[1], lam[2])  # SNR 0 (zero terminal SNR): the step before it
+  sigmas = karras_sigmas(jnp.exp(-lam[0] / 2), jnp.minimum(jnp.exp(-noisiest / 2), sigma_max), num_steps, rho)
 
   def denoise(model_fn, x, sigma):  # D(x; sigma) of x = x0 + sigma n, by the VP model at alpha = 1 / sqrt(1 + sigma^2)
     alpha = 1.0 / jnp.sqrt(1.0 + sigma**2)
