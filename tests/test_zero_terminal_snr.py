@@ -80,26 +80,35 @@ def test_the_loss_at_pure_noise_is_finite(weighting, prediction, tiny, monkeypat
   assert np.abs(np.asarray(eps)).mean() > 0.5  # x_t = eps: pure noise
 
 
-def test_a_zero_terminal_snr_run_trains_samples_and_scores_likelihood(tiny, tmp_path):
-  """configs/digits_ztsnr.py's settings on the tiny model: training with v, sampling from t = T (trailing) by every
-  discrete sampler of the config and the likelihood, all finite; eps prediction, an SDE and a weighting undefined at
-  SNR 0 are refused."""
+def test_the_likelihood_of_a_zero_terminal_snr_model_is_finite(tiny):
+  """The probability-flow likelihood runs on the VP SDE, querying the schedule at equal log-SNR (t_from_log_snr):
+  finite bits/dim for the mixture's exact v-model, whatever the last step's -inf."""
+  from diffusion_jax import sample
+  from diffusion_jax.likelihood import bits_per_dim
+  config = tiny(**{"diffusion.zero_terminal_snr": True, "diffusion.prediction": "v"})
+  fn, sde, prediction = sample.on_sampler_process(config, mixture_denoiser(ZERO, "v"), ZERO, "ode", "v")
+  x = jax.random.normal(jax.random.PRNGKey(3), (64, 2)) * 0.3 + MEANS[0]
+  bpd, _ = jax.jit(lambda x: bits_per_dim(fn, sde, x, jax.random.PRNGKey(4), prediction=prediction, rtol=1e-3,
+                                          atol=1e-3))(x)
+  assert np.isfinite(np.asarray(bpd)).all()
+
+
+def test_a_zero_terminal_snr_run_trains_and_samples(tiny, tmp_path):
+  """configs/digits_ztsnr.py's settings on the tiny model: training with v and min-SNR weighting, then sampling from
+  t = T (trailing), finite; eps prediction, an SDE and a weighting undefined at SNR 0 are refused."""
   from diffusion_jax import build, parallel, sample, train
-  from diffusion_jax.evaluate import held_out_bpd
   from configs.digits_ztsnr import get_config
   ztsnr = get_config()
   config = tiny(**{"diffusion.zero_terminal_snr": True, "diffusion.prediction": "v", "training.weighting": "min_snr",
-                   "sample.spacing": "trailing", "eval.bpd_num_images": 4})
+                   "sample.spacing": "trailing", "training.num_steps": 3})
   assert ztsnr.diffusion.zero_terminal_snr and ztsnr.diffusion.prediction == "v"
   state = train.train(config, str(tmp_path))
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
   mesh = parallel.make_mesh(devices=jax.devices()[:1])
   model, process = build.setup(config)
-  for name, steps in (("ddim", 5), ("euler_ancestral", 5)):
-    images = sample.generate_samples(config, model, process, state.ema_params, mesh, name, steps, 8,
-                                     jax.random.PRNGKey(0))[0]
-    assert np.isfinite(images).all(), name
-  assert np.isfinite(held_out_bpd(config, str(tmp_path), state.ema_params, mesh)["bpd"])
+  images = sample.generate_samples(config, model, process, state.ema_params, mesh, "ddim", 5, 8,
+                                   jax.random.PRNGKey(0))[0]
+  assert np.isfinite(images).all()
   for over, message in (({"diffusion.prediction": "eps"}, "needs prediction v or x0"),
                         ({"diffusion.sde": "vp"}, "rescales a discrete schedule"),
                         ({"training.weighting": "likelihood"}, "valid there: uniform, p2, min_snr")):
