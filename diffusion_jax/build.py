@@ -103,7 +103,7 @@ def setup(config):
                        "rectified_flow, edm), or use eps / x0 / v, uniform or importance t, no preconditioning")
     schedule = get_schedule(d.schedule, d.num_timesteps, resolution=latent.diffusion_shape(config)[0])
     return get_model(config), rescale_zero_terminal_snr(schedule) if d.get("zero_terminal_snr") else schedule
-  process = sde_from_config(d)
+  process = sde_from_config(d, resolution=latent.diffusion_shape(config)[0])
   time_sampling(config)  # its parameters are valid
   if config.model.get("precondition") == "edm":
     if not isinstance(process, VESDE) or d.prediction != "x0":

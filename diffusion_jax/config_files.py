@@ -47,3 +47,19 @@ def parse_value(text, like=None):
     except ValueError:
       raise ValueError(f"{text!r} is not an integer") from None
   return text
+
+
+def parse_spec(spec, defaults, kind):
+  """(name, {key: value}) of a spec name[:key=value...] (a schedule's, a path's): each key must be one of `defaults`
+  (a dict, or a function of the name giving one) and is parsed as the type of its default; anything else names the
+  valid options."""
+  name, *options = spec.split(":")
+  valid = defaults(name) if callable(defaults) else defaults
+  given = {}
+  for option in options:
+    k, sep, v = option.partition("=")
+    if not sep or k not in valid:
+      raise ValueError(f"{kind.capitalize()} option {option!r} of {name!r}: valid options are "
+                       + (", ".join(f"{o}={d}" for o, d in valid.items()) or "none"))
+    given[k] = parse_value(v, valid[k])
+  return name, given

@@ -87,35 +87,59 @@ class VarianceExploding(GaussianPath):
     return jnp.zeros_like(t), 2.0 * np.log(self.sigma_max / self.sigma_min) * jnp.square(self.sigma(t))
 
 
+def shift_time(t, shift):
+  """t' = s t / (1 + (s - 1) t) (Esser et al. 2024, eq. 23): the rectified-flow time of log-SNR lambda(t) - 2 log s,
+  where images of s^2 times as many pixels see the noise they saw at t; shift_time(., 1 / s) is its inverse."""
+  return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def resolution_shift(pixels, base_pixels=256 * 256):
+  """SD3's shift for images of `pixels` pixels against `base_pixels`: s = sqrt(pixels / base_pixels)."""
+  return float(np.sqrt(pixels / base_pixels))
+
+
 class RectifiedFlow(GaussianPath):
   """alpha = 1 - t, sigma = t: rectified flow (Liu et al. 2022), the conditional optimal-transport path of flow
-  matching (Lipman et al. 2023); f = -1 / (1 - t), g^2 = 2 t / (1 - t), both singular at t = 1."""
+  matching (Lipman et al. 2023); f = -1 / (1 - t), g^2 = 2 t / (1 - t), both singular at t = 1. With shift s != 1,
+  t runs through shift_time(t, s): Stable Diffusion 3's resolution-dependent path (Esser et al. 2024, Sec. 5.3.2),
+  log-SNR lambda(t) - 2 log s, so uniform training times and uniform sampler grids both spend more time at high
+  noise."""
+  shift = 1.0
 
   def alpha_sigma(self, t):
-    t = jnp.asarray(t, jnp.float32)
-    return 1.0 - t, t
+    u = shift_time(jnp.asarray(t, jnp.float32), self.shift)
+    return 1.0 - u, u
 
   def t_from_log_snr(self, lam):
-    return jax.nn.sigmoid(-0.5 * jnp.asarray(lam, jnp.float32))  # lambda = 2 log((1 - t) / t)
+    u = jax.nn.sigmoid(-0.5 * jnp.asarray(lam, jnp.float32))  # lambda = 2 log((1 - u) / u)
+    return shift_time(u, 1.0 / self.shift)
 
   def drift_diffusion(self, t):
     t = jnp.asarray(t, jnp.float32)
-    return -1.0 / (1.0 - t), 2.0 * t / (1.0 - t)
+    u, du = shift_time(t, self.shift), self.shift / jnp.square(1.0 + (self.shift - 1.0) * t)
+    return -du / (1.0 - u), 2.0 * u * du / (1.0 - u)
 
 
 class CosineInterpolant(GaussianPath):
   """alpha = cos(pi t / 2), sigma = sin(pi t / 2): SiT's generalized variance-preserving (GVP) interpolant (Ma et al.
   2024), alpha^2 + sigma^2 = 1; f = -pi/2 tan(pi t / 2), g^2 = pi tan(pi t / 2), finite at t = 0 where the general
-  formula is 0 x infinity."""
+  formula is 0 x infinity. With shift s != 1 the log-SNR is lambda(t) - 2 log s (alpha : sigma = cos : s sin, still
+  alpha^2 + sigma^2 = 1), the resolution shift of simple diffusion (Hoogeboom et al. 2023) and SD3 on this path."""
+  shift = 1.0
 
   def alpha_sigma(self, t):
     t = jnp.asarray(t, jnp.float32)
-    return jnp.sin(0.5 * np.pi * (1.0 - t)), jnp.sin(0.5 * np.pi * t)  # alpha = 0 at t = 1, not float32's cos
+    cos, sin = jnp.sin(0.5 * np.pi * (1.0 - t)), self.shift * jnp.sin(0.5 * np.pi * t)  # alpha = 0 at t = 1 exactly
+    if self.shift == 1.0:
+      return cos, sin
+    norm = jnp.sqrt(jnp.square(cos) + jnp.square(sin))
+    return cos / norm, sin / norm
 
-  def t_from_log_snr(self, lam):
-    return 2.0 / np.pi * jnp.arctan(jnp.exp(-0.5 * jnp.asarray(lam, jnp.float32)))  # lambda = 2 log cot(pi t / 2)
+  def t_from_log_snr(self, lam):  # lambda + 2 log s = 2 log cot(pi t / 2)
+    return 2.0 / np.pi * jnp.arctan(jnp.exp(-0.5 * jnp.asarray(lam, jnp.float32)) / self.shift)
 
   def drift_diffusion(self, t):
+    if self.shift != 1.0:
+      return super().drift_diffusion(t)
     tan = jnp.tan(0.5 * np.pi * jnp.asarray(t, jnp.float32))
     return -0.5 * np.pi * tan, np.pi * tan
-

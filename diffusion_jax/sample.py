@@ -17,7 +17,7 @@ from diffusion_jax.images import save_grid
 from diffusion_jax.models import make_model_fn
 from diffusion_jax.models.classifier import make_log_prob_fn
 from diffusion_jax.samplers import get_sampler, parse_runs
-from diffusion_jax.samplers.common import GUIDANCE_OPTIONS, sampler_options
+from diffusion_jax.samplers.common import GUIDANCE_OPTIONS, check_reverse_noise, sampler_options
 from diffusion_jax.parametrization import vp_view
 from diffusion_jax.schedules import Schedule, of_path
 from diffusion_jax.sde import VPSDE, on_sde, sde_from_config
@@ -36,7 +36,7 @@ def run_label(name, steps, kwargs):
 
 def sampling_sde(config):
   """The SDE of the pc / ode samplers and of the likelihood: the training SDE, or VP for a discrete-schedule model."""
-  return sde_from_config(config.diffusion, config.diffusion.sde or "vp")
+  return sde_from_config(config.diffusion, config.diffusion.sde or "vp", latent.diffusion_shape(config)[0])
 
 
 def on_sampler_process(config, fn, process, name, prediction=None):
@@ -211,8 +211,9 @@ def make_generate(config, model, process, mesh, name, num_steps, batch_size, cla
   if latent.is_latent(config) and latents is None:
     raise ValueError("A latent diffusion model samples with its autoencoder (latent.load)")
   shape = (batch_size, *latent.diffusion_shape(config))
-  sampler_setup(config, model, None, process, name)  # fails early if the sampler does not apply
+  _, on, _ = sampler_setup(config, model, None, process, name)  # fails early if the sampler does not apply
   kwargs = sampler_kwargs(config, name, kwargs)
+  check_reverse_noise(name, on, kwargs)
   fixed_nfe = sampler.nfe(num_steps, kwargs)  # None: the sampler counts its own (an adaptive solver)
   null = text.null_condition(config) if w and not g["guide"] else None
 

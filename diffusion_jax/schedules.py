@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.config_files import parse_value
+from diffusion_jax.config_files import parse_spec
 from diffusion_jax.paths import GaussianPath
 from diffusion_jax.registry import Registry
 
@@ -176,17 +176,14 @@ def interpolated_cosine(T=1000, resolution=64, base_low=32, base_high=256):
   return from_log_snr(lambda t: t * shifted(t, base_low) + (1.0 - t) * shifted(t, base_high), T)
 
 
+def schedule_options(name):
+  """{option: default} of the schedule `name` (its function's keywords but T)."""
+  return {k: p.default for k, p in inspect.signature(SCHEDULES.get(name)).parameters.items() if k != "T"}
+
+
 def get_schedule(name, num_timesteps, **kwargs):
   """The schedule of a spec name[:key=value...] (e.g. shifted_cosine:base=32), the options parsed as the types of the
   schedule's defaults; `kwargs` (e.g. the data's resolution) go to the schedules that take them."""
-  name, *options = name.split(":")
-  fn = SCHEDULES.get(name)
-  defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k != "T"}
-  given = {}
-  for option in options:
-    k, sep, v = option.partition("=")
-    if not sep or k not in defaults:
-      raise ValueError(f"Schedule option {option!r} of {name!r}: valid options are "
-                       + (", ".join(f"{o}={d}" for o, d in defaults.items()) or "none"))
-    given[k] = parse_value(v, defaults[k])
-  return fn(num_timesteps, **{**{k: v for k, v in kwargs.items() if k in defaults}, **given})
+  name, given = parse_spec(name, schedule_options, "schedule")
+  defaults = schedule_options(name)
+  return SCHEDULES.get(name)(num_timesteps, **{**{k: v for k, v in kwargs.items() if k in defaults}, **given})

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.parametrization import bcast, eps_x0_on
-from diffusion_jax.paths import CosineInterpolant, GaussianPath, RectifiedFlow, VarianceExploding
+from diffusion_jax.config_files import parse_spec
+from diffusion_jax.paths import CosineInterpolant, GaussianPath, RectifiedFlow, VarianceExploding, resolution_shift
 from diffusion_jax.registry import Registry
 from diffusion_jax.schedules import from_betas
 
@@ -171,15 +172,19 @@ class EDMSDE(VESDE):
 
 
 class InterpolantSDE(SDE):
-  """What the interpolant paths (alpha(1) = 0) share as SDEs: N steps, score_sde's network time (N - 1) t, and samplers
-  that start at t_max = 1 - 1e-3, short of t = 1 where f and g are singular."""
+  """What the interpolant paths (alpha(1) = 0) share as SDEs: N steps, score_sde's network time (N - 1) t, samplers
+  that start at t_max = 1 - 1e-3, short of t = 1 where f and g are singular, and the resolution shift s of the
+  path's log-SNR (lambda(t) - 2 log s; paths.RectifiedFlow)."""
   t_max = 1.0 - 1e-3
 
-  def __init__(self, N=1000):
+  def __init__(self, N=1000, shift=1.0):
     super().__init__(N)
+    if not shift > 0:
+      raise ValueError(f"A path's shift must be > 0, got {shift}")
+    self.shift = float(shift)
 
   def with_steps(self, N):
-    return type(self)(N)
+    return type(self)(N, self.shift)
 
   def network_time(self, t):
     return (self.N - 1) * t
@@ -206,11 +211,24 @@ def get_sde(name, **kwargs):
   return SDES.get(name)(**kwargs)
 
 
-def sde_from_config(d, name=None):
-  """The SDE `name` (default d.sde) with the parameters of a `config.diffusion` block and N = d.num_timesteps."""
-  name = name or d.sde
+PATH_OPTIONS = {"shift": 1.0, "base": 0}  # the options of the interpolant paths' specs
+
+
+def sde_from_config(d, spec=None, resolution=None):
+  """The SDE of `spec` (default d.sde) with the parameters of a `config.diffusion` block and N = d.num_timesteps. The
+  interpolant paths take options, name[:shift=s][:base=b]: a shift s of the log-SNR by -2 log s, or SD3's shift
+  s = resolution / base for images of `resolution` pixels per side (the data's, or the latents') against `base`
+  (Esser et al. 2024, Sec. 5.3.2; rectified_flow:base=32 on 64-pixel images is shift 2)."""
+  name, options = parse_spec(spec or d.sde, lambda n: PATH_OPTIONS if issubclass(SDES.get(n), InterpolantSDE) else {},
+                             "path")
+  if options.get("base"):
+    if "shift" in options:
+      raise ValueError(f"diffusion.sde={spec or d.sde!r} sets both shift= and base=; give one")
+    if not resolution:
+      raise ValueError(f"diffusion.sde={spec or d.sde!r}: base= needs the images' resolution")
+    options = {"shift": resolution_shift(resolution**2, options["base"]**2)}
   kw = {"ve": dict(sigma_min=d.sigma_min, sigma_max=d.sigma_max), "vp": dict(beta_min=d.beta_min, beta_max=d.beta_max),
-        "subvp": dict(beta_min=d.beta_min, beta_max=d.beta_max)}.get(name, {})
+        "subvp": dict(beta_min=d.beta_min, beta_max=d.beta_max)}.get(name, options)
   return get_sde(name, N=d.num_timesteps, **kw)
 
 

@@ -64,6 +64,8 @@ def run(name, path, prediction, steps, **kwargs):
     ("euler_ancestral", RF, "velocity", 200, {}),
     ("unipc", RF, "velocity", 20, {}),
     ("deis", EDM, "x0", 20, {}),
+    ("flow", RectifiedFlowSDE(shift=3.0), "velocity", 20, {"solver": "heun"}),
+    ("dpm_solver++", CosineInterpolantSDE(shift=0.5), "v", 20, {}),
 ], ids=lambda v: v if isinstance(v, (str, int)) else None)
 def test_sampler_reproduces_mixture_on_the_new_paths(name, path, prediction, steps, kwargs):
   check_mixture(run(name, path, prediction, steps, **kwargs))

@@ -1,5 +1,7 @@
 """The Gaussian-path contract (paths.py): the SDE derived from alpha and sigma alone reproduces the closed forms of
 Song et al. 2021, each path's log-SNR inverts, and each path's marginals are those of its SDE, by Monte Carlo."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,8 @@ import pytest
 
 from diffusion_jax.paths import CosineInterpolant, GaussianPath, RectifiedFlow, VarianceExploding
 from diffusion_jax.schedules import get_schedule
-from diffusion_jax.sde import SDES, VESDE, SubVPSDE, VPSDE, get_sde
+from diffusion_jax.sde import (SDES, VESDE, CosineInterpolantSDE, RectifiedFlowSDE, SubVPSDE, VPSDE, get_sde,
+                              sde_from_config)
 
 T = jnp.linspace(0.02, 0.98, 25)
 
@@ -29,7 +32,8 @@ def test_general_sde_reproduces_vp_and_subvp_closed_forms():
   np.testing.assert_allclose(general(VPSDE(), T)[1], beta, rtol=1e-4)
 
 
-@pytest.mark.parametrize("path", [VESDE(), VarianceExploding(0.002, 80.0), RectifiedFlow()], ids=["ve", "edm", "rf"])
+@pytest.mark.parametrize("path", [VESDE(), VarianceExploding(0.002, 80.0), RectifiedFlow(),
+                                  RectifiedFlowSDE(shift=3.0)], ids=["ve", "edm", "rf", "rf_shift3"])
 def test_closed_form_sdes_equal_the_general_formula(path):
   f, g2 = path.drift_diffusion(T)
   f_general, g2_general = general(path, T)
@@ -43,7 +47,9 @@ def test_cosine_interpolant_sde_by_jax_equals_its_closed_form():
   np.testing.assert_allclose(g2, np.pi * jnp.tan(0.5 * np.pi * T), rtol=1e-4)
 
 
-PATHS_UNDER_TEST = {"linear": get_schedule("linear", 1000), **{name: get_sde(name) for name in SDES.names()}}
+PATHS_UNDER_TEST = {"linear": get_schedule("linear", 1000), **{name: get_sde(name) for name in SDES.names()},
+                    "rectified_flow_shift3": RectifiedFlowSDE(shift=3.0),
+                    "cosine_interpolant_shift0.5": CosineInterpolantSDE(shift=0.5)}
 
 
 @pytest.mark.parametrize("name", list(PATHS_UNDER_TEST))
@@ -126,3 +132,71 @@ def test_a_checkpoint_refuses_another_schedule_or_step_count(tiny):
     checkpoint.check_compatible(saved, tiny(**{"diffusion.schedule": "cosine"}))
   with pytest.raises(ValueError, match="diffusion.num_timesteps: checkpoint has 1000, config has 500"):
     checkpoint.check_compatible(saved, tiny(**{"diffusion.num_timesteps": 500}))
+
+
+def test_shifted_flow_paths_equal_their_closed_forms():
+  # SD3 (Esser et al. 2024, eq. 23): sigma = s t / (1 + (s - 1) t) on rectified flow; on any path the shift moves the
+  # log-SNR by -2 log s; the cosine interpolant stays variance preserving; shifts multiply
+  s, t = 3.0, jnp.linspace(0.0, 1.0, 11)
+  alpha, sigma = RectifiedFlowSDE(shift=s).alpha_sigma(t)
+  np.testing.assert_allclose(sigma, s * t / (1 + (s - 1) * t), rtol=1e-6)
+  np.testing.assert_allclose(alpha, 1 - s * t / (1 + (s - 1) * t), atol=1e-6)
+  inner = jnp.linspace(0.05, 0.95, 19)
+  for base, shifted in ((RectifiedFlowSDE(), RectifiedFlowSDE(shift=s)),
+                        (CosineInterpolantSDE(), CosineInterpolantSDE(shift=s))):
+    np.testing.assert_allclose(shifted.log_snr(inner), base.log_snr(inner) - 2 * np.log(s), rtol=1e-5, atol=1e-5)
+  a, b = CosineInterpolantSDE(shift=s).alpha_sigma(t)
+  np.testing.assert_allclose(a**2 + b**2, 1.0, rtol=1e-6)
+  np.testing.assert_allclose(b, s * np.sin(np.pi * t / 2) / np.sqrt(np.cos(np.pi * t / 2)**2
+                                                                    + s**2 * np.sin(np.pi * t / 2)**2), atol=1e-6)
+  twice = RectifiedFlowSDE(shift=2.0).alpha_sigma(jnp.asarray(RectifiedFlowSDE(shift=1.5).alpha_sigma(inner)[1]))[1]
+  np.testing.assert_allclose(twice, RectifiedFlowSDE(shift=3.0).alpha_sigma(inner)[1], rtol=1e-6)
+
+
+def test_path_specs_take_the_resolution_shift(tiny):
+  from diffusion_jax import build
+  d = tiny().diffusion  # 8 x 8 images
+  assert sde_from_config(d, "rectified_flow:shift=3").shift == 3.0
+  assert sde_from_config(d, "rectified_flow:base=4", resolution=8).shift == 2.0  # sqrt(64 / 16) pixels
+  assert sde_from_config(d, "cosine_interpolant:base=16", resolution=8).shift == 0.5
+  assert sde_from_config(d, "rectified_flow").shift == 1.0
+  _, process = build.setup(tiny(**{"diffusion.sde": "rectified_flow:base=2"}))
+  assert process.shift == 4.0 and process.with_steps(10).shift == 4.0
+  with pytest.raises(ValueError, match="Path option 'shift=2' of 'vp': valid options are none"):
+    sde_from_config(d, "vp:shift=2")
+  with pytest.raises(ValueError, match="option 'scale=2' of 'rectified_flow': valid options are shift=1.0, base=0"):
+    sde_from_config(d, "rectified_flow:scale=2")
+  with pytest.raises(ValueError, match="sets both shift= and base="):
+    sde_from_config(d, "rectified_flow:shift=2:base=4", resolution=8)
+  with pytest.raises(ValueError, match="shift must be > 0, got -1"):
+    sde_from_config(d, "rectified_flow:shift=-1")
+
+
+def test_stochastic_samplers_refuse_a_path_with_only_an_ode(tiny):
+  # a plugin path whose sigma falls after t = 0.5: the log-SNR rises there, the reverse SDE's noise variance is
+  # negative, so the stochastic samplers (ddpm, ddim eta > 0, sde_dpm_solver++, euler_ancestral, pc, edm with churn)
+  # are refused by name while the deterministic ones run
+  from diffusion_jax import build, parallel, sample
+  from diffusion_jax.samplers import get_sampler
+  from diffusion_jax.samplers.common import check_reverse_noise
+  from diffusion_jax.sde import InterpolantSDE
+
+  class Sharpening(InterpolantSDE):
+    def alpha_sigma(self, t):
+      t = jnp.asarray(t, jnp.float32)
+      return jnp.ones_like(t), 0.1 + t * (1.0 - t)
+  if "sharpening_test_path" not in SDES.names():
+    SDES.register("sharpening_test_path")(Sharpening)
+  config = tiny(**{"diffusion.sde": "sharpening_test_path"})
+  model, process = build.setup(config)
+  mesh = parallel.make_mesh()
+  valid = r"the deterministic samplers ddim, deis, dpm_solver\+\+, dpm_solver\+\+_2s, edm, flow, ode, unipc"
+  for name, options in (("sde_dpm_solver++", {}), ("ddim", {"eta": 1.0}), ("euler_ancestral", {}), ("ddpm", {})):
+    with pytest.raises(ValueError, match=rf"Sampler '{re.escape(name)}' with .* draws the reverse SDE's noise, whose "
+                                         rf"variance -sigma\^2 dlambda/dt is negative .* valid: {valid}"):
+      sample.make_generate(config, model, process, mesh, name, 4, 2, **options)
+  sample.make_generate(config, model, process, mesh, "ddim", 4, 2)  # eta = 0: deterministic
+  with pytest.raises(ValueError, match=r"'pc' with its defaults .*\(from t = 0.50"):
+    check_reverse_noise("pc", Sharpening(), {})
+  check_reverse_noise("sde_dpm_solver++", get_schedule("linear", 1000), {})  # a falling log-SNR
+  assert [get_sampler("edm").stochastic(o) for o in ({}, {"s_churn": 40.0})] == [False, True]

@@ -12,6 +12,7 @@ import numpy as np
 from diffusion_jax.config_files import parse_value
 from diffusion_jax.parametrization import to_eps_x0
 from diffusion_jax.registry import Registry
+from diffusion_jax.schedules import Schedule
 
 SAMPLERS = Registry("sampler")
 SPACINGS = ("leading", "leading_offset", "trailing", "linspace", "quadratic")
@@ -33,11 +34,13 @@ class Sampler:
   to know of it: the process it runs on ("schedule": a discrete Schedule, or a VP SDE's DDPM discretisation; "sde":
   an SDE), its network evaluations nfe(num_steps, options), None where it counts them itself (then it takes
   return_nfe=True and returns (x_0, nfe)), and whether classifier guidance moves its mean (it takes
-  classifier_grad, Dhariwal & Nichol's Alg. 1) instead of shifting the model's eps (Alg. 2)."""
+  classifier_grad, Dhariwal & Nichol's Alg. 1) instead of shifting the model's eps (Alg. 2), and whether a run with
+  `options` draws the reverse SDE's noise (stochastic(options)), which a path with a rising log-SNR does not have."""
   fn: Callable
   process: str = "schedule"
   nfe: Callable = lambda num_steps, options: num_steps
   mean_shift_guidance: bool = False
+  stochastic: Callable = lambda options: False
 
   def __call__(self, *args, **kwargs):
     return self.fn(*args, **kwargs)
@@ -59,6 +62,25 @@ def register_sampler(name, **spec):
 
 def get_sampler(name):
   return SAMPLERS.get(name)
+
+
+def check_reverse_noise(name, process, options):
+  """Refuses a stochastic run of sampler `name` on a process whose log-SNR rises somewhere: the reverse SDE's noise
+  variance g^2 = -sigma^2 dlambda/dt (paths.py) is negative there, so only the deterministic (ODE) samplers apply."""
+  if not get_sampler(name).stochastic(options):
+    return
+  if isinstance(process, Schedule):  # its T levels, i = 0 (clean) .. T - 1
+    lam, ts = np.asarray(process.log_snr_grid), (np.arange(process.num_timesteps) + 1.0) / process.num_timesteps
+  else:
+    ts = np.linspace(process.t_min, getattr(process, "t_max", 1.0), 1001)
+    lam = np.asarray(process.log_snr(jnp.asarray(ts, jnp.float32)))
+  rising = np.nonzero(np.diff(lam) > 0)[0]
+  if len(rising):
+    deterministic = [n for n in SAMPLERS.names() if not SAMPLERS.get(n).stochastic({})]
+    raise ValueError(f"Sampler {name!r} with {options or 'its defaults'} draws the reverse SDE's noise, whose variance "
+                     f"-sigma^2 dlambda/dt is negative where this path's log-SNR rises (from t = {ts[rising[0]]:.3g}): "
+                     f"the path has only the probability-flow ODE; valid: the deterministic samplers "
+                     f"{', '.join(deterministic)} (ddim with eta=0, edm with s_churn=0, euler_ancestral with eta=0)")
 
 
 def samplers_on(process):

@@ -12,7 +12,7 @@ def ddim_step(x0, eps, abar, abar_prev, z, eta=0.0):
   return jnp.sqrt(abar_prev) * x0 + jnp.sqrt(jnp.maximum(1.0 - abar_prev - s**2, 0.0)) * eps + s * z
 
 
-@register_sampler("ddim")
+@register_sampler("ddim", stochastic=lambda options: options.get("eta", 0.0) > 0)
 def ddim_sample(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False,
                 spacing="leading", eta=0.0):
   if eta < 0:

@@ -23,7 +23,7 @@ def ddpm_step(x, x0, abar, abar_prev, z, variance="beta_tilde", shift=None):
   return mean + jnp.sqrt(var) * z
 
 
-@register_sampler("ddpm", mean_shift_guidance=True)
+@register_sampler("ddpm", mean_shift_guidance=True, stochastic=lambda options: True)
 def ddpm_sample(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False,
                 spacing="leading", variance="beta_tilde", classifier_grad=None):
   """classifier_grad(x, t, y) -> s grad log p(y | x_t): classifier guidance by the mean shift of Dhariwal & Nichol."""

@@ -8,7 +8,7 @@ from diffusion_jax.samplers.common import eps_x0, grid, initial_noise, model_sca
 from diffusion_jax.samplers.dpm_solver import check_order, log_snr_steps, step_orders
 
 
-@register_sampler("sde_dpm_solver++")
+@register_sampler("sde_dpm_solver++", stochastic=lambda options: True)
 def sde_dpm_solver_pp(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False,
                       spacing="trailing", order=2):
   """x_next = (sigma_next / sigma) e^{-h} x + alpha_next (1 - e^{-2h}) (D0 + D1 / 2)

@@ -15,7 +15,8 @@ def karras_sigmas(sigma_min, sigma_max, n, rho=7.0):
   return jnp.concatenate([s, jnp.zeros((1,))])
 
 
-@register_sampler("edm", nfe=lambda num_steps, options: 2 * num_steps - 1)
+@register_sampler("edm", nfe=lambda num_steps, options: 2 * num_steps - 1,
+                  stochastic=lambda options: options.get("s_churn", 0.0) > 0)
 def edm_sample(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False, rho=7.0,
                s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, sigma_max=float("inf")):
   """num_steps sigma levels from the schedule's noisiest, or sigma_max if lower (e.g. Karras et al.'s 80 for a path

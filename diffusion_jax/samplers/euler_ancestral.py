@@ -16,7 +16,7 @@ def ancestral_step(sigma, sigma_next, eta=1.0):
   return jnp.sqrt(sigma_next**2 - sigma_up**2), sigma_up
 
 
-@register_sampler("euler_ancestral")
+@register_sampler("euler_ancestral", stochastic=lambda options: options.get("eta", 1.0) > 0)
 def euler_ancestral(model_fn, schedule, shape, rng, *, num_steps, y=None, prediction="eps", clip_x0=False,
                     spacing="leading", eta=1.0, s_noise=1.0):
   """x <- x + (sigma_down - sigma) (x - D(x; sigma)) / sigma + s_noise sigma_up z from sigma_T to 0, starting at

@@ -2,25 +2,14 @@
 continuous path (Lipman et al. 2023; Liu et al. 2022), on the time grid shifted as Stable Diffusion 3's (Esser et al.
 2024, Sec. 5.3.2): t' = s t / (1 + (s - 1) t), s > 1 spending more steps at high noise."""
 import jax.numpy as jnp
-import numpy as np
 
 from diffusion_jax.parametrization import eps_x0_on, path_coefficients
+from diffusion_jax.paths import resolution_shift, shift_time
 from diffusion_jax.samplers.common import initial_noise, model_scan, register_sampler
 from diffusion_jax.sde import SDE
 
 FLOW_SOLVERS = ("euler", "heun")
 FLOW_GRIDS = ("uniform", "diffusers")
-
-
-def shift_time(t, shift):
-  """t' = s t / (1 + (s - 1) t) (Esser et al. 2024, eq. 23): the time of equal noise at a resolution s^2 times as
-  many pixels."""
-  return shift * t / (1.0 + (shift - 1.0) * t)
-
-
-def resolution_shift(pixels, base_pixels=256 * 256):
-  """SD3's shift for images of `pixels` pixels trained at `base_pixels`: s = sqrt(pixels / base_pixels)."""
-  return float(np.sqrt(pixels / base_pixels))
 
 
 def flow_times(num_steps, shift=1.0, grid="uniform"):
@@ -45,8 +34,9 @@ def flow_sample(model_fn, path, shape, rng, *, num_steps, y=None, prediction="ve
                 grid="uniform", base_resolution=0):
   """num_steps steps of Euler or Heun (Euler for the last step, to t = 0) from x_1 ~ the path's prior over
   flow_times(num_steps, shift, grid); with base_resolution > 0 the shift is SD3's for these images against that
-  resolution (resolution_shift). The velocity is the network's own (prediction="velocity") or converted from its
-  eps / x0 / v prediction."""
+  resolution (resolution_shift). On a path that is itself shifted (diffusion.sde=rectified_flow:shift=s) the uniform
+  grid already is SD3's, and a sampler shift multiplies the path's. The velocity is the network's own
+  (prediction="velocity") or converted from its eps / x0 / v prediction."""
   if not isinstance(path, SDE):
     raise ValueError(f"The flow sampler needs a continuous path, got {type(path).__name__}")
   if solver not in FLOW_SOLVERS:

@@ -86,7 +86,7 @@ def check_stochastic(sde, eps, points=257):
                      "flow or a discrete sampler")
 
 
-@register_sampler("pc", process="sde", nfe=pc_nfe)
+@register_sampler("pc", process="sde", nfe=pc_nfe, stochastic=lambda options: True)
 def pc_sample(model_fn, sde, shape, rng, *, num_steps, y=None, prediction="eps", predictor="reverse_diffusion",
               corrector="langevin", snr=0.16, n_corrector_steps=1, denoise=True, eps=None):
   """num_steps predictor steps from t = 1 to eps, each after n_corrector_steps Langevin steps; the reverse-diffusion
