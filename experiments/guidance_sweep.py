@@ -33,7 +33,7 @@ from diffusion_jax.evaluation.features import metric_names
 from diffusion_jax.sample import run_label
 from diffusion_jax.samplers import parse_runs
 from diffusion_jax.build import load_classifier
-from experiments.scoring import score_runs
+from experiments.scoring import reseeded, score_runs
 
 APG = {"apg": True, "apg_eta": 0.0, "apg_r": 2.0, "apg_beta": -0.5}
 # method -> (label, strength option, fixed options); autoguidance's guide and the interval come from the flags
@@ -132,13 +132,6 @@ def best_points(rows, methods, fid):
   return {m: min(pts, key=lambda r: r[fid]) for m, pts in curves(rows, methods).items()}
 
 
-def reseeded(runs, seeds):
-  """The runs again under sampling seeds 1 .. seeds - 1: (seed, label, sampler, steps, options, extra)."""
-  unique = list({r[0]: r for r in runs}.values())  # methods may share a best point (the unguided run)
-  return [(k, f"{label}_seed{k}", name, steps, opts, {**extra, "seed": k, "base_run": label})
-          for k in range(1, seeds) for label, name, steps, opts, extra in unique]
-
-
 def sweep(config, workdir, out, methods, ws, ss, sampler, per_class, guide="", interval=(0.28, 5.42), seeds=1):
   runs = plan(config, methods, ws, ss, sampler, guide, interval)
   classifier = None
@@ -150,11 +143,9 @@ def sweep(config, workdir, out, methods, ws, ss, sampler, per_class, guide="", i
   rows = planned(score_runs(config, workdir, out, runs, per_class * num_classes, classifier))
   names = metric_names(config.eval.features)
   best = best_points(rows, methods, names.fid)
-  for k, label, name, steps, opts, extra in reseeded([by_label[r["run"]] for r in best.values()], seeds):
-    seeded = config.copy_and_resolve_references()
-    seeded.seed = config.seed + k
-    rows = planned(score_runs(seeded, workdir, out, [(label, name, steps, opts, extra)], per_class * num_classes,
-                              classifier))
+  seeded = reseeded([by_label[r["run"]] for r in best.values()], seeds)
+  if seeded:
+    rows = planned(score_runs(config, workdir, out, seeded, per_class * num_classes, classifier))
   if jax.process_index() == 0:
     write_results(rows, methods, out, per_class, names)
   return rows

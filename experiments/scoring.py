@@ -13,9 +13,18 @@ from diffusion_jax.evaluate import score_sampler_run
 from diffusion_jax.evaluation.features import Scorer
 
 
+def reseeded(runs, seeds):
+  """The runs again under sampling seeds 1 .. seeds - 1: [(label_seedK, sampler, steps, options, extra + {seed: K,
+  base_run: label})], each run once (several plans may share one)."""
+  unique = list({r[0]: r for r in runs}.values())
+  return [(f"{label}_seed{k}", name, steps, opts, {**extra, "seed": k, "base_run": label})
+          for k in range(1, seeds) for label, name, steps, opts, extra in unique]
+
+
 def score_runs(config, workdir, out, runs, num_samples, classifier=None):
-  """runs: [(label, sampler, steps, options, extra row fields)]. Returns every row of OUT/rows.json. A run that
-  fails (a ValueError: a step count the sampler does not take, samples that diverged to NaN) is logged and skipped."""
+  """runs: [(label, sampler, steps, options, extra row fields)], each sampled from the key config.seed + 1 + its
+  extra field `seed` (0 if absent). Returns every row of OUT/rows.json. A run that fails (a ValueError: a step count
+  the sampler does not take, samples that diverged to NaN) is logged and skipped."""
   mesh = parallel.mesh_for(config)
   model, process = build.setup(config)
   params = build.load_params(config, workdir, mesh)
@@ -27,8 +36,9 @@ def score_runs(config, workdir, out, runs, num_samples, classifier=None):
   done = {r["run"] for r in rows}
   for label, name, steps, opts, extra in tqdm([r for r in runs if r[0] not in done], desc="sampler runs"):
     try:
-      row = score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num_samples,
-                              jax.random.PRNGKey(config.seed + 1), classifier, latents=latents, **opts)
+      rng = jax.random.PRNGKey(config.seed + 1 + extra.get("seed", 0))
+      row = score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num_samples, rng, classifier,
+                              latents=latents, **opts)
     except ValueError as e:
       logging.warning("skipping %s: %s", label, e)
       continue

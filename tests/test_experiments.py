@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 
@@ -16,24 +17,46 @@ def test_compare_samplers_grid_tables_plot_and_resume(trained, monkeypatch):
   from experiments import scoring
   config, wd = trained
   out = os.path.join(wd, "cmp")
-  rows = cs.compare(config, wd, out, ["edm", "ode_heun"], [5], ["1e-2"], 20)
+  rows = cs.compare(config, wd, out, ["edm", "ode_heun"], [5], ["1e-2"], 20, seeds=2, seeded_nfe=5)
   by_run = {r["run"]: r for r in rows}
-  # edm: 2 S - 1 NFE with S = (n + 1) // 2; heun: 2 S + 1 with S = (n - 1) // 2; plus one RK45 run
+  # edm: 2 S - 1 NFE with S = (n + 1) // 2; heun: 2 S + 1 with S = (n - 1) // 2; plus one RK45 run; the two
+  # fixed-step runs again under a second sampling seed, the adaptive one not
   assert {r: (by_run[r]["nfe"], by_run[r]["target_nfe"]) for r in ("edm_3", "ode_2_solverheun")} \
       == {"edm_3": (5, 5), "ode_2_solverheun": (5, 5)}
-  assert "ode_20_atol0.01_rtol0.01" in by_run and len(rows) == 3
+  assert "ode_20_atol0.01_rtol0.01" in by_run and len(rows) == 5
+  assert by_run["edm_3_seed1"]["seed"] == 1 and by_run["edm_3_seed1"]["fid_digits"] != by_run["edm_3"]["fid_digits"]
   assert all(r["fid_digits"] > 0 and r["seconds"] > 0 for r in rows)
   md = open(os.path.join(out, "results.md")).read()
   assert "| sampler | 5 |" in md and "| ode solver=heun |" in md
+  fids = [by_run[r]["fid_digits"] for r in ("edm_3", "edm_3_seed1")]
+  assert f"| edm | {np.mean(fids):.3g} ± {np.std(fids, ddof=1):.2g} |" in md
   assert os.path.getsize(os.path.join(out, "fid_vs_nfe.png")) > 1000
-  assert open(os.path.join(out, "results.csv")).readline().startswith("run,sampler,steps,target_nfe,nfe,fid_digits")
+  assert open(os.path.join(out, "results.csv")).readline().startswith("run,sampler,steps,target_nfe,nfe,seed,fid_digits")
   # resumable: finished runs are skipped, only new ones are sampled
   calls = []
   real = scoring.score_sampler_run
   monkeypatch.setattr(scoring, "score_sampler_run", lambda *a, **k: calls.append(a[6:8]) or real(*a, **k))
   rows = cs.compare(config, wd, out, ["edm", "ddim"], [5], [], 20)
-  assert calls == [("ddim", 5)] and len(rows) == 4  # edm_3 was done
+  assert calls == [("ddim", 5)] and len(rows) == 6  # edm_3 was done
   assert json.load(open(os.path.join(out, "rows.json")))[-1]["run"] == "ddim_5"
+
+
+def test_compare_samplers_on_the_mixture_oracle(tmp_path):
+  # no model: the exact eps drives every sampler; the error against the exact mixture falls with NFE towards the
+  # floor of exact samples, and a third-order solver beats DDIM at equal NFE on this smooth problem
+  from configs.digits import get_config
+  from experiments import compare_samplers as cs
+  config = get_config()
+  config.sample.spacing, config.sample.clip_x0 = "trailing", False
+  rows, floor = cs.oracle(config, str(tmp_path), ["ddim", "unipc_bh1"], [5, 20], 2, 2000)
+  mmd = {(r["sampler"], r["target_nfe"], r["seed"]): r["mmd2"] for r in rows}
+  assert len(rows) == 8
+  for name in ("ddim", "unipc"):
+    assert mmd[name, 5, 0] > mmd[name, 20, 0] > floor["mmd2"]
+  assert mmd["unipc", 20, 0] < mmd["ddim", 20, 0]
+  md = open(tmp_path / "oracle.md").read()
+  assert "| unipc order=3 variant=bh1 |" in md and " ± " in md
+  assert os.path.getsize(tmp_path / "mmd_vs_nfe.png") > 1000
 
 
 def test_compare_samplers_bad_family(trained):

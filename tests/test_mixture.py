@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.parametrization import target
+from diffusion_jax.evaluation.gaussian_mixture import GaussianMixture
 from diffusion_jax.samplers import get_sampler
 from diffusion_jax.schedules import get_schedule
 from diffusion_jax.sde import VESDE, SubVPSDE, VPSDE
@@ -19,20 +19,13 @@ STD = 0.3  # isotropic component standard deviation
 N = 4000
 
 
+MIXTURE = GaussianMixture(np.asarray(WEIGHTS), np.asarray(MEANS), STD)
+
+
 def mixture_model_fn(process, prediction="eps"):
-  """Exact E[eps | x_t] for x0 ~ sum_k w_k N(mu_k, s^2 I): p_t = sum_k w_k N(alpha mu_k, (alpha^2 s^2 + sigma^2) I),
-  eps = -sigma grad log p_t = sigma sum_k r_k(x) (x - alpha mu_k) / (alpha^2 s^2 + sigma^2), r_k the posterior."""
-  def model_fn(x, t, y=None):
-    alpha, sigma = process.alpha_sigma(t)
-    a, s = alpha[:, None, None], sigma[:, None, None]
-    var = a**2 * STD**2 + s**2                      # [B, 1, 1]
-    diff = x[:, None, :] - a * MEANS[None]            # [B, K, 2]
-    logits = jnp.log(WEIGHTS) - 0.5 * jnp.sum(diff**2, -1) / var[..., 0] - jnp.log(var[..., 0])
-    r = jax.nn.softmax(logits, axis=-1)[..., None]
-    eps = sigma[:, None] * jnp.sum(r * diff / var, axis=1)
-    x0 = (x - sigma[:, None] * eps) / alpha[:, None]
-    return target(x0, eps, alpha[:, None], sigma[:, None], prediction)
-  return model_fn
+  """The mixture's exact prediction on `process` (evaluation/gaussian_mixture.py): p_t = sum_k w_k N(alpha mu_k,
+  (alpha^2 s^2 + sigma^2) I), eps = -sigma grad log p_t from the components' posteriors."""
+  return MIXTURE.model_fn(process, prediction)
 
 
 def check_mixture(x):
@@ -94,3 +87,20 @@ def test_ode_euler_and_heun_converge_at_their_order():
   assert e_euler[0] > e_euler[1] > e_euler[2] and e_heun[0] > e_heun[1] > e_heun[2]
   assert 1.6 < e_euler[1] / e_euler[2] < 2.5, e_euler
   assert 3.0 < e_heun[1] / e_heun[2] < 5.0, e_heun
+
+
+def test_oracle_mmd_uses_the_exact_kernel_expectations_of_the_mixture():
+  # MMD^2 against the mixture's closed forms equals the plain U-statistic against a large exact sample (its own
+  # estimate of the mixture terms has std ~ 1e-4 here); exact samples score ~0, a 0.1 shift clearly not
+  x = np.asarray(MIXTURE.sample(jax.random.PRNGKey(1), 1500), np.float64) + 0.1
+  y = np.asarray(MIXTURE.sample(jax.random.PRNGKey(2), 3000), np.float64)
+  k = lambda a, b: np.exp(-0.5 * ((a[:, None] - b[None]) ** 2).sum(-1) / 0.5**2)
+  u = lambda a: (k(a, a).sum() - len(a)) / (len(a) * (len(a) - 1))
+  brute = u(x) - 2 * k(x, y).mean() + u(y)
+  assert brute > 0.01
+  np.testing.assert_allclose(MIXTURE.mmd2(x, 0.5, block=512), brute, rtol=0.05)
+  assert abs(MIXTURE.mmd2(y, 0.5)) < 1e-3
+  mean, cov = MIXTURE.moments()
+  np.testing.assert_allclose(y.mean(0), mean, atol=0.05)
+  np.testing.assert_allclose(np.cov(y, rowvar=False), cov, atol=0.08)
+  assert MIXTURE.mode_weight_error(y) < 0.03

@@ -8,36 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.parametrization import target_on, vp_view
+from diffusion_jax.parametrization import vp_view
 from diffusion_jax.samplers import get_sampler
 from diffusion_jax.samplers.flow import flow_times
 from diffusion_jax.schedules import of_path
 from diffusion_jax.sde import CosineInterpolantSDE, EDMSDE, RectifiedFlowSDE
-from test_mixture import MEANS, N, STD, WEIGHTS, check_mixture
+from test_mixture import N, check_mixture, mixture_model_fn
 
 RF, EDM, COSINE = RectifiedFlowSDE(), EDMSDE(), CosineInterpolantSDE()
 
 
-def exact(path, prediction):
-  """The mixture's exact prediction on `path`, in any parametrization: E[eps | x_t] and E[x_0 | x_t] from the
-  components' posteriors, finite where alpha or sigma is 0 (E[x_0 | x_t, k] = mu_k + alpha s^2 (x - alpha mu_k) / v_k,
-  E[eps | x_t, k] = sigma (x - alpha mu_k) / v_k, v_k = alpha^2 s^2 + sigma^2)."""
-  def fn(x, t, y=None):
-    alpha, sigma = path.alpha_sigma(t)
-    a, s = alpha[:, None, None], sigma[:, None, None]
-    var = a**2 * STD**2 + s**2
-    diff = x[:, None, :] - a * MEANS[None]
-    logits = jnp.log(WEIGHTS) - 0.5 * jnp.sum(diff**2, -1) / var[..., 0] - jnp.log(var[..., 0])
-    r = jax.nn.softmax(logits, -1)[..., None]
-    eps = jnp.sum(r * s * diff / var, axis=1)
-    x0 = jnp.sum(r * (MEANS[None] + a * STD**2 * diff / var), axis=1)
-    return target_on(path, x0, eps, t, prediction)
-  return fn
-
-
 def run(name, path, prediction, steps, **kwargs):
   """A sampler on `path` as sample.py runs it: discrete samplers on the path's VP view, the others on the path."""
-  model_fn, process, seen = exact(path, prediction), path, prediction
+  model_fn, process, seen = mixture_model_fn(path, prediction), path, prediction
   if get_sampler(name).process == "schedule":
     model_fn, process, seen = vp_view(model_fn, path, prediction), of_path(path, path.N), "v"
   fn = functools.partial(get_sampler(name), model_fn, process, (N, 2), num_steps=steps, prediction=seen, **kwargs)
@@ -101,7 +84,7 @@ def test_velocity_model_on_the_vp_sde_runs_the_discrete_samplers(tiny):
   from diffusion_jax.sde import VPSDE
   config = tiny(**{"diffusion.sde": "vp", "diffusion.prediction": "velocity"})
   vp = VPSDE()
-  fn, on, prediction = sample.on_sampler_process(config, exact(vp, "velocity"), vp, "ddim", "velocity")
+  fn, on, prediction = sample.on_sampler_process(config, mixture_model_fn(vp, "velocity"), vp, "ddim", "velocity")
   assert prediction == "v"
   x = jax.jit(functools.partial(get_sampler("ddim"), fn, on, (N, 2), num_steps=100, prediction="v"))(
       jax.random.PRNGKey(0))

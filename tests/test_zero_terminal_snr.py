@@ -10,10 +10,9 @@ import pytest
 import torch
 from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as diffusers_rescale
 
-from diffusion_jax.parametrization import target
 from diffusion_jax.samplers import get_sampler
 from diffusion_jax.schedules import get_schedule, rescale_zero_terminal_snr
-from test_mixture import MEANS, N, STD, WEIGHTS, check_mixture
+from test_mixture import MEANS, N, check_mixture, mixture_model_fn
 
 ZERO = rescale_zero_terminal_snr(get_schedule("linear", 1000))
 
@@ -29,22 +28,6 @@ def test_rescaled_schedule_equals_diffusers_and_ends_at_snr_zero():
   assert not np.isnan(lam).any() and np.all(np.diff(lam[np.isfinite(lam)]) <= 1e-5)
 
 
-def mixture_denoiser(process, prediction):
-  """The mixture's exact prediction from its posterior mean x0 = sum_k r_k (mu_k + alpha s^2 (x - alpha mu_k) / var),
-  finite at alpha = 0 (where x0 is the mixture's mean and eps = x)."""
-  def model_fn(x, t, y=None):
-    alpha, sigma = process.alpha_sigma(t)
-    a = alpha[:, None, None]
-    var = a**2 * STD**2 + sigma[:, None, None] ** 2
-    diff = x[:, None, :] - a * MEANS[None]
-    logits = jnp.log(WEIGHTS) - 0.5 * jnp.sum(diff**2, -1) / var[..., 0]
-    r = jax.nn.softmax(logits, axis=-1)[..., None]
-    x0 = jnp.sum(r * (MEANS[None] + a * STD**2 * diff / var), axis=1)
-    eps = (x - alpha[:, None] * x0) / sigma[:, None]
-    return target(x0, eps, alpha[:, None], sigma[:, None], prediction)
-  return model_fn
-
-
 SAMPLER_CASES = [
     ("ddim", 50, {}), ("ddim", 50, {"eta": 1.0}), ("ddpm", 200, {}), ("dpm_solver++", 20, {}),
     ("dpm_solver++", 20, {"order": 3}), ("dpm_solver++_2s", 30, {}), ("sde_dpm_solver++", 100, {}),
@@ -56,7 +39,7 @@ SAMPLER_CASES = [
     (*case, "x0") for case in SAMPLER_CASES if case[0] in ("ddim", "deis", "euler_ancestral")])
 def test_every_sampler_starts_from_pure_noise(name, steps, kwargs, prediction):
   spacing = {} if name == "edm" else {"spacing": "trailing"}  # trailing: the first step at t = T (Lin et al.)
-  fn = functools.partial(get_sampler(name), mixture_denoiser(ZERO, prediction), ZERO, (N, 2), num_steps=steps,
+  fn = functools.partial(get_sampler(name), mixture_model_fn(ZERO, prediction), ZERO, (N, 2), num_steps=steps,
                          prediction=prediction, **spacing, **kwargs)
   check_mixture(np.asarray(jax.jit(fn)(jax.random.PRNGKey(0)), np.float64))
 
@@ -86,7 +69,7 @@ def test_the_likelihood_of_a_zero_terminal_snr_model_is_finite(tiny):
   from diffusion_jax import sample
   from diffusion_jax.likelihood import bits_per_dim
   config = tiny(**{"diffusion.zero_terminal_snr": True, "diffusion.prediction": "v"})
-  fn, sde, prediction = sample.on_sampler_process(config, mixture_denoiser(ZERO, "v"), ZERO, "ode", "v")
+  fn, sde, prediction = sample.on_sampler_process(config, mixture_model_fn(ZERO, "v"), ZERO, "ode", "v")
   x = jax.random.normal(jax.random.PRNGKey(3), (64, 2)) * 0.3 + MEANS[0]
   bpd, _ = jax.jit(lambda x: bits_per_dim(fn, sde, x, jax.random.PRNGKey(4), prediction=prediction, rtol=1e-3,
                                           atol=1e-3))(x)
