@@ -181,9 +181,12 @@ def get_base_config():
   c.job = ml_collections.ConfigDict(dict(grace_s=25.0, lock_stale_s=300.0))
 
   c.eval = ml_collections.ConfigDict(dict(
-      features="inception",   # inception | digits: the network behind FID / IS (evaluation/features.py)
+      features="inception",   # inception | digits | dinov2 | clip, or a comma list (inception,dinov2): the
+                              # networks behind FID / sFID / IS, FD_DINOv2, FD_CLIP / CMMD, in one pass (features.py)
       inception_weights="",   # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (.pth / .npz / .msgpack);
                               # "" -> the FID_INCEPTION_WEIGHTS environment variable
+      dinov2_weights="",      # a facebook/dinov2-large directory (config.json + model.safetensors) or its .msgpack
+      clip_weights="",        # a CLIP directory, e.g. openai/clip-vit-large-patch14-336 (CMMD's encoder)
       reference_stats="",     # mu / sigma .npz (pytorch-fid format, published files work); computed from the
                               # training split and cached there if missing; "" -> CACHE_DIR/reference_stats_*.npz
       reference_num_images=0,  # training images behind computed reference statistics (0: all)

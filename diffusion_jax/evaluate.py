@@ -9,7 +9,7 @@ import numpy as np
 
 from diffusion_jax import build, latent, parallel, text
 from diffusion_jax.data import get_dataset
-from diffusion_jax.evaluation.features import Scorer
+from diffusion_jax.evaluation.features import Scorer, is_score_field
 from diffusion_jax.images import save_grid
 from diffusion_jax.likelihood import bits_per_dim
 from diffusion_jax.samplers import parse_runs
@@ -18,10 +18,9 @@ from diffusion_jax.tables import markdown_table, pivot_by_nfe, plot_by_nfe
 from diffusion_jax.build import load_classifier
 
 
-def columns(names):
-  """The report's columns for the metric names of one feature network (features.metric_names)."""
-  return ("run", "sampler", "steps", "nfe", names.fid, names.inception_score, names.inception_score_std,
-          "class_accuracy", "num_samples", "seconds")
+def columns(metric_columns):
+  """The report's columns around the metric columns of the feature networks (Scorer.columns)."""
+  return ("run", "sampler", "steps", "nfe", *metric_columns, "num_samples", "seconds", "references")
 
 
 def score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num, rng, classifier=None,
@@ -89,7 +88,7 @@ def evaluate(config, workdir, params=None, mesh=None):
     rows.append(dict(run=label, **score_sampler_run(config, scorer, model, process, params, mesh, name, steps, num,
                                                     jax.random.PRNGKey(config.seed + 1), classifier or None,
                                                     os.path.join(samples, f"{label}.png"), latents, **kwargs)))
-  results = dict(metrics=scorer.describe(), features=config.eval.features, rows=rows)
+  results = dict(metrics=scorer.describe(), features=config.eval.features, columns=scorer.columns(), rows=rows)
   if config.eval.enable_bpd:
     if latent.is_latent(config):
       raise ValueError("eval.enable_bpd measures bits/dim of images through the probability-flow ODE; a latent "
@@ -116,14 +115,14 @@ def resume_section(workdir):
 
 
 def write_report(workdir, results, names):
-  cols = columns(names)
+  cols = columns(results["columns"])
   runs = [r for r in results["rows"] if "sampler" in r]
   lines = ["# diffusion_jax report", "",
            f"{results['metrics']} Each row states its sample count (`num_samples`; 50,000 is the convention of "
            "published FID, which is biased upwards at smaller counts). IS uses 10 splits; class accuracy is the share "
            "of conditional samples classified as their label.", "",
            markdown_table(results["rows"], cols), ""]
-  options = {k for r in runs for k in r} - set(cols) - {"nonfinite_fraction"}
+  options = {k for r in runs for k in r if not is_score_field(k)} - set(cols) - {"nonfinite_fraction"}
   table, curves = pivot_by_nfe(runs, names.fid, options)
   plot_by_nfe(curves, names.fid_label, os.path.join(workdir, "fid_vs_nfe.png"), f"{names.fid_label} against NFE")
   lines += [f"## {names.fid_label} against network evaluations", "", table, "", "![FID against NFE](fid_vs_nfe.png)",

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from diffusion_jax import build, distributed, tables
 from diffusion_jax.evaluation import metrics
-from diffusion_jax.evaluation.features import metric_names
+from diffusion_jax.evaluation.features import is_score_field, metric_names
 from diffusion_jax.evaluation.gaussian_mixture import GaussianMixture
 from diffusion_jax.sample import on_sampler_process, run_label, sampler_kwargs, sampler_setup
 from diffusion_jax.samplers import get_sampler
@@ -135,7 +135,7 @@ def seed_summary(rows, metric, options):
 
 
 def write_results(rows, out, num_samples, names):
-  options = {k for r in rows for k in r} - set(columns(names)) - {names.inception_score_std, "base_run"}
+  options = {k for r in rows for k in r if not is_score_field(k)} - set(columns(names)) - {"base_run"}
   rows = sorted(rows, key=lambda r: (tables.family(r, options), r["nfe"], r.get("seed", 0)))
   cols = list(columns(names)) + sorted(options)
   tables.write_csv(rows, cols, os.path.join(out, "results.csv"))

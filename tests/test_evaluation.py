@@ -1,3 +1,7 @@
+import dataclasses
+import os
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -130,13 +134,23 @@ def test_scorer_streams_batches_like_the_whole_array_and_checks_its_config(class
   for idx in np.array_split(np.arange(len(held.images)), 3):
     acc_stream.add(held.images[idx], held.labels[idx])
   streamed = acc_stream.row()
-  assert streamed == pytest.approx(whole, abs=2e-3) and streamed["num_samples"] == len(held.images)
-  assert set(whole) == {"fid_digits", "is_digits", "is_digits_std", "class_accuracy", "num_samples"}
+  numeric = lambda row: {k: v for k, v in row.items() if k not in ("features", "references")}
+  assert numeric(streamed) == pytest.approx(numeric(whole), abs=2e-3) and streamed["num_samples"] == len(held.images)
+  assert set(whole) == {"fid_digits", "is_digits", "is_digits_std", "class_accuracy", "num_samples", "features",
+                        "references"}
+  assert whole["references"] == f"reference_stats_digits_train.npz@{features.sha256(scorer.reference_path)[:12]}"
   assert whole["class_accuracy"] >= 0.97 and whole["fid_digits"] < 15.0  # noise scores in the hundreds
   mu, _ = metrics.load_stats(scorer.reference_path)
   _, train_features = digits_classifier.apply(params, get_dataset(c, "train").images)
   np.testing.assert_allclose(mu, train_features.mean(0), rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="Unknown feature extractor 'clip'; valid feature extractors: digits, inception"):
+  with pytest.raises(ValueError, match="Unknown feature extractor 'sift'; valid feature extractors: clip, digits, "
+                                       "dinov2, inception"):
+    features.Scorer(tiny_config(**{"eval.features": "digits,sift"}), d)
+  with pytest.raises(ValueError, match="must name each feature network once"):
+    features.Scorer(tiny_config(**{"eval.features": "digits,digits"}), d)
+  with pytest.raises(FileNotFoundError, match="facebook/dinov2-large.*config.eval.dinov2_weights"):
+    features.Scorer(tiny_config(**{"eval.features": "dinov2"}), d)
+  with pytest.raises(FileNotFoundError, match="openai/clip-vit-large-patch14-336.*config.eval.clip_weights"):
     features.Scorer(tiny_config(**{"eval.features": "clip"}), d)
   with pytest.raises(ValueError, match="needs data.name='digits'"):
     features.Scorer(tiny_config(**{"data.name": "tfds", "data.tfds_name": "cifar10"}), d)
@@ -157,3 +171,64 @@ def test_frechet_distance_with_fewer_samples_than_dimensions():
   assert abs(metrics.frechet_distance(mx, sx, mx, sx)) < 1e-6
   with pytest.raises(ValueError, match="not positive semi-definite"):
     metrics.frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+
+
+def test_one_pass_scores_every_network_against_its_own_references(classifier, tmp_path):
+  """eval.features=digits,dinov2,clip (tiny random DINOv2 and CLIP from transformers, test-only): one stream feeds
+  every network; the row has each Frechet distance, CMMD on the CLIP embeddings, and names each reference file with
+  its SHA-256; streaming equals the whole array; the training split scores ~0 against its own references."""
+  import torch
+  from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
+
+  from diffusion_jax.evaluation import clip_metrics, features
+  c, _, d = classifier
+  torch.manual_seed(0)
+  Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                           patch_size=14, image_size=28)).save_pretrained(tmp_path / "dinov2")
+  CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=2, image_size=16, patch_size=8,
+                                                 projection_dim=8)).save_pretrained(tmp_path / "clip")
+  c = c.copy_and_resolve_references()
+  c.eval.features, c.eval.cache_dir = "digits,dinov2,clip", str(tmp_path / "cache")
+  c.eval.dinov2_weights, c.eval.clip_weights = str(tmp_path / "dinov2"), str(tmp_path / "clip")
+  c.eval.reference_num_images, c.eval.batch_size = 300, 25
+  scorer = features.Scorer(c, d)
+  assert scorer.columns() == ["fid_digits", "is_digits", "is_digits_std", "fd_dinov2", "fd_clip", "cmmd_clip",
+                              "class_accuracy"]
+  held = get_dataset(c, "eval")
+  images, labels = held.images[:120], held.labels[:120]
+  whole = scorer(images, labels)
+  acc = scorer.stream()
+  for idx in np.array_split(np.arange(120), 4):
+    acc.add(images[idx], labels[idx])
+  streamed = acc.row()
+  numeric = lambda row: {k: v for k, v in row.items() if k not in ("features", "references")}
+  assert set(scorer.columns()) <= set(whole) and streamed["references"] == whole["references"]
+  assert numeric(streamed) == pytest.approx(numeric(whole), rel=1e-3, abs=1e-3)
+  refs = {os.path.basename(r.path): r for r in scorer.references.values()}
+  assert sorted(refs) == ["reference_stats_clip_train300.npz", "reference_stats_digits_train300.npz",
+                          "reference_stats_dinov2_train300.npz"]
+  assert whole["references"].count("@") == 3 and all(f"{n}@{features.sha256(r.path)[:12]}" in whole["references"]
+                                                      for n, r in refs.items())
+  assert whole["features"] == "digits,dinov2,clip" and whole["num_samples"] == 120
+  train = get_dataset(c, "train").images[:300]
+  own = scorer(train)
+  assert own["fd_dinov2"] < 1e-6 and own["fd_clip"] < 1e-6 and abs(own["cmmd_clip"]) < 1e-6
+  assert whole["cmmd_clip"] > 0.005 and whole["fid_digits"] > 1.0  # held-out images are not the references
+  # the dinov2 column is DINOv2's CLS features (torch.hub's position resampling) of the images, unrounded
+  from diffusion_jax.evaluation import dinov2
+  cfg, params = dinov2.load_params(c.eval.dinov2_weights)
+  cfg = dataclasses.replace(cfg, interpolate_offset=dinov2.HUB_INTERPOLATE_OFFSET)
+  direct = lambda x: np.asarray(dinov2.features(cfg, params, jnp.repeat(jnp.asarray(x), 3, -1)), np.float64)
+  ref = scorer.references["dinov2", "cls"]
+  np.testing.assert_allclose(ref.mu, direct(train).mean(0), rtol=1e-4, atol=1e-5)
+  expected = metrics.frechet_distance(*metrics.gaussian_stats(direct(images)), ref.mu, ref.sigma)
+  assert metrics.frechet_distance(*acc.stats["dinov2", "cls"].stats(), ref.mu, ref.sigma) == pytest.approx(
+      expected, rel=1e-3) and expected > 0
+  kept = np.load(scorer.references["clip", "embedding"].embeddings_path)
+  assert kept.shape == (300, 8)
+  np.testing.assert_allclose(streamed["cmmd_clip"], clip_metrics.cmmd(np.concatenate(acc.kept["clip", "embedding"]),
+                                                                      kept), atol=1e-4)
+  c.eval.dinov2_weights = str(tmp_path / "clip")
+  with pytest.raises(ValueError, match="clip_vision_model.*facebook/dinov2"):
+    features.Scorer(c, d)

@@ -31,7 +31,8 @@ def test_compare_samplers_grid_tables_plot_and_resume(trained, monkeypatch):
   fids = [by_run[r]["fid_digits"] for r in ("edm_3", "edm_3_seed1")]
   assert f"| edm | {np.mean(fids):.3g} ± {np.std(fids, ddof=1):.2g} |" in md
   assert os.path.getsize(os.path.join(out, "fid_vs_nfe.png")) > 1000
-  assert open(os.path.join(out, "results.csv")).readline().startswith("run,sampler,steps,target_nfe,nfe,seed,fid_digits")
+  header = open(os.path.join(out, "results.csv")).readline()
+  assert header.startswith("run,sampler,steps,target_nfe,nfe,seed,fid_digits")
   # resumable: finished runs are skipped, only new ones are sampled
   calls = []
   real = scoring.score_sampler_run

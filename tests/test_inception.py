@@ -32,6 +32,27 @@ def test_features_and_logits_equal_pytorch_fid_architecture(reference):
   np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4 * np.abs(ref_logits).max())
 
 
+def test_sfid_spatial_features_are_mixed_6_conv_first_7_channels(reference):
+  # ADM's evaluator takes mixed_6/conv:0 [..., :7] of the TF graph: pytorch-fid's Mixed_6d.branch1x1 (conv, batch
+  # norm, ReLU), here captured by a hook on the reference network and, in the Flax network, as the 1x1 conv's own
+  # activation; both equal the spatial features, flattened in NHWC order (17 x 17 x 7 = 2023)
+  net, params, _ = reference
+  images = np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  seen = []
+  hook = net.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, out: seen.append(out.detach().numpy()))
+  with torch.no_grad():
+    net(torch.from_numpy((images + 1) / 2).permute(0, 3, 1, 2))
+  hook.remove()
+  ref = seen[0][:, :7].transpose(0, 2, 3, 1).reshape(2, -1)
+  (pool, _, spatial), state = inception.FIDInceptionV3(spatial=True).apply(
+      {"params": params}, jnp.asarray(images), capture_intermediates=lambda mdl, _: mdl.name == "branch1x1")
+  branch = state["intermediates"]["Mixed_6d"]["branch1x1"]["__call__"][0]
+  assert spatial.shape == (2, 2023) and branch.shape == (2, 17, 17, 192)
+  np.testing.assert_array_equal(spatial, np.asarray(branch)[..., :7].reshape(2, -1))
+  np.testing.assert_allclose(spatial, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+  assert np.std(ref) > 1e-3
+
+
 def test_converted_parameters_cover_the_network(reference, tmp_path):
   _, params, state = reference
   shapes = jax.eval_shape(lambda: inception.FIDInceptionV3().init(jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)),
@@ -114,19 +135,21 @@ def test_eval_with_inception_features_streams_runs_and_caches_reference_statisti
   assert set(rows) == {"real held-out images", "gaussian noise", "ddim_3"}
   run = rows["ddim_3"]
   assert run["num_samples"] == 12 and run["nfe"] == 3 and "class_accuracy" not in run  # ImageNet classes
-  assert run["fid_inception"] > 0 and 1.0 <= run["is_inception"] <= 1008
+  assert run["fid_inception"] > 0 and run["sfid_inception"] > 0 and 1.0 <= run["is_inception"] <= 1008
   assert rows["gaussian noise"]["fid_inception"] > rows["real held-out images"]["fid_inception"]
   assert os.path.exists(os.path.join(wd, "samples", "ddim_3.png"))
   assert not os.path.exists(os.path.join(wd, "samples", "ddim_3.npz"))  # streamed, not stored
   report = open(os.path.join(wd, "report.md")).read()
-  assert "FID Inception network" in report and "| fid_inception | is_inception |" in report
+  assert "FID Inception network" in report and "| fid_inception | sfid_inception | is_inception |" in report
+  sha = features.sha256(os.path.join(wd, "reference_stats_inception_train24.npz"))
+  assert f"reference_stats_inception_train24.npz@{sha[:12]}" in run["references"] and sha in report
   path = os.path.join(wd, "reference_stats_inception_train24.npz")
   mu, sigma = metrics.load_stats(path)
   assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
   metrics.save_stats(path, mu + 1.0, sigma)
-  np.testing.assert_array_equal(features.Scorer(config, wd).reference[0], mu + 1.0)
+  np.testing.assert_array_equal(features.Scorer(config, wd).references["inception", "pool3"].mu, mu + 1.0)
   metrics.save_stats(path, np.zeros(3), np.eye(3))
-  with pytest.raises(ValueError, match="are 3-d, but eval.features='inception' gives 2048-d features"):
+  with pytest.raises(ValueError, match="are 3-d, but eval.features network 'inception' gives 2048-d features"):
     features.Scorer(config, wd)
   with pytest.raises(FileNotFoundError, match="Download pytorch-fid's pt_inception-2015-12-05-6726825d.pth"):
     features.Scorer(tiny_config(**{"eval.features": "inception"}), wd)

@@ -1,7 +1,11 @@
-"""The networks behind FID and IS, chosen by `config.eval.features`: `inception` (the FID Inception network: the
-published numbers) and `digits` (the in-project digits classifier). A Scorer streams batches of images through one and
-compares their statistics with the training split's, cached as a pytorch-fid `.npz`."""
+"""The feature networks behind the sample-quality metrics, chosen by `config.eval.features` (one name or a comma list,
+all fed by one streaming pass over the samples): `inception` (the FID Inception network: FID on pool3, sFID on the
+spatial features of mixed_6/conv, IS), `digits` (the in-project digits classifier: FID-digits, IS-digits, class
+accuracy), `dinov2` (FD_DINOv2, Stein et al. 2023) and `clip` (FD and CMMD on CLIP image embeddings, Jayasumana et
+al. 2024). A Scorer streams batches of images through them and compares each feature set's statistics with the
+training split's, cached as pytorch-fid `.npz` files named in every row with their SHA-256."""
 import dataclasses
+import hashlib
 import os
 from typing import Callable
 
@@ -12,7 +16,8 @@ from tqdm import tqdm
 
 from diffusion_jax import parallel
 from diffusion_jax.data import get_dataset
-from diffusion_jax.evaluation import digits_classifier, inception, metrics
+from diffusion_jax.evaluation import clip_metrics, digits_classifier, dinov2, inception, metrics
+from diffusion_jax.models import clip_vision
 from diffusion_jax.registry import Registry
 
 EXTRACTORS = Registry("feature extractor")
@@ -34,12 +39,16 @@ def check_images(images, rgb=True):
 
 @dataclasses.dataclass(frozen=True)
 class Extractor:
-  """apply(images [N, H, W, C] in [-1, 1]) -> (features [N, dim], class probabilities [N, K]), numpy arrays."""
+  """apply(images [N, H, W, C] in [-1, 1]) -> ({feature set: [N, dim]}, class probabilities [N, K] or None), numpy
+  arrays. `distances` names the Frechet-distance column of each feature set (its dimension in `dims`); the sets in
+  `kernel` are also kept whole for CMMD (column cmmd_<name>)."""
   name: str
   apply: Callable
-  dim: int
+  dims: dict
+  distances: dict
   description: str
   dataset_classes: bool  # the probabilities are over the dataset's labels, so they also score class accuracy
+  kernel: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,44 +61,70 @@ class MetricNames:
   is_label: str
 
 
+DISTANCE_NAMES = {"dinov2": ("fd_dinov2", "FD_DINOv2"), "clip": ("fd_clip", "FD_CLIP")}
+
+
+def feature_names(features):
+  """The feature networks of an eval.features value: one name or a comma-separated list, each registered, no repeats."""
+  names = [n.strip() for n in str(features).split(",") if n.strip()]
+  for n in names:
+    EXTRACTORS.get(n)
+  if not names or len(set(names)) != len(names):
+    raise ValueError(f"eval.features={features!r} must name each feature network once, e.g. 'inception' or "
+                     f"'inception,dinov2'; valid: {', '.join(EXTRACTORS.names())}")
+  return names
+
+
 def metric_names(features):
-  suffix = "" if features == "inception" else f"-{features}"
-  return MetricNames(f"fid_{features}", f"is_{features}", f"is_{features}_std", f"FID{suffix}", f"IS{suffix}")
+  """The primary columns (the first network of eval.features): its Frechet distance and IS."""
+  name = feature_names(features)[0]
+  suffix = "" if name == "inception" else f"-{name}"
+  fid, label = DISTANCE_NAMES.get(name, (f"fid_{name}", f"FID{suffix}"))
+  return MetricNames(fid, f"is_{name}", f"is_{name}_std", label, f"IS{suffix}")
 
 
-def inception_apply(params, batch_size=50, mesh=None):
-  """images -> (pool3 features [N, 2048], logits [N, 1008]) in jitted batches (batch_size rounded up to a multiple of
-  the devices, the last one padded) sharded over the mesh; compiled once."""
-  mesh = mesh or parallel.make_mesh()
+def batched(fn, batch_size, mesh, desc):
+  """fn(params-free batch) -> tuple of arrays, applied to images in jitted batches (batch_size rounded up to a multiple
+  of the devices, the last one padded) sharded over the mesh: apply(images) -> tuple of numpy arrays [N, ...]."""
   bs = -(-batch_size // mesh.devices.size) * mesh.devices.size
-  fn = jax.jit(lambda p, x: inception.FIDInceptionV3().apply({"params": p}, x), out_shardings=parallel.replicated(mesh))
 
   def apply(images):
-    images = check_images(images)
-    pools, logits = [], []
-    for i in tqdm(range(0, len(images), bs), desc="inception features", mininterval=2.0, disable=len(images) <= 4 * bs):
+    outs = []
+    for i in tqdm(range(0, len(images), bs), desc=desc, mininterval=2.0, disable=len(images) <= 4 * bs):
       batch = images[i:i + bs]
       n = len(batch)
       if n < bs:
         batch = np.concatenate([batch, np.zeros((bs - n,) + batch.shape[1:], batch.dtype)])
-      p, lg = fn(params, parallel.shard_batch(batch, mesh))
-      pools.append(np.asarray(p)[:n])
-      logits.append(np.asarray(lg)[:n])
-    return np.concatenate(pools), np.concatenate(logits)
+      outs.append([np.asarray(o)[:n] for o in fn(parallel.shard_batch(batch, mesh))])
+    return tuple(np.concatenate(o) for o in zip(*outs))
   return apply
+
+
+def inception_apply(params, batch_size=50, mesh=None, spatial=False):
+  """images -> (pool3 features [N, 2048], logits [N, 1008][, sFID's spatial features [N, 2023]]) in jitted, sharded
+  batches; compiled once."""
+  mesh = mesh or parallel.make_mesh()
+  net = inception.FIDInceptionV3(spatial=spatial)
+  fn = jax.jit(lambda p, x: net.apply({"params": p}, x), out_shardings=parallel.replicated(mesh))
+  extract = batched(lambda x: fn(params, x), batch_size, mesh, "inception features")
+  return lambda images: extract(check_images(images))
 
 
 @EXTRACTORS.register("inception")
 def inception_extractor(config, cache_dir, mesh):
-  """FID on pool3 features, IS on the softmax of the 1008 logits (as the TF Inception Score code)."""
+  """FID on pool3 features, sFID on the spatial features, IS on the softmax of the 1008 logits (as the TF Inception
+  Score code)."""
   params = inception.load_params(config.eval.inception_weights or os.environ.get("FID_INCEPTION_WEIGHTS", ""))
-  extract = inception_apply(params, config.eval.batch_size, mesh)
+  extract = inception_apply(params, config.eval.batch_size, mesh, spatial=True)
 
   def apply(images):
-    pool, logits = extract(images)
-    return pool, np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
-  return Extractor("inception", apply, 2048, "the FID Inception network (pytorch-fid's 2015-12-05 weights, images "
-                   "resized to 299): FID on its 2048-d pool3 features, IS on the softmax of its 1008 logits", False)
+    pool, logits, spatial = extract(images)
+    return {"pool3": pool, "spatial": spatial}, np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
+  return Extractor("inception", apply, {"pool3": 2048, "spatial": 2023},
+                   {"pool3": "fid_inception", "spatial": "sfid_inception"},
+                   "the FID Inception network (pytorch-fid's 2015-12-05 weights, images resized to 299): FID on its "
+                   "2048-d pool3 features, sFID (Nash et al. 2021) on the first 7 channels of mixed_6/conv (2023-d), "
+                   "IS on the softmax of its 1008 logits", False)
 
 
 @EXTRACTORS.register("digits")
@@ -102,24 +137,95 @@ def digits_extractor(config, cache_dir, mesh):
 
   def apply(images):
     probs, features = digits_classifier.apply(params, check_images(images, rgb=False))
-    return features, probs
-  return Extractor("digits", apply, 128,
+    return {"penultimate": features}, probs
+  return Extractor("digits", apply, {"penultimate": 128}, {"penultimate": "fid_digits"},
                    f"the digits evaluation classifier (held-out accuracy {acc:.4f}): FID-digits on its 128-d "
                    "penultimate features, IS-digits on its softmax", True)
 
 
+@EXTRACTORS.register("dinov2")
+def dinov2_extractor(config, cache_dir, mesh):
+  """DINOv2's CLS token (Stein et al. 2023; EDM2's FD_DINOv2: ViT-L/14, bicubic to 224, ImageNet normalisation), with
+  the torch.hub models' position-embedding resampling, from config.eval.dinov2_weights."""
+  cfg, params = dinov2.load_params(config.eval.dinov2_weights)
+  cfg = dataclasses.replace(cfg, interpolate_offset=dinov2.HUB_INTERPOLATE_OFFSET)
+  fn = jax.jit(lambda x: dinov2.features(cfg, params, x), out_shardings=parallel.replicated(mesh))
+  extract = batched(lambda x: (fn(x),), config.eval.batch_size, mesh, "dinov2 features")
+  return Extractor("dinov2", lambda images: ({"cls": extract(check_images(images))[0]}, None),
+                   {"cls": cfg.hidden_size}, {"cls": "fd_dinov2"},
+                   f"DINOv2 ({cfg.num_hidden_layers} layers, {cfg.hidden_size}-d; {config.eval.dinov2_weights}): "
+                   "FD_DINOv2 on its CLS token of images resized bicubically to 224", False)
+
+
+@EXTRACTORS.register("clip")
+def clip_extractor(config, cache_dir, mesh):
+  """CLIP's L2-normalised image embeddings from config.eval.clip_weights: their Frechet distance and CMMD."""
+  cfg, params = clip_vision.load_pretrained(config.eval.clip_weights)
+  net = clip_vision.CLIPVisionModelWithProjection(cfg)
+  fn = jax.jit(lambda x: net.apply({"params": params}, clip_vision.preprocess(x, cfg.image_size)),
+               out_shardings=parallel.replicated(mesh))
+  extract = batched(lambda x: (fn(x),), config.eval.batch_size, mesh, "clip features")
+  return Extractor("clip", lambda images: ({"embedding": clip_metrics.l2_normalize(
+      extract(check_images(images))[0]).astype(np.float32)}, None),
+                   {"embedding": cfg.projection_dim}, {"embedding": "fd_clip"},
+                   f"the CLIP image encoder ({config.eval.clip_weights}, {cfg.image_size} px): FD_CLIP and CMMD "
+                   "(Jayasumana et al. 2024: Gaussian RBF kernel, sigma 10, x 1000) on its L2-normalised "
+                   f"{cfg.projection_dim}-d embeddings", False, kernel=("embedding",))
+
+
+SCORE_PREFIXES = ("fid_", "sfid_", "fd_", "is_", "cmmd_")
+PROVENANCE = ("features", "references", "num_samples", "class_accuracy")
+
+
+def is_score_field(key):
+  """Whether a row field is a score or its provenance (not a sampler option)."""
+  return key.startswith(SCORE_PREFIXES) or key in PROVENANCE
+
+
+def sha256(path):
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class Reference:
+  """One feature set's reference: statistics (mu, sigma) from `path` (SHA-256 `sha256`), and for the kernel sets the
+  embeddings themselves (`embeddings_path`)."""
+  path: str
+  mu: np.ndarray = None
+  sigma: np.ndarray = None
+  sha256: str = ""
+  embeddings: np.ndarray = None
+  embeddings_path: str = ""
+
+
 class Scorer:
-  """FID / IS (10 splits) / class accuracy of image sets against the reference statistics of the training split:
-  `scorer(images, labels)` for an array, or `acc = scorer.stream(); acc.add(batch, labels) ...; acc.row()`."""
+  """The metrics of every network of config.eval.features (Frechet distances of each feature set, IS, CMMD, class
+  accuracy) of image sets against the training split's references: `scorer(images, labels)` for an array, or
+  `acc = scorer.stream(); acc.add(batch, labels) ...; acc.row()`; each batch goes through every network once."""
 
   def __init__(self, config, workdir, mesh=None):
     cache = config.eval.cache_dir or workdir
-    self.extractor = EXTRACTORS.get(config.eval.features)(config, cache, mesh or parallel.mesh_for(config))
-    self.names = metric_names(self.extractor.name)
-    self.chunk = 10 * config.eval.batch_size  # images per call of the extractor
-    self.reference_path = config.eval.reference_stats or os.path.join(
-        cache, f"reference_stats_{self.extractor.name}_train{config.eval.reference_num_images or ''}.npz")
-    self.reference = self.reference_stats(config)
+    mesh = mesh or parallel.mesh_for(config)
+    self.extractors = [EXTRACTORS.get(n)(config, cache, mesh) for n in feature_names(config.eval.features)]
+    self.extractor = self.extractors[0]
+    self.names = metric_names(config.eval.features)
+    self.chunk = 10 * config.eval.batch_size  # images per call of the extractors
+    train = f"train{config.eval.reference_num_images or ''}"
+    self.references = {}
+    for e in self.extractors:
+      for key in e.dims:
+        stem = e.name if key == next(iter(e.dims)) else f"{e.name}_{key}"
+        path = os.path.join(cache, f"reference_stats_{stem}_{train}.npz")
+        if e is self.extractor and key == next(iter(e.dims)) and config.eval.reference_stats:
+          path = config.eval.reference_stats
+        self.references[e.name, key] = Reference(path, embeddings_path=os.path.join(
+            cache, f"reference_embeddings_{stem}_{train}.npy") if key in e.kernel else "")
+    self.reference_path = self.references[self.extractor.name, next(iter(self.extractor.dims))].path
+    self.load_references(config)
 
   def stream(self):
     return Accumulator(self)
@@ -131,50 +237,99 @@ class Scorer:
     return acc.row()
 
   def describe(self):
-    return f"Metrics from {self.extractor.description}; reference statistics {self.reference_path}."
+    refs = "; ".join(f"{e.distances[k]}: {r.path} (sha256 {r.sha256})" for (n, k), r in self.references.items()
+                     for e in self.extractors if e.name == n)
+    return f"Metrics from {' and from '.join(e.description for e in self.extractors)}. Reference statistics: {refs}."
 
-  def reference_stats(self, config):
-    """(mu, sigma) read from reference_path (pytorch-fid's format, so published files work), or computed from the
-    first eval.reference_num_images training images (0: all) and cached there."""
-    path, dim = self.reference_path, self.extractor.dim
-    if os.path.exists(path):
-      mu, sigma = metrics.load_stats(path)
-      if mu.shape != (dim,) or sigma.shape != (dim, dim):
-        raise ValueError(f"Reference statistics {path} are {mu.shape[0]}-d, but eval.features="
-                         f"{self.extractor.name!r} gives {dim}-d features; point eval.reference_stats at statistics "
-                         "of the same network, or delete the file to recompute it")
-      return mu, sigma
-    images = get_dataset(config, "train").images[:config.eval.reference_num_images or None]
-    logging.info("Computing reference statistics of %d training images -> %s", len(images), path)
-    stats = metrics.RunningStats()
-    for i in tqdm(range(0, len(images), self.chunk), desc="reference statistics", mininterval=2.0):
-      stats.add(self.extractor.apply(images[i:i + self.chunk])[0])
-    mu, sigma = stats.stats()
-    if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-      metrics.save_stats(path, mu, sigma)
-    return mu, sigma
+  def columns(self):
+    """Every metric column of the rows, network by network."""
+    cols = []
+    for e in self.extractors:
+      for k, column in e.distances.items():
+        cols += [column] + ([f"cmmd_{e.name}"] if k in e.kernel else [])
+      if e.name in ("inception", "digits"):
+        cols += [f"is_{e.name}", f"is_{e.name}_std"]
+    return cols + (["class_accuracy"] if any(e.dataset_classes for e in self.extractors) else [])
+
+  def provenance(self):
+    """The row fields naming what a row was scored with: the networks and each reference file's short SHA-256."""
+    return {"features": ",".join(e.name for e in self.extractors),
+            "references": ", ".join(f"{os.path.basename(r.path)}@{r.sha256[:12]}" for r in self.references.values())}
+
+  def load_references(self, config):
+    """Each reference read from its file (pytorch-fid's format, so published files work), or computed in one pass of
+    the first eval.reference_num_images training images (0: all) through every network and cached there."""
+    missing = {}
+    for (name, key), ref in self.references.items():
+      dim = next(e for e in self.extractors if e.name == name).dims[key]
+      if os.path.exists(ref.path) and (not ref.embeddings_path or os.path.exists(ref.embeddings_path)):
+        ref.mu, ref.sigma = metrics.load_stats(ref.path)
+        if ref.mu.shape != (dim,) or ref.sigma.shape != (dim, dim):
+          raise ValueError(f"Reference statistics {ref.path} are {ref.mu.shape[0]}-d, but eval.features network "
+                           f"{name!r} gives {dim}-d features; point eval.reference_stats at statistics of the same "
+                           "network, or delete the file to recompute it")
+        if ref.embeddings_path:
+          ref.embeddings = np.load(ref.embeddings_path)
+      else:
+        missing[name, key] = ref
+    if missing:
+      images = get_dataset(config, "train").images[:config.eval.reference_num_images or None]
+      logging.info("Computing reference statistics of %d training images -> %s", len(images),
+                   ", ".join(r.path for r in missing.values()))
+      acc = Accumulator(self, keep={key for key, r in missing.items() if r.embeddings_path})
+      for i in tqdm(range(0, len(images), self.chunk), desc="reference statistics", mininterval=2.0):
+        acc.add(images[i:i + self.chunk], networks={n for n, _ in missing})
+      for key, ref in missing.items():
+        ref.mu, ref.sigma = acc.stats[key].stats()
+        if ref.embeddings_path:
+          ref.embeddings = np.concatenate(acc.kept[key])
+        if jax.process_index() == 0:
+          os.makedirs(os.path.dirname(os.path.abspath(ref.path)), exist_ok=True)
+          metrics.save_stats(ref.path, ref.mu, ref.sigma)
+          if ref.embeddings_path:
+            np.save(ref.embeddings_path + ".tmp.npy", ref.embeddings)
+            os.replace(ref.embeddings_path + ".tmp.npy", ref.embeddings_path)
+    for ref in self.references.values():
+      ref.sha256 = sha256(ref.path) if os.path.exists(ref.path) else ""
 
 
 class Accumulator:
-  """Features of a stream of batches: running mean / covariance, every class probability, the labels' hits."""
+  """Features of a stream of batches through every network: running mean / covariance of each feature set, the kernel
+  sets' features themselves (or those of `keep`), every class probability, the labels' hits."""
 
-  def __init__(self, scorer):
-    self.scorer, self.stats, self.probs, self.hits = scorer, metrics.RunningStats(), [], []
+  def __init__(self, scorer, keep=None):
+    self.scorer, self.probs, self.hits, self.n = scorer, {}, [], 0
+    self.stats = {(e.name, k): metrics.RunningStats() for e in scorer.extractors for k in e.dims}
+    self.keep = keep if keep is not None else {(e.name, k) for e in scorer.extractors for k in e.kernel}
+    self.kept = {key: [] for key in self.keep}
 
-  def add(self, images, labels=None):
-    features, probs = self.scorer.extractor.apply(images)
-    self.stats.add(features)
-    self.probs.append(probs)
-    if labels is not None and len(labels) and self.scorer.extractor.dataset_classes:
-      self.hits.append(np.argmax(probs, -1) == np.asarray(labels))
+  def add(self, images, labels=None, networks=None):
+    for e in self.scorer.extractors:
+      if networks is not None and e.name not in networks:
+        continue
+      features, probs = e.apply(images)
+      for k, f in features.items():
+        self.stats[e.name, k].add(f)
+        if (e.name, k) in self.kept:
+          self.kept[e.name, k].append(np.asarray(f, np.float32))
+      if probs is not None:
+        self.probs.setdefault(e.name, []).append(probs)
+        if labels is not None and len(labels) and e.dataset_classes:
+          self.hits.append(np.argmax(probs, -1) == np.asarray(labels))
+    self.n += len(images)
 
   def row(self):
-    names = self.scorer.names
-    is_mean, is_std = metrics.inception_score(np.concatenate(self.probs))
-    row = {names.fid: round(metrics.frechet_distance(*self.stats.stats(), *self.scorer.reference), 3),
-           names.inception_score: round(is_mean, 3), names.inception_score_std: round(is_std, 3),
-           "num_samples": self.stats.n}
+    row = {}
+    for e in self.scorer.extractors:
+      for k, column in e.distances.items():
+        ref = self.scorer.references[e.name, k]
+        row[column] = round(metrics.frechet_distance(*self.stats[e.name, k].stats(), ref.mu, ref.sigma), 3)
+        if k in e.kernel:
+          row[f"cmmd_{e.name}"] = round(clip_metrics.cmmd(np.concatenate(self.kept[e.name, k]), ref.embeddings), 4)
+      if e.name in self.probs:
+        is_mean, is_std = metrics.inception_score(np.concatenate(self.probs[e.name]))
+        row[f"is_{e.name}"], row[f"is_{e.name}_std"] = round(is_mean, 3), round(is_std, 3)
+    row["num_samples"] = self.n
     if self.hits:
       row["class_accuracy"] = round(float(np.mean(np.concatenate(self.hits))), 4)
-    return row
+    return {**row, **self.scorer.provenance()}

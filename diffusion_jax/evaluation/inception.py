@@ -118,8 +118,16 @@ def preprocess(images, size=299):
   return jax.image.resize(images, (b, size, size, c), "bilinear", antialias=False)
 
 
+SPATIAL_CHANNELS = 7  # sFID's slice of mixed_6/conv (Nash et al. 2021; guided-diffusion's evaluator.py)
+
+
 class FIDInceptionV3(nn.Module):
-  """images in [-1, 1], [B, H, W, 3] -> (pool3 features [B, 2048], logits [B, 1008])."""
+  """images in [-1, 1], [B, H, W, 3] -> (pool3 features [B, 2048], logits [B, 1008]); with spatial=True also sFID's
+  spatial features [B, 2023]: the first 7 channels of the TF graph's `mixed_6/conv` (17 x 17 x 192), flattened in
+  its NHWC order. The TF graph's mixed, mixed_1 .. mixed_10 are pytorch-fid's Mixed_5b .. Mixed_7c, so mixed_6 is
+  Mixed_6d and its `conv` the 1x1 branch (after batch norm and ReLU), whose 192 channels come first in the block's
+  output: the slice is Mixed_6d's output [..., :7]."""
+  spatial: bool = False
 
   @nn.compact
   def __call__(self, images, resize=True):
@@ -135,11 +143,14 @@ class FIDInceptionV3(nn.Module):
     x = InceptionB(name="Mixed_6a")(x)
     for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
       x = InceptionC(c7, name=name)(x)
+      if name == "Mixed_6d":
+        spatial = x[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
     x = InceptionD(name="Mixed_7a")(x)
     x = InceptionE(False, name="Mixed_7b")(x)
     x = InceptionE(True, name="Mixed_7c")(x)
     pool3 = x.mean(axis=(1, 2))
-    return pool3, nn.Dense(1008, name="fc")(pool3)
+    logits = nn.Dense(1008, name="fc")(pool3)
+    return (pool3, logits, spatial) if self.spatial else (pool3, logits)
 
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"

@@ -45,18 +45,22 @@ class CLIPTextConfig:
 
 
 class EncoderLayer(nn.Module):
-  """Pre-LayerNorm transformer layer: causal self-attention, then an MLP, each with a residual connection."""
+  """Pre-LayerNorm transformer layer of CLIP's text and image towers (config: a CLIPTextConfig or a CLIPVisionConfig):
+  self-attention, then an MLP, each with a residual connection. `mask` (boolean, broadcast to [B, heads, N, N]: the
+  text tower's causal and padding mask) restricts the attention; None attends everywhere (the image tower)."""
   config: CLIPTextConfig
 
   @nn.compact
-  def __call__(self, h, mask):
+  def __call__(self, h, mask=None):
     cfg = self.config
     b, n, c = h.shape
     heads = cfg.num_attention_heads
     x = nn.LayerNorm(cfg.layer_norm_eps, name="layer_norm1")(h)
     q, k, v = (nn.Dense(c, name=f"{p}_proj")(x).reshape(b, n, heads, c // heads) for p in "qkv")
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(c // heads)
-    attn = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(scores.dtype).min), axis=-1)
+    if mask is not None:
+      scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    attn = jax.nn.softmax(scores, axis=-1)
     h = h + nn.Dense(c, name="out_proj")(jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, c))
     x = nn.LayerNorm(cfg.layer_norm_eps, name="layer_norm2")(h)
     x = nn.Dense(cfg.intermediate_size, name="fc1")(x)
