@@ -187,6 +187,7 @@ def get_base_config():
                               # "" -> the FID_INCEPTION_WEIGHTS environment variable
       dinov2_weights="",      # a facebook/dinov2-large directory (config.json + model.safetensors) or its .msgpack
       clip_weights="",        # a CLIP directory, e.g. openai/clip-vit-large-patch14-336 (CMMD's encoder)
+      clip_score=False,       # with clip in features and a text model: CLIPScore of each sample against its prompt
       reference_stats="",     # mu / sigma .npz (pytorch-fid format, published files work); computed from the
                               # training split and cached there if missing; "" -> CACHE_DIR/reference_stats_*.npz
       reference_num_images=0,  # training images behind computed reference statistics (0: all)

@@ -74,12 +74,16 @@ class Text:
     choice = np.random.default_rng([seed, step, 7]).integers(len(self.templates), size=batch_size)[rows]
     return self.caption_ids[labels, choice]
 
-  def prompt_ids(self, prompt, labels, num):
-    """Ids of the prompt of each of `num` samples: `prompt` with {digit} / {word} filled from the labels
-    (the first caption template when prompt is ""), or one fixed prompt."""
+  def prompts(self, prompt, labels, num):
+    """The prompt of each of `num` samples: `prompt` with {digit} / {word} filled from the labels (the first caption
+    template when prompt is ""), or one fixed prompt."""
     if labels is None:
-      return self.ids([prompt] * num)
-    return self.ids([caption(prompt or self.templates[0], int(c)) for c in labels])
+      return [prompt] * num
+    return [caption(prompt or self.templates[0], int(c)) for c in labels]
+
+  def prompt_ids(self, prompt, labels, num):
+    """Ids of the prompts of `num` samples (prompts)."""
+    return self.ids(self.prompts(prompt, labels, num))
 
 
 @functools.lru_cache(maxsize=4)

@@ -232,3 +232,44 @@ def test_one_pass_scores_every_network_against_its_own_references(classifier, tm
   c.eval.dinov2_weights = str(tmp_path / "clip")
   with pytest.raises(ValueError, match="clip_vision_model.*facebook/dinov2"):
     features.Scorer(c, d)
+
+
+def test_clip_score_of_a_text_run_equals_transformers_clip(tmp_path):
+  """eval.clip_score with a tiny random transformers CLIPModel (test-only) and the run's own tokenizer saved beside it:
+  the row's CLIPScore equals 100 max(cos, 0) of torch's get_image_features and get_text_features of each image and
+  its prompt (sample.prompt filled with its class), averaged; unconditional runs and a missing clip network are
+  refused with what to set."""
+  import torch
+  from transformers import CLIPConfig, CLIPModel
+
+  from diffusion_jax import text
+  from diffusion_jax.evaluation import features
+  from diffusion_jax.models import clip_vision
+  from test_text import TEXT
+  c = tiny_config(**TEXT, **{"eval.features": "clip", "eval.clip_score": True, "eval.clip_weights": str(tmp_path),
+                             "eval.reference_num_images": 40, "eval.batch_size": 20,
+                             "sample.prompt": "a photo of the digit {word}"})
+  tokenizer = text.get_text(c).tokenizer
+  torch.manual_seed(0)
+  model = CLIPModel(CLIPConfig(
+      text_config=dict(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       max_position_embeddings=12, eos_token_id=3, pad_token_id=0, bos_token_id=2),
+      vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         image_size=16, patch_size=8), projection_dim=8)).eval()
+  model.save_pretrained(tmp_path)
+  tokenizer.save_pretrained(tmp_path)
+  held = get_dataset(c, "eval")
+  images, labels = held.images[:30], held.labels[:30]
+  row = features.Scorer(c, str(tmp_path / "wd"))(images, labels)
+  prompts = [f"a photo of the digit {text.DIGIT_WORDS[k]}" for k in labels]
+  enc = tokenizer(prompts, padding="max_length", max_length=12, truncation=True, return_tensors="pt")
+  pixels = torch.from_numpy(np.asarray(clip_vision.preprocess(images, 16))).permute(0, 3, 1, 2)
+  with torch.no_grad():
+    out = [model.get_image_features(pixel_values=pixels), model.get_text_features(**enc)]
+  img, txt = (getattr(o, "pooler_output", o).numpy().astype(np.float64) for o in out)
+  cos = np.sum(img * txt, -1) / np.linalg.norm(img, axis=-1) / np.linalg.norm(txt, axis=-1)
+  assert row["clip_score"] == pytest.approx(np.mean(100 * np.maximum(cos, 0)), abs=2e-3)
+  with pytest.raises(ValueError, match="not text-conditioned .* set eval.clip_score=False"):
+    features.Scorer(tiny_config(**{"eval.features": "clip", "eval.clip_score": True}), str(tmp_path))
+  with pytest.raises(ValueError, match="add clip to eval.features"):
+    features.Scorer(tiny_config(**TEXT, **{"eval.features": "digits", "eval.clip_score": True}), str(tmp_path))

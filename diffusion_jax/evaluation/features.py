@@ -14,10 +14,10 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from diffusion_jax import parallel
+from diffusion_jax import parallel, text
 from diffusion_jax.data import get_dataset
 from diffusion_jax.evaluation import clip_metrics, digits_classifier, dinov2, inception, metrics
-from diffusion_jax.models import clip_vision
+from diffusion_jax.models import clip_text, clip_vision
 from diffusion_jax.registry import Registry
 
 EXTRACTORS = Registry("feature extractor")
@@ -49,6 +49,8 @@ class Extractor:
   description: str
   dataset_classes: bool  # the probabilities are over the dataset's labels, so they also score class accuracy
   kernel: tuple = ()
+  text_embed: Callable = None  # prompts -> embeddings in the space of the kernel set's (CLIPScore)
+  prompts: Callable = None  # (labels, count) -> the samples' prompts, or None where they have none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,23 +159,52 @@ def dinov2_extractor(config, cache_dir, mesh):
                    "FD_DINOv2 on its CLS token of images resized bicubically to 224", False)
 
 
+def clip_text_embedder(directory):
+  """prompts -> CLIP's text embeddings [N, projection_dim] with the text tower, projection and tokenizer of a CLIP
+  directory (a CLIPModel's: config.json, model.safetensors and its tokenizer files)."""
+  cfg, params = clip_text.load_pretrained(directory)
+  projection, tokenizer = clip_text.load_projection(directory), text.load_tokenizer(directory)
+  net = clip_text.CLIPTextModel(cfg)
+  fn = jax.jit(lambda ids, mask: net.apply({"params": params}, ids, mask)[1] @ projection)
+  return lambda prompts: np.asarray(fn(*clip_text.tokenize(tokenizer, prompts, cfg.max_position_embeddings)))
+
+
+def prompt_set(config):
+  """The prompts a text run's samples answer, in words, and the function giving them from (labels, count):
+  sample.prompt, or the first caption template, filled with each sample's class; None where there are no labels to
+  fill it with."""
+  t = text.get_text(config)
+  prompt = config.sample.prompt or t.templates[0]
+
+  def prompts(labels, n):
+    return None if labels is None and "{" in prompt else t.prompts(config.sample.prompt, labels, n)
+  return f"the prompt {prompt!r} filled with each sample's class", prompts
+
+
 @EXTRACTORS.register("clip")
 def clip_extractor(config, cache_dir, mesh):
-  """CLIP's L2-normalised image embeddings from config.eval.clip_weights: their Frechet distance and CMMD."""
+  """CLIP's L2-normalised image embeddings from config.eval.clip_weights: their Frechet distance and CMMD; with
+  eval.clip_score, CLIPScore of each image against its prompt (prompt_set)."""
   cfg, params = clip_vision.load_pretrained(config.eval.clip_weights)
   net = clip_vision.CLIPVisionModelWithProjection(cfg)
   fn = jax.jit(lambda x: net.apply({"params": params}, clip_vision.preprocess(x, cfg.image_size)),
                out_shardings=parallel.replicated(mesh))
   extract = batched(lambda x: (fn(x),), config.eval.batch_size, mesh, "clip features")
+  description = (f"the CLIP image encoder ({config.eval.clip_weights}, {cfg.image_size} px): FD_CLIP and CMMD "
+                 "(Jayasumana et al. 2024: Gaussian RBF kernel, sigma 10, x 1000) on its L2-normalised "
+                 f"{cfg.projection_dim}-d embeddings")
+  text_embed = prompts = None
+  if config.eval.clip_score:
+    words, prompts = prompt_set(config)
+    text_embed = clip_text_embedder(config.eval.clip_weights)
+    description += f", CLIPScore (Hessel et al. 2021: 100 max(cos, 0), averaged) against {words}"
   return Extractor("clip", lambda images: ({"embedding": clip_metrics.l2_normalize(
       extract(check_images(images))[0]).astype(np.float32)}, None),
-                   {"embedding": cfg.projection_dim}, {"embedding": "fd_clip"},
-                   f"the CLIP image encoder ({config.eval.clip_weights}, {cfg.image_size} px): FD_CLIP and CMMD "
-                   "(Jayasumana et al. 2024: Gaussian RBF kernel, sigma 10, x 1000) on its L2-normalised "
-                   f"{cfg.projection_dim}-d embeddings", False, kernel=("embedding",))
+                   {"embedding": cfg.projection_dim}, {"embedding": "fd_clip"}, description, False,
+                   kernel=("embedding",), text_embed=text_embed, prompts=prompts)
 
 
-SCORE_PREFIXES = ("fid_", "sfid_", "fd_", "is_", "cmmd_")
+SCORE_PREFIXES = ("fid_", "sfid_", "fd_", "is_", "cmmd_", "clip_score")
 PROVENANCE = ("features", "references", "num_samples", "class_accuracy")
 
 
@@ -210,7 +241,15 @@ class Scorer:
   def __init__(self, config, workdir, mesh=None):
     cache = config.eval.cache_dir or workdir
     mesh = mesh or parallel.mesh_for(config)
-    self.extractors = [EXTRACTORS.get(n)(config, cache, mesh) for n in feature_names(config.eval.features)]
+    names = feature_names(config.eval.features)
+    if config.eval.clip_score and "clip" not in names:
+      raise ValueError(f"eval.clip_score scores samples with CLIP: add clip to eval.features (now "
+                       f"{config.eval.features!r}) and point eval.clip_weights at a CLIP directory")
+    if config.eval.clip_score and not text.is_text(config):
+      raise ValueError("eval.clip_score scores each sample against its prompt, but this run is not text-conditioned "
+                       "(model.context_dim = 0) and has no prompts: set eval.clip_score=False (FD_CLIP and CMMD need "
+                       "no prompts)")
+    self.extractors = [EXTRACTORS.get(n)(config, cache, mesh) for n in names]
     self.extractor = self.extractors[0]
     self.names = metric_names(config.eval.features)
     self.chunk = 10 * config.eval.batch_size  # images per call of the extractors
@@ -246,7 +285,7 @@ class Scorer:
     cols = []
     for e in self.extractors:
       for k, column in e.distances.items():
-        cols += [column] + ([f"cmmd_{e.name}"] if k in e.kernel else [])
+        cols += [column] + ([f"cmmd_{e.name}"] if k in e.kernel else []) + (["clip_score"] if e.text_embed else [])
       if e.name in ("inception", "digits"):
         cols += [f"is_{e.name}", f"is_{e.name}_std"]
     return cols + (["class_accuracy"] if any(e.dataset_classes for e in self.extractors) else [])
@@ -298,16 +337,22 @@ class Accumulator:
   sets' features themselves (or those of `keep`), every class probability, the labels' hits."""
 
   def __init__(self, scorer, keep=None):
-    self.scorer, self.probs, self.hits, self.n = scorer, {}, [], 0
+    self.scorer, self.probs, self.hits, self.clip_scores, self.n = scorer, {}, [], [], 0
     self.stats = {(e.name, k): metrics.RunningStats() for e in scorer.extractors for k in e.dims}
     self.keep = keep if keep is not None else {(e.name, k) for e in scorer.extractors for k in e.kernel}
     self.kept = {key: [] for key in self.keep}
 
-  def add(self, images, labels=None, networks=None):
+  def add(self, images, labels=None, networks=None, prompts=None):
+    """One batch through every network (or those named in `networks`); `prompts` of a CLIPScore run default to the
+    prompts of the labels (prompt_set)."""
     for e in self.scorer.extractors:
       if networks is not None and e.name not in networks:
         continue
       features, probs = e.apply(images)
+      if e.text_embed and networks is None:
+        prompts = prompts if prompts is not None else e.prompts(labels, len(images))
+        if prompts is not None:
+          self.clip_scores.append(clip_metrics.clip_score(features[e.kernel[0]], e.text_embed(prompts)).per_pair)
       for k, f in features.items():
         self.stats[e.name, k].add(f)
         if (e.name, k) in self.kept:
@@ -329,6 +374,8 @@ class Accumulator:
       if e.name in self.probs:
         is_mean, is_std = metrics.inception_score(np.concatenate(self.probs[e.name]))
         row[f"is_{e.name}"], row[f"is_{e.name}_std"] = round(is_mean, 3), round(is_std, 3)
+    if self.clip_scores:
+      row["clip_score"] = round(float(np.mean(np.concatenate(self.clip_scores))), 3)
     row["num_samples"] = self.n
     if self.hits:
       row["class_accuracy"] = round(float(np.mean(np.concatenate(self.hits))), 4)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from safetensors import safe_open
 
 from diffusion_jax.models.state_dict import from_state_dict
 
@@ -123,6 +124,17 @@ def load_pretrained(directory):
   with open(paths[0]) as f:
     config = CLIPTextConfig.from_dict(json.load(f))
   return config, convert_params(load_file(paths[1]), config)
+
+
+def load_projection(directory):
+  """The text projection [hidden_size, projection_dim] of a CLIPModel or CLIPTextModelWithProjection directory (its
+  model.safetensors' text_projection.weight, transposed): pooled state @ projection is CLIP's text embedding."""
+  path = os.path.join(directory, "model.safetensors")
+  with safe_open(path, "np") as f:
+    if "text_projection.weight" not in f.keys():
+      raise ValueError(f"{path} has no text_projection.weight: CLIP embeddings of prompts need a CLIPModel (or "
+                       "CLIPTextModelWithProjection) checkpoint, e.g. openai/clip-vit-large-patch14-336")
+    return f.get_tensor("text_projection.weight").T
 
 
 def tokenize(tokenizer, prompts, max_length):
