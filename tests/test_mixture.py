@@ -104,3 +104,13 @@ def test_oracle_mmd_uses_the_exact_kernel_expectations_of_the_mixture():
   np.testing.assert_allclose(y.mean(0), mean, atol=0.05)
   np.testing.assert_allclose(np.cov(y, rowvar=False), cov, atol=0.08)
   assert MIXTURE.mode_weight_error(y) < 0.03
+
+
+def test_euler_ancestral_is_ddpm_ancestral_sampling():
+  # with eta = 1, k-diffusion's ancestral Euler step (x0 + sigma_down / sigma (x - x0) + sigma_up z, sigma_down =
+  # sigma_next^2 / sigma) is the DDPM posterior q(x_s | x_t, x0) with the beta-tilde variance, in VE variables: on one
+  # grid, from the same x_T and noise, the two samplers coincide
+  run = lambda name: jax.jit(functools.partial(get_sampler(name), mixture_model_fn(LINEAR), LINEAR, (512, 2),
+                                               num_steps=10, spacing="trailing"))(jax.random.PRNGKey(3))
+  ddpm, euler_a = run("ddpm"), run("euler_ancestral")
+  np.testing.assert_allclose(euler_a, ddpm, atol=2e-4 * float(jnp.max(jnp.abs(ddpm))))
