@@ -23,6 +23,7 @@ from diffusion_jax.samplers import parse_runs
 from experiments.scoring import score_runs
 
 UNSEEN_TEMPLATE = "a drawing of the digit {word}"  # not among the training captions
+CLIP_COLUMNS = ("clip_score", "cmmd_clip", "fd_clip")  # with eval.features including clip (and eval.clip_score)
 
 
 def prompts(config):
@@ -59,16 +60,25 @@ def prompt_grids(config, workdir, out, w, sampler, per_prompt):
     path = f"prompts/{i:02d}.png"
     if jax.process_index() == 0:
       save_grid(grid, os.path.join(out, path), nrow=max(per_prompt // 2, 1))
-    acc = scorer(grid, np.full(per_prompt, digit))["class_accuracy"]
+    acc = scorer.stream()
+    acc.add(grid, np.full(per_prompt, digit), prompts=[prompt] * per_prompt)
+    scored = acc.row()
     rows.append(dict(prompt=prompt, digit=digit, seen_template=template != UNSEEN_TEMPLATE, w=w,
-                     class_accuracy=round(float(acc), 3), samples=f"![{prompt}]({path})"))
+                     class_accuracy=round(float(scored["class_accuracy"]), 3), samples=f"![{prompt}]({path})",
+                     **{k: scored[k] for k in ("clip_score",) if k in scored}))
   return rows
 
 
 def write_report(out, sweep, rows, sampler, w, per_class, names):
   sweep = sorted(sweep, key=lambda r: r["w"])
-  sweep_cols = ("w", names.fid, names.inception_score, "class_accuracy", "num_samples", "nfe", "seconds", "run")
-  prompt_cols = ("prompt", "digit", "seen_template", "class_accuracy", "samples")
+  clip = [c for c in CLIP_COLUMNS if any(c in r for r in sweep)]
+  sweep_cols = ("w", names.fid, names.inception_score, "class_accuracy", *clip, "num_samples", "nfe", "seconds", "run")
+  prompt_cols = ("prompt", "digit", "seen_template", "class_accuracy", *clip[:1], "samples")
+  clip_note = ("CLIPScore is each sample's against its own prompt." if clip else
+               "CLIPScore and CMMD need real CLIP weights, which nothing here downloads: rerun with "
+               "`--config.eval.features=digits,clip --config.eval.clip_weights=DIR --config.eval.clip_score=True` "
+               "(DIR: a local openai/clip-vit-large-patch14-336). A CLIP trained on these 1,797 8 x 8 digits would "
+               "score agreement with ten class captions, which the class accuracy already measures.")
   tables.write_csv(sweep, sweep_cols, os.path.join(out, "results.csv"))
   tables.write_csv(rows, prompt_cols[:-1], os.path.join(out, "prompts.csv"))
   seen = [r["class_accuracy"] for r in rows if r["seen_template"]]
@@ -78,7 +88,7 @@ def write_report(out, sweep, rows, sampler, w, per_class, names):
         "# Text-to-image on the digits", "",
         f"Latent diffusion with a jointly trained CLIP text encoder; {sampler} with classifier-free guidance. Class "
         "accuracy is the share of samples that the digits evaluation classifier (a clean-image classifier) assigns to "
-        "the digit the prompt names.", "",
+        f"the digit the prompt names. {clip_note}", "",
         f"## Guidance strength ({per_class} samples per digit, prompts from the first caption template)", "",
         tables.markdown_table(sweep, sweep_cols), "",
         f"## Prompts and their samples (w = {w:g})", "",

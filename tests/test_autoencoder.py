@@ -141,6 +141,7 @@ def test_text_to_image_latent_diffusion_trains_and_samples_images(trained, tmp_p
   assert all(os.path.getsize(os.path.join(out, f"prompts/{i:02d}.png")) > 100 for i in range(20))
   report = open(os.path.join(out, "report.md")).read()
   assert "| a handwritten zero | 0 | True |" in report and "![the digit 1](prompts/01.png)" in report
+  assert "CLIPScore and CMMD need real CLIP weights" in report  # eval.features has no clip network here
   with pytest.raises(ValueError, match=r"sample.clip_x0=False"):
     sample.generate_samples(tiny_config(**{**over, "sample.clip_x0": True}), model, process, state.ema_params, mesh,
                             "ddim", 5, 4, None, latents=build.load_latents(c, str(tmp_path), mesh))
