@@ -32,7 +32,7 @@ SAMPLER_CASES = [
     ("ddim", 50, {}), ("ddim", 50, {"eta": 1.0}), ("ddpm", 200, {}), ("dpm_solver++", 20, {}),
     ("dpm_solver++", 20, {"order": 3}), ("dpm_solver++_2s", 30, {}), ("sde_dpm_solver++", 100, {}),
     ("unipc", 20, {}), ("unipc", 20, {"variant": "bh1", "order": 3}), ("deis", 20, {"order": 3}),
-    ("euler_ancestral", 200, {}), ("edm", 40, {})]
+    ("euler_ancestral", 200, {}), ("euler_ancestral", 50, {}), ("edm", 40, {})]
 
 
 @pytest.mark.parametrize("name,steps,kwargs,prediction", [(*case, "v") for case in SAMPLER_CASES] + [

@@ -11,9 +11,11 @@ from diffusion_jax.samplers.common import grid, initial_noise, model_scan, regis
 
 def ancestral_step(sigma, sigma_next, eta=1.0):
   """(sigma_down, sigma_up) with sigma_down^2 + sigma_up^2 = sigma_next^2, sigma_up = min(sigma_next,
-  eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)) (k-diffusion's get_ancestral_step)."""
-  sigma_up = jnp.minimum(sigma_next, eta * jnp.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-  return jnp.sqrt(sigma_next**2 - sigma_up**2), sigma_up
+  eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)) (k-diffusion's get_ancestral_step), written as
+  eta sigma_next sqrt(1 - (sigma_next / sigma)^2) and with sigma_down^2 >= 0, so that sigma ~ 1e15 (a zero-terminal-SNR
+  schedule's first step) cannot round it below 0."""
+  sigma_up = jnp.minimum(sigma_next, eta * sigma_next * jnp.sqrt(jnp.maximum(1.0 - (sigma_next / sigma) ** 2, 0.0)))
+  return jnp.sqrt(jnp.maximum(sigma_next**2 - sigma_up**2, 0.0)), sigma_up
 
 
 @register_sampler("euler_ancestral", stochastic=lambda options: options.get("eta", 1.0) > 0)
