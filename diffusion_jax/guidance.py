@@ -17,10 +17,11 @@ def null_like(y, null):
   return jnp.broadcast_to(jnp.asarray(null, y.dtype), y.shape)
 
 
-def drop_labels(rng, y, p_uncond, null):
+def drop_labels(rng, y, p_uncond, null, index=None):
   """Replaces each example's condition (a label, or a row of token ids) by the null one with probability p_uncond
-  (Ho & Salimans 2022, Alg. 1)."""
-  drop = jax.random.uniform(rng, y.shape[:1]) < p_uncond
+  (Ho & Salimans 2022, Alg. 1), each example's draw from its global index in the batch (default 0 .. N - 1)."""
+  index = jnp.arange(y.shape[0]) if index is None else index
+  drop = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(rng, i)))(index) < p_uncond
   return jnp.where(drop.reshape(-1, *(1,) * (y.ndim - 1)), null_like(y, null), y)
 
 

@@ -96,51 +96,66 @@ def get_weighting(name):
                      f"({', '.join(WEIGHTINGS.names())}) or 'module:function' with the signature of losses.uniform")
 
 
+def example_keys(rng, index):
+  """One key per example from its global index in the batch, so that its draws do not depend on how the batch is split
+  (gradient accumulation's microbatches, the processes' rows)."""
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
+
+
+def each(draw, keys):
+  """draw(key, 1) [1] for each example's key: [N]."""
+  return jax.vmap(lambda k: draw(k, 1)[0])(keys)
+
+
 def _draw(rng, w, num):
   """Indices drawn with probabilities proportional to w >= 0, by inverting the cumulative sum."""
   cdf = jnp.cumsum(w) / jnp.sum(w)
   return jnp.minimum(jnp.searchsorted(cdf, jax.random.uniform(rng, (num,))), len(w) - 1)
 
 
-def importance_t(process, rng, batch, weight_fn, num_cells=1000):
-  """Training times t ~ p(t) proportional to the weighting w(t), each example weighted w(t) u(t) / p(t) (u: the
-  uniform training density): the same expected loss as uniform t weighted by w, with less variance where w spans
-  orders of magnitude, as the likelihood weighting does (Song et al. 2021b, Sec. 5). A schedule draws from its T
-  times; an SDE from num_cells equal cells of [t_min, 1], uniformly within a cell."""
-  k_cell, k_u = jax.random.split(rng)
+def importance_t(process, keys, weight_fn, num_cells=1000):
+  """Training times t ~ p(t) proportional to the weighting w(t), one per example key, each example weighted
+  w(t) u(t) / p(t) (u: the uniform training density): the same expected loss as uniform t weighted by w, with less
+  variance where w spans orders of magnitude, as the likelihood weighting does (Song et al. 2021b, Sec. 5). A schedule
+  draws from its T times; an SDE from num_cells equal cells of [t_min, 1], uniformly within a cell."""
+  k_cell, k_u = (jax.vmap(lambda k, c=c: jax.random.fold_in(k, c))(keys) for c in (0, 1))
   if isinstance(process, Schedule):
     grid = process.index_to_t(jnp.arange(process.num_timesteps))
     w = weight_fn(grid)
-    return grid[_draw(k_cell, w, batch)], jnp.full((batch,), jnp.mean(w))
+    return grid[each(lambda k, n: _draw(k, w, n), k_cell)], jnp.full((len(keys),), jnp.mean(w))
   edges = jnp.linspace(process.t_min, 1.0, num_cells + 1)
   w = weight_fn(0.5 * (edges[:-1] + edges[1:]))
-  j = _draw(k_cell, w, batch)
-  t = edges[j] + jax.random.uniform(k_u, (batch,)) * (edges[1] - edges[0])
+  j = each(lambda k, n: _draw(k, w, n), k_cell)
+  t = edges[j] + each(jax.random.uniform, k_u) * (edges[1] - edges[0])
   return t, weight_fn(t) * jnp.mean(w) / w[j]
 
 
 def diffusion_loss(apply_fn, params, process, x0, y, rng, *, prediction, weighting, options=None,
-                   importance=False, time_sampling=None, train=True):
+                   importance=False, time_sampling=None, train=True, index=None):
   """Weighted denoising loss with x_t = alpha x0 + sigma eps: t = (i + 1) / T, i ~ U{0..T-1} on a discrete schedule
   (Ho et al. 2020), t ~ U(1e-5, 1) on an SDE (Song et al. 2021), t ~ `time_sampling` (timesteps.py) within
   [t_min, 1 - t_min], or with `importance` t ~ weighting; the network sees
   process.network_time(t); `options` (config.training) holds the weighting's fields, None for one without (uniform,
   likelihood). Returns (scalar loss, aux): aux has per example the unweighted loss, t, log_snr and the
-  eps-equivalent squared error (`eps_mse`, comparable across targets and weightings)."""
-  k_t, k_eps, k_drop = jax.random.split(rng, 3)
+  eps-equivalent squared error (`eps_mse`, comparable across targets and weightings). Each example's t and eps come
+  from its key example_keys(rng, index) (index: the examples' global indices in the batch, default 0 .. N - 1); the
+  network's own dropout draws one mask per call, from the first example's key."""
+  keys = example_keys(rng, jnp.arange(x0.shape[0]) if index is None else index)
+  k_t, k_eps = (jax.vmap(lambda k, c=c: jax.random.fold_in(k, c))(keys) for c in (0, 1))
+  k_drop = jax.random.fold_in(keys[0], 2)
   weight = get_weighting(weighting)
 
   def weight_fn(t):
     log_snr, dlog_snr_dt = jax.jvp(process.log_snr, (t,), (jnp.ones_like(t),))
     return weight(log_snr, prediction, dlog_snr_dt, options)
   if importance:
-    t, w = importance_t(process, k_t, x0.shape[0], weight_fn)
+    t, w = importance_t(process, k_t, weight_fn)
   else:
-    t = process.sample_t(k_t, x0.shape[0]) if time_sampling is None else jnp.clip(
-        time_sampling.sample(k_t, x0.shape[0], process), process.t_min, 1.0 - process.t_min)
+    t = each(process.sample_t, k_t) if time_sampling is None else jnp.clip(
+        each(lambda k, n: time_sampling.sample(k, n, process), k_t), process.t_min, 1.0 - process.t_min)
     w = weight_fn(t)
   coefficients = path_coefficients(process, t)
-  eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+  eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], x0.dtype))(k_eps)
   x_t = q_sample(process, x0, t, eps)
   pred = apply_fn({"params": params}, x_t, process.network_time(t), y, train=train, rngs={"dropout": k_drop})
   tgt = target(x0, eps, *(bcast(a, x0) for a in coefficients[:2]), prediction,

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax.losses import WEIGHTINGS, diffusion_loss, eps_loss_factor, get_weighting, importance_t, likelihood
+from diffusion_jax.losses import (WEIGHTINGS, diffusion_loss, eps_loss_factor, example_keys, get_weighting,
+                                  importance_t, likelihood)
 from diffusion_jax.parametrization import target, to_eps_x0
 from diffusion_jax.schedules import Schedule, get_schedule
 from diffusion_jax.sde import VPSDE
@@ -109,7 +110,7 @@ def test_importance_sampling_of_t_is_unbiased_and_reduces_variance(process):
     log_snr, dlog_snr_dt = jax.jvp(process.log_snr, (t,), (jnp.ones_like(t),))
     return likelihood(log_snr, "eps", dlog_snr_dt, None)
   f = lambda t: jnp.sin(3.0 * t) + 1.5  # a stand-in per-example loss
-  t, w = importance_t(process, jax.random.PRNGKey(0), 200_000, w_fn)
+  t, w = importance_t(process, example_keys(jax.random.PRNGKey(0), jnp.arange(200_000)), w_fn)
   if isinstance(process, Schedule):
     grid = process.index_to_t(jnp.arange(1000))
     assert set(np.unique(np.asarray(t))) <= set(np.asarray(grid))
