@@ -53,17 +53,18 @@ def pivot_by_nfe(rows, metric, option_keys, column="nfe"):
 
 def plot_by_nfe(curves, metric, path, title=""):
   """One line per sampler family, log-log: FID spans orders of magnitude between too few and enough steps."""
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  for name, pts in sorted(curves.items()):
+  fig, ax = plt.subplots(figsize=(7.5, 4.6))
+  for i, (name, pts) in enumerate(sorted(curves.items())):
     pts = sorted(pts)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name, ms=4)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker="osd^vx+*"[i // 10 % 8], color=plt.cm.tab10(i % 10),
+            label=name, ms=4)
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("network evaluations (NFE)")
   ax.set_ylabel(metric)
-  ax.set_title(title)
+  ax.set_title(title, fontsize=9)
   ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
