@@ -8,6 +8,7 @@ WRAPPER = dict(
     latent=False,         # latent diffusion: work on the latents of the autoencoder (--mode=train_autoencoder)
     dtype="float32",      # activations; "bfloat16": mixed precision (float32 parameters, norms, softmax, output)
     kernels="auto",       # how every network's layers compute: auto | xla | cpu | blocked (models/kernels)
+    remat="none",         # gradient checkpointing of every network's blocks: none | full | dots (models/remat)
     precondition="",      # "" | edm: D = c_skip x + c_out F(c_in x, ln(sigma) / 4) (Karras et al. 2022; on ve / edm)
     num_classes=0,        # 0: unconditional; else labels 0..K-1 and the null label K of classifier-free guidance
     size="",              # dit / uvit: a size of the paper, e.g. S/2 (fixes depth, hidden_size, num_heads, patch_size)
@@ -98,6 +99,7 @@ def get_base_config():
   c.training = ml_collections.ConfigDict(dict(
       num_steps=1000,
       batch_size=128,
+      grad_accum_steps=1,    # k microbatches per global batch, gradients summed in the one jitted step (train.py)
       weighting="uniform",   # uniform | p2 | min_snr | likelihood | edm | sigmoid | "module:function" (losses.py)
       p2_gamma=1.0,          # p2: 1 / (k + SNR)^gamma (Choi et al. 2022)
       p2_k=1.0,

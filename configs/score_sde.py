@@ -33,6 +33,7 @@ def get_score_sde_config(sde):
       progressive_combine="sum",
       num_classes=0,
       kernels="auto",
+      remat="none",
       precondition="",
   ))
   c.training.num_steps = 1_300_000

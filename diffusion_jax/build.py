@@ -311,7 +311,8 @@ def autoencoder_dir(config, workdir):
 
 
 def get_autoencoder(config):
-  return AutoencoderKL(out_channels=config.data.channels, **config.autoencoder.model, kernels=config.model.kernels)
+  return AutoencoderKL(out_channels=config.data.channels, **config.autoencoder.model, kernels=config.model.kernels,
+                       remat=config.model.get("remat", "none"))
 
 
 def init_autoencoder_state(config, ae, tx, rng):

@@ -55,7 +55,8 @@ def config_diffs(saved, config, field=lambda k: True, new_fields=False):
 def check_compatible(saved, config, section="model"):
   """Raises with the differing fields when the checkpoint's network (config.`section`) or input shape differs."""
   text = section == "model" and config.model.get("context_dim")  # a text model's encoder is part of its network
-  free = (section + ".dropout", section + ".dtype", "model.kernels")  # change no parameter: resume with any value
+  # change no parameter: resume with any value
+  free = (section + ".dropout", section + ".dtype", "model.kernels", "model.remat")
   shape_field = lambda k: ((k.startswith(section + ".") and k not in free) or k in SHAPE_FIELDS
                            or (text and k.startswith("text.encoder.")) or (section == "model" and k in PROCESS_FIELDS))
   diffs = config_diffs(saved, config, shape_field, new_fields=True)

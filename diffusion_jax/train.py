@@ -16,6 +16,7 @@ from diffusion_jax.data import get_dataset
 from diffusion_jax.guidance import drop_labels
 from diffusion_jax.images import save_grid
 from diffusion_jax.losses import diffusion_loss
+from diffusion_jax.models.kernels import get_kernels
 from diffusion_jax.sample import generate_samples
 from diffusion_jax.schedules import Schedule
 from diffusion_jax.tables import plot_weightings
@@ -86,28 +87,69 @@ def training_log(path, edges):
   return on_log
 
 
+def microbatches(batch, k):
+  """The global batch as k microbatches [k, B / k, ...], microbatch j holding rows j, j + k, j + 2k, ...: with the
+  per-device batch divisible by k, every device keeps its own rows (no data moves between devices)."""
+  return jax.tree.map(lambda a: a.reshape(a.shape[0] // k, k, *a.shape[1:]).swapaxes(0, 1), batch)
+
+
 def make_train_step(config, model, process, tx):
-  """(state, batch) -> (state, metrics): one optimizer step on the weighted loss; metrics include the eps-equivalent
-  loss summed and counted in config.training.loss_bins log-SNR bins."""
+  """(state, batch) -> (state, metrics): one optimizer step on the weighted loss of the global batch; metrics include
+  the eps-equivalent loss summed and counted in config.training.loss_bins log-SNR bins. With
+  training.grad_accum_steps = k the batch is split into k microbatches (microbatches) whose gradients are summed
+  inside the one compiled step (a lax.scan, or unrolled where the kernel set says a rolled backward pass is slow),
+  then one optimizer and EMA update; each example's draws follow its global index, so k does not change them."""
   tc = config.training
+  k = tc.grad_accum_steps
   edges = log_snr_edges(process, tc.loss_bins)
   null = text.null_condition(config) if tc.p_uncond else None
   times = build.time_sampling(config)
+  rolled = get_kernels(config.model.kernels).rolled_backward
+
+  def gradients(params, batch, rng):
+    """(gradient of the microbatch's mean loss, (mean loss, summed eps_mse, bin sums, bin counts))."""
+    y = batch.get("label")
+    if y is not None and tc.p_uncond:
+      y = drop_labels(jax.random.fold_in(rng, 7), y, tc.p_uncond, null, batch["index"])
+    loss_fn = lambda p: diffusion_loss(model.apply, p, process, batch["image"], y, rng,
+                                       prediction=config.diffusion.prediction, weighting=tc.weighting, options=tc,
+                                       importance=tc.t_sampling == "importance", time_sampling=times,
+                                       index=batch["index"])
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, (loss, jnp.sum(aux["eps_mse"]), *loss_by_bin(aux["log_snr"], aux["eps_mse"], edges))
 
   def train_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    y = batch.get("label")
-    if y is not None and config.training.p_uncond:
-      y = drop_labels(jax.random.fold_in(rng, 7), y, config.training.p_uncond, null)
-    loss_fn = lambda p: diffusion_loss(model.apply, p, process, batch["image"], y, rng,
-                                       prediction=config.diffusion.prediction, weighting=tc.weighting, options=tc,
-                                       importance=tc.t_sampling == "importance", time_sampling=times)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    bin_sum, bin_count = loss_by_bin(aux["log_snr"], aux["eps_mse"], edges)
+    n = batch["image"].shape[0]
+    batch = {**batch, "index": jnp.arange(n)}
+    if k == 1:
+      grads, (loss, eps_sum, bin_sum, bin_count) = gradients(state.params, batch, rng)
+    else:
+      micro = microbatches(batch, k)
+      add = lambda total, mb: jax.tree.map(jnp.add, total, gradients(state.params, mb, rng))
+      total = jax.tree.map(jnp.zeros_like, jax.eval_shape(gradients, state.params, jax.tree.map(lambda a: a[0], micro),
+                                                          rng))
+      if rolled:
+        total, _ = jax.lax.scan(lambda t, mb: (add(t, mb), None), total, micro)
+      else:
+        for j in range(k):
+          total = add(total, jax.tree.map(lambda a, j=j: a[j], micro))
+      grads, (loss, eps_sum, bin_sum, bin_count) = jax.tree.map(lambda g: g / k, total[0]), total[1]
+      loss = loss / k
     return apply_gradients(state, grads, tx, tc.ema_decay), {
-        "loss": loss, "eps_mse": jnp.mean(aux["eps_mse"]), "grad_norm": optax.tree.norm(grads),
+        "loss": loss, "eps_mse": eps_sum / n, "grad_norm": optax.tree.norm(grads),
         "bin_sum": bin_sum, "bin_count": bin_count}
   return train_step
+
+
+def check_accumulation(config, mesh):
+  """training.grad_accum_steps must divide the per-device batch (training.batch_size over the mesh's devices)."""
+  k, per_device = config.training.grad_accum_steps, config.training.batch_size // mesh.devices.size
+  if k < 1 or per_device % k:
+    valid = [d for d in range(1, per_device + 1) if per_device % d == 0]
+    raise ValueError(f"training.grad_accum_steps={k} must divide the per-device batch of {per_device} "
+                     f"(training.batch_size={config.training.batch_size} over {mesh.devices.size} devices); "
+                     f"valid: {', '.join(map(str, valid))}")
 
 
 def host_batch(config, dataset, step, rows=slice(None)):
@@ -203,6 +245,7 @@ def train(config, workdir, mesh=None):
   """Trains to config.training.num_steps, resuming from the workdir; returns the final TrainState."""
   mesh = mesh or parallel.mesh_for(config)
   parallel.check_batch(config.training.batch_size, mesh)
+  check_accumulation(config, mesh)
   model, process = build.setup(config)
   tx = build.model_optimizer(config)
   dataset = get_dataset(config, "train", parallel.local_rows(config.training.batch_size, mesh))

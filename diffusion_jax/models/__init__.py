@@ -9,6 +9,7 @@ from diffusion_jax.models.dit import DiT
 from diffusion_jax.models.kernels import resolve
 from diffusion_jax.models.ncsnpp import NCSNpp
 from diffusion_jax.models.precondition import EDMPrecond
+from diffusion_jax.models.remat import check_remat
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.models.uvit import UViT
 from diffusion_jax.registry import Registry
@@ -23,7 +24,7 @@ MODELS.register("uvit")(UViT)
 PRECONDITIONINGS = ("", "edm")
 WRAPPER_FIELDS = ("name", "latent", "precondition")  # config.model fields that are not the network's own
 # the fields every network's config.model section has (configs/base.py), with their defaults
-COMMON = {"dtype": "float32", "kernels": "auto", "num_classes": 0, "size": ""}
+COMMON = {"dtype": "float32", "kernels": "auto", "num_classes": 0, "remat": "none", "size": ""}
 
 
 def get_model(config):
@@ -33,6 +34,7 @@ def get_model(config):
   wraps the whole in EDM's preconditioning (EDMPrecond, sigma_data = config.training.sigma_data)."""
   cls = MODELS.get(config.model.name)
   resolve(config.model.get("kernels", "auto"))  # an unknown kernel set fails here, before any tracing
+  check_remat(config.model.get("remat", "none"))  # and so does an unknown remat policy
   precondition = config.model.get("precondition", "")
   if precondition not in PRECONDITIONINGS:
     raise ValueError(f"Unknown model.precondition {precondition!r}; valid: '' (none), edm")

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.models.layers import Conv, GroupNorm, UpsampleConv
+from diffusion_jax.models.remat import remat
 from diffusion_jax.models.unet import AttentionBlock, ResnetBlock
 
 
@@ -19,6 +20,7 @@ class _Coder(nn.Module):
   groups: int
   eps: float
   kernels: str = "auto"
+  remat: str = "none"
 
 
 class Encoder(_Coder):
@@ -27,7 +29,7 @@ class Encoder(_Coder):
 
   @nn.compact
   def __call__(self, x):
-    res = lambda ch, name: ResnetBlock(ch, groups=self.groups, eps=self.eps, name=name, kernels=self.kernels)
+    res = lambda ch, name: resnet_block(ch, self.groups, self.eps, self.kernels, self.remat, name)
     h = Conv(self.block_out_channels[0], (3, 3), padding=1, name="conv_in", kernels=self.kernels)(x)
     for i, ch in enumerate(self.block_out_channels):
       for j in range(self.layers_per_block):
@@ -35,7 +37,7 @@ class Encoder(_Coder):
       if i < len(self.block_out_channels) - 1:
         h = jnp.pad(h, ((0, 0), (0, 1), (0, 1), (0, 0)))  # diffusers' Downsample2D(padding=0)
         h = Conv(ch, (3, 3), strides=2, padding=0, name=f"down_{i}_downsample", kernels=self.kernels)(h)
-    h = mid_block(h, self.block_out_channels[-1], self.groups, self.eps, self.kernels)
+    h = mid_block(h, self.block_out_channels[-1], self.groups, self.eps, self.kernels, self.remat)
     h = GroupNorm(self.groups, self.eps, silu=True, name="conv_norm_out", kernels=self.kernels)(h)
     return Conv(self.out_channels, (3, 3), padding=1, name="conv_out", kernels=self.kernels)(h)
 
@@ -46,9 +48,9 @@ class Decoder(_Coder):
 
   @nn.compact
   def __call__(self, z):
-    res = lambda ch, name: ResnetBlock(ch, groups=self.groups, eps=self.eps, name=name, kernels=self.kernels)
+    res = lambda ch, name: resnet_block(ch, self.groups, self.eps, self.kernels, self.remat, name)
     h = Conv(self.block_out_channels[-1], (3, 3), padding=1, name="conv_in", kernels=self.kernels)(z)
-    h = mid_block(h, self.block_out_channels[-1], self.groups, self.eps, self.kernels)
+    h = mid_block(h, self.block_out_channels[-1], self.groups, self.eps, self.kernels, self.remat)
     for i, ch in enumerate(reversed(self.block_out_channels)):
       for j in range(self.layers_per_block + 1):
         h = res(ch, f"up_{i}_resnet_{j}")(h, None, False)
@@ -58,11 +60,16 @@ class Decoder(_Coder):
     return Conv(self.out_channels, (3, 3), padding=1, name="conv_out", kernels=self.kernels)(h)
 
 
-def mid_block(h, ch, groups, eps, kernels):
-  """ResNet, single-head self-attention, ResNet (call inside a compact method)."""
-  h = ResnetBlock(ch, groups=groups, eps=eps, name="mid_resnet_0", kernels=kernels)(h, None, False)
-  h = AttentionBlock(1, groups, eps, name="mid_attn", kernels=kernels)(h)
-  return ResnetBlock(ch, groups=groups, eps=eps, name="mid_resnet_1", kernels=kernels)(h, None, False)
+def resnet_block(ch, groups, eps, kernels, policy, name):
+  """A ResNet block without time embedding, rematerialised under `policy` (models/remat)."""
+  return remat(ResnetBlock, policy, (3,))(ch, groups=groups, eps=eps, name=name, kernels=kernels)
+
+
+def mid_block(h, ch, groups, eps, kernels, policy="none"):
+  """ResNet, single-head self-attention, ResNet (call inside a compact method), each block under remat `policy`."""
+  h = resnet_block(ch, groups, eps, kernels, policy, "mid_resnet_0")(h, None, False)
+  h = remat(AttentionBlock, policy)(1, groups, eps, name="mid_attn", kernels=kernels)(h)
+  return resnet_block(ch, groups, eps, kernels, policy, "mid_resnet_1")(h, None, False)
 
 
 class AutoencoderKL(nn.Module):
@@ -75,10 +82,11 @@ class AutoencoderKL(nn.Module):
   norm_groups: int = 32
   norm_eps: float = 1e-6
   kernels: str = "auto"  # models/kernels: how the layers compute (never what they compute)
+  remat: str = "none"  # models/remat: which activations each ResNet / attention block keeps for the backward pass
 
   def setup(self):
     kw = dict(block_out_channels=self.block_out_channels, layers_per_block=self.layers_per_block,
-              groups=self.norm_groups, eps=self.norm_eps)
+              groups=self.norm_groups, eps=self.norm_eps, remat=self.remat)
     self.encoder = Encoder(2 * self.latent_channels, **kw, kernels=self.kernels)
     self.quant_conv = Conv(2 * self.latent_channels, (1, 1), kernels=self.kernels)
     self.post_quant_conv = Conv(self.latent_channels, (1, 1), kernels=self.kernels)

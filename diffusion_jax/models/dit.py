@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffusion_jax.models.layers import Dense, class_conditioning
+from diffusion_jax.models.remat import remat
 from diffusion_jax.models.transformer import Attention
 from diffusion_jax.models.unet import DTYPES, timestep_embedding
 from diffusion_jax.models.vit import (Mlp, PatchEmbed, check_patch, layer_norm, resolve_dims, sincos_2d, unpatchify,
@@ -63,6 +64,7 @@ class DiT(nn.Module):
   norm_eps: float = 1e-6
   dtype: str = "float32"   # activations; "bfloat16": mixed precision (float32 parameters, norms, softmax, output)
   kernels: str = "auto"
+  remat: str = "none"      # models/remat: which activations each transformer block keeps for the backward pass
 
   @nn.compact
   def __call__(self, x, timesteps, y: Optional[jnp.ndarray] = None, train: bool = False, full_output: bool = False):
@@ -80,8 +82,8 @@ class DiT(nn.Module):
     tokens = PatchEmbed(d, p, name="pos_embed", kernels=self.kernels)(x.astype(self.dtype))
     tokens = tokens + jnp.asarray(sincos_2d(d, h // p, w // p), self.dtype)
     for i in range(depth):
-      tokens = DiTBlock(heads, self.mlp_ratio, self.norm_eps, name=f"transformer_blocks_{i}",
-                        kernels=self.kernels)(tokens, c)
+      tokens = remat(DiTBlock, self.remat)(heads, self.mlp_ratio, self.norm_eps, name=f"transformer_blocks_{i}",
+                                           kernels=self.kernels)(tokens, c)
 
     shift, scale = jnp.split(Dense(2 * d, kernel_init=zeros, name="proj_out_1", kernels=self.kernels)(nn.silu(c))
                              [:, None].astype(self.dtype), 2, -1)

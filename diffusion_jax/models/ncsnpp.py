@@ -11,6 +11,7 @@ import numpy as np
 
 from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, class_conditioning,
                                          multihead_attention)
+from diffusion_jax.models.remat import remat
 from diffusion_jax.models.unet import timestep_embedding
 
 PROGRESSIVE = ("none", "output_skip")
@@ -156,6 +157,7 @@ class NCSNpp(nn.Module):
   progressive_combine: str = "sum"  # sum | cat
   num_classes: int = 0
   kernels: str = "auto"  # models/kernels: how the layers compute (never what they compute)
+  remat: str = "none"  # models/remat: which activations each residual / attention block keeps for the backward pass
 
   def check(self):
     for field, value, valid in [("resblock_type", self.resblock_type, ("biggan", "ddpm")),
@@ -183,10 +185,11 @@ class NCSNpp(nn.Module):
     temb = class_conditioning(temb, y, self.num_classes, "NCSN++")
 
     biggan = self.resblock_type == "biggan"
-    res = lambda out_ch, name, resample=None: ResBlock(out_ch, self.dropout, resample, biggan, self.fir,
-                                                      self.fir_kernel, self.skip_rescale, self.init_scale, self.kernels,
-                                                      name=name)
-    attn = lambda name: AttnBlock(self.skip_rescale, self.init_scale, name=name, kernels=self.kernels)
+    res = lambda out_ch, name, resample=None: remat(ResBlock, self.remat, (3,))(
+        out_ch, self.dropout, resample, biggan, self.fir, self.fir_kernel, self.skip_rescale, self.init_scale,
+        self.kernels, name=name)
+    attn = lambda name: remat(AttnBlock, self.remat)(self.skip_rescale, self.init_scale, name=name,
+                                                     kernels=self.kernels)
     n = len(self.ch_mult)
     channels = x.shape[-1]
 

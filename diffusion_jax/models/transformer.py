@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.models.layers import Conv, Dense, GroupNorm, multihead_attention
+from diffusion_jax.models.remat import remat
 
 
 class Attention(nn.Module):
@@ -57,6 +58,7 @@ class SpatialTransformer(nn.Module):
   groups: int = 32
   linear_projection: bool = False
   kernels: str = "auto"
+  remat: str = "none"  # models/remat, per transformer block
 
   @nn.compact
   def __call__(self, x, context):
@@ -68,7 +70,8 @@ class SpatialTransformer(nn.Module):
     else:
       h = Conv(inner, (1, 1), name="proj_in", kernels=self.kernels)(h).reshape(b, hgt * wid, inner)
     for i in range(self.depth):
-      h = TransformerBlock(self.heads, self.head_dim, name=f"transformer_blocks_{i}", kernels=self.kernels)(h, context)
+      h = remat(TransformerBlock, self.remat)(self.heads, self.head_dim, name=f"transformer_blocks_{i}",
+                                              kernels=self.kernels)(h, context)
     if self.linear_projection:
       return x + Dense(c, name="proj_out", kernels=self.kernels)(h).reshape(b, hgt, wid, c)
     return x + Conv(c, (1, 1), name="proj_out", kernels=self.kernels)(h.reshape(b, hgt, wid, inner))

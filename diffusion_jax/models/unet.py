@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from diffusion_jax.models.layers import (Conv, Dense, GroupNorm, UpsampleConv, multihead_attention,
                                          class_conditioning)
+from diffusion_jax.models.remat import remat
 from diffusion_jax.models.transformer import SpatialTransformer
 
 zero_init = nn.initializers.zeros
@@ -100,6 +101,7 @@ class UNet(nn.Module):
   # GroupNorm statistics and attention softmax, and a float32 output
   dtype: str = "float32"
   kernels: str = "auto"  # models/kernels: how the layers compute (never what they compute)
+  remat: str = "none"  # models/remat: which activations each block keeps for the backward pass
 
   @nn.compact
   def __call__(self, x, timesteps, y: Optional[jnp.ndarray] = None, train: bool = False):
@@ -118,14 +120,17 @@ class UNet(nn.Module):
     temb = class_conditioning(temb, y, self.num_classes, "U-Net").astype(self.dtype)
     x = x.astype(self.dtype)
 
-    res = lambda **kw: ResnetBlock(dropout=self.dropout, groups=self.norm_groups, eps=self.norm_eps,
-                                   scale_shift=self.scale_shift, **kw, kernels=self.kernels)
+    res = lambda **kw: remat(ResnetBlock, self.remat, (3,))(  # (3,): `train`, a Python bool
+        dropout=self.dropout, groups=self.norm_groups, eps=self.norm_eps, scale_shift=self.scale_shift, **kw,
+        kernels=self.kernels)
 
     def attn(name):
       if not self.context_dim:
-        return AttentionBlock(self.num_heads, self.norm_groups, self.norm_eps, name=name, kernels=self.kernels)
+        return remat(AttentionBlock, self.remat)(self.num_heads, self.norm_groups, self.norm_eps, name=name,
+                                                 kernels=self.kernels)
       return lambda h: SpatialTransformer(self.num_heads, h.shape[-1] // self.num_heads, self.transformer_depth,
-                                          self.norm_groups, self.linear_projection, self.kernels, name=name)(h, context)
+                                          self.norm_groups, self.linear_projection, self.kernels, self.remat,
+                                          name=name)(h, context)
     n = len(self.block_out_channels)
 
     h = Conv(ch0, (3, 3), padding=1, name="conv_in", kernels=self.kernels)(x)

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffusion_jax.models.layers import Conv, Dense, labels_or_null
+from diffusion_jax.models.remat import remat
 from diffusion_jax.models.transformer import Attention
 from diffusion_jax.models.unet import DTYPES, timestep_embedding
 from diffusion_jax.models.vit import Mlp, PatchEmbed, check_patch, layer_norm, resolve_dims, unpatchify
@@ -57,6 +58,7 @@ class UViT(nn.Module):
   conv_out: bool = True    # the 3x3 convolution after unpatchifying
   dtype: str = "float32"   # activations; "bfloat16": mixed precision (float32 parameters, norms, softmax, output)
   kernels: str = "auto"
+  remat: str = "none"      # models/remat: which activations each transformer block keeps for the backward pass
 
   @nn.compact
   def __call__(self, x, timesteps, y: Optional[jnp.ndarray] = None, train: bool = False):
@@ -78,8 +80,8 @@ class UViT(nn.Module):
     pos = self.param("pos_embed", linear_init, (1, tokens.shape[1], d))
     tokens = tokens + pos.astype(self.dtype)
 
-    block = lambda name, skip=False: UViTBlock(heads, self.mlp_ratio, self.qkv_bias, skip, name=name,
-                                               kernels=self.kernels)
+    block = lambda name, skip=False: remat(UViTBlock, self.remat)(heads, self.mlp_ratio, self.qkv_bias, skip,
+                                                                  name=name, kernels=self.kernels)
     skips = []
     for i in range(depth // 2):
       tokens = block(f"in_blocks_{i}")(tokens)

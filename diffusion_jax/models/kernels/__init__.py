@@ -25,17 +25,21 @@ class KernelSet:
   add_bias(y, bias): y + bias over the last axis in y's dtype;
   upsample_conv(x, kernel): 3x3 convolution (padding 1) of x upsampled 2x by its nearest neighbours;
   group_norm(x, scale, bias, groups, eps, silu): GroupNorm with float32 statistics (then SiLU when silu);
-  attention(q, k, v): softmax(q k^T / sqrt(d)) v per head for q [B, Nq, H, D], k, v [B, Nk, H, D]."""
+  attention(q, k, v): softmax(q k^T / sqrt(d)) v per head for q [B, Nq, H, D], k, v [B, Nk, H, D];
+  rolled_backward: whether a loop of backward passes (gradient accumulation) runs as a rolled lax.scan, or unrolled
+  where a rolled backward pass is slow (the CPU)."""
   conv: Callable
   add_bias: Callable
   upsample_conv: Callable
   group_norm: Callable
   attention: Callable
+  rolled_backward: bool = True
 
 
 KERNELS = Registry("kernel set")
 KERNELS.register("xla")(KernelSet(xla.conv, xla.add_bias, xla.upsample_conv, xla.group_norm, xla.attention))
-KERNELS.register("cpu")(KernelSet(cpu.conv, cpu.add_bias, cpu.upsample_conv, cpu.group_norm, cpu.attention))
+KERNELS.register("cpu")(KernelSet(cpu.conv, cpu.add_bias, cpu.upsample_conv, cpu.group_norm, cpu.attention,
+                                  rolled_backward=False))
 KERNELS.register("blocked")(KernelSet(xla.conv, xla.add_bias, xla.upsample_conv, xla.group_norm,
                                       blocked_attention.attention))
 
