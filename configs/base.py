@@ -187,6 +187,7 @@ def get_base_config():
                               # networks behind FID / sFID / IS, FD_DINOv2, FD_CLIP / CMMD, in one pass (features.py)
       inception_weights="",   # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (.pth / .npz / .msgpack);
                               # "" -> the FID_INCEPTION_WEIGHTS environment variable
+      sfid=False,             # with inception: also sFID on mixed_6/conv (its reference needs the training images)
       dinov2_weights="",      # a facebook/dinov2-large directory (config.json + model.safetensors) or its .msgpack
       clip_weights="",        # a CLIP directory, e.g. openai/clip-vit-large-patch14-336 (CMMD's encoder)
       clip_score=False,       # with clip in features and a text model: CLIPScore of each sample against its prompt

@@ -42,7 +42,7 @@ def score_runs(config, workdir, out, runs, num_samples, classifier=None):
     except ValueError as e:
       logging.warning("skipping %s: %s", label, e)
       continue
-    rows.append({"run": label, **row, **extra})
+    rows.append(json.loads(json.dumps({"run": label, **row, **extra})))  # as rows.json gives it back (lists)
     if jax.process_index() == 0:  # every process of a multi-process job has the same rows
       with open(rows_path + ".tmp", "w") as f:
         json.dump(rows, f, indent=1)

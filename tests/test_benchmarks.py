@@ -1,5 +1,7 @@
-"""benchmarks/accelerator.py: its smoke run on this CPU, and its peak table."""
+"""benchmarks/accelerator.py: its smoke run on this CPU, and its peak table; benchmarks/memory.py's budget bisection."""
 import json
+
+import pytest
 
 from conftest import run_python
 
@@ -26,3 +28,20 @@ def test_peak_table_matches_device_kinds_and_dtypes():
   assert peak_tflops("NVIDIA H100 PCIe", "float32") == 378.0
   assert peak_tflops("TPU v5 lite", "float32") == 197.0
   assert peak_tflops("cpu", "float32") is None and peak_tflops("cpu", "float32", override=2.0) == 2.0
+
+
+def test_memory_budget_bisection_finds_the_largest_fitting_batch(monkeypatch):
+  # the bisection on a synthetic cost (1 MiB per example + 10 MiB): exact answers, multiples of k, and batch 1's need
+  # when nothing fits; then XLA's analysis of the tiny config's real step, whose total grows with the batch
+  from benchmarks import memory
+  from conftest import tiny_config
+  monkeypatch.setattr(memory, "step_memory", lambda config, b: {"total": (10 + b) * 2**20})
+  assert memory.largest_batch(tiny_config(), 100 * 2**20)[0] == 90
+  assert memory.largest_batch(tiny_config(**{"training.grad_accum_steps": 4}), 100 * 2**20)[0] == 88
+  with pytest.raises(ValueError, match="Even a per-device batch of 1 .* needs 0.01 GiB, more than the budget"):
+    memory.largest_batch(tiny_config(), 5 * 2**20)
+  monkeypatch.undo()
+  small, large = (memory.step_memory(tiny_config(**{"model.block_out_channels": (8, 16), "model.attn_resolutions": ()}),
+                                     b) for b in (2, 32))
+  assert set(small) == {"argument", "output", "temp", "alias", "total"}
+  assert small["temp"] < large["temp"] and small["total"] < large["total"]

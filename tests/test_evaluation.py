@@ -191,27 +191,27 @@ def test_one_pass_scores_every_network_against_its_own_references(classifier, tm
   c = c.copy_and_resolve_references()
   c.eval.features, c.eval.cache_dir = "digits,dinov2,clip", str(tmp_path / "cache")
   c.eval.dinov2_weights, c.eval.clip_weights = str(tmp_path / "dinov2"), str(tmp_path / "clip")
-  c.eval.reference_num_images, c.eval.batch_size = 300, 25
+  c.eval.reference_num_images, c.eval.batch_size = 150, 25
   scorer = features.Scorer(c, d)
   assert scorer.columns() == ["fid_digits", "is_digits", "is_digits_std", "fd_dinov2", "fd_clip", "cmmd_clip",
                               "class_accuracy"]
   held = get_dataset(c, "eval")
-  images, labels = held.images[:120], held.labels[:120]
+  images, labels = held.images[:60], held.labels[:60]
   whole = scorer(images, labels)
   acc = scorer.stream()
-  for idx in np.array_split(np.arange(120), 4):
+  for idx in np.array_split(np.arange(60), 3):
     acc.add(images[idx], labels[idx])
   streamed = acc.row()
   numeric = lambda row: {k: v for k, v in row.items() if k not in ("features", "references")}
   assert set(scorer.columns()) <= set(whole) and streamed["references"] == whole["references"]
   assert numeric(streamed) == pytest.approx(numeric(whole), rel=1e-3, abs=1e-3)
   refs = {os.path.basename(r.path): r for r in scorer.references.values()}
-  assert sorted(refs) == ["reference_stats_clip_train300.npz", "reference_stats_digits_train300.npz",
-                          "reference_stats_dinov2_train300.npz"]
+  assert sorted(refs) == ["reference_stats_clip_train150.npz", "reference_stats_digits_train150.npz",
+                          "reference_stats_dinov2_train150.npz"]
   assert whole["references"].count("@") == 3 and all(f"{n}@{features.sha256(r.path)[:12]}" in whole["references"]
                                                       for n, r in refs.items())
-  assert whole["features"] == "digits,dinov2,clip" and whole["num_samples"] == 120
-  train = get_dataset(c, "train").images[:300]
+  assert whole["features"] == "digits,dinov2,clip" and whole["num_samples"] == 60
+  train = get_dataset(c, "train").images[:150]
   own = scorer(train)
   assert own["fd_dinov2"] < 1e-6 and own["fd_clip"] < 1e-6 and abs(own["cmmd_clip"]) < 1e-6
   assert whole["cmmd_clip"] > 0.005 and whole["fid_digits"] > 1.0  # held-out images are not the references
@@ -226,7 +226,7 @@ def test_one_pass_scores_every_network_against_its_own_references(classifier, tm
   assert metrics.frechet_distance(*acc.stats["dinov2", "cls"].stats(), ref.mu, ref.sigma) == pytest.approx(
       expected, rel=1e-3) and expected > 0
   kept = np.load(scorer.references["clip", "embedding"].embeddings_path)
-  assert kept.shape == (300, 8)
+  assert kept.shape == (150, 8)
   np.testing.assert_allclose(streamed["cmmd_clip"], clip_metrics.cmmd(np.concatenate(acc.kept["clip", "embedding"]),
                                                                       kept), atol=1e-4)
   c.eval.dinov2_weights = str(tmp_path / "clip")

@@ -17,15 +17,25 @@ from diffusion_jax.data import get_dataset
 SMALL = {"model.block_out_channels": (8, 16), "model.attn_resolutions": ()}
 
 
-def trained_params(config, steps=3):
-  """The parameters after `steps` jitted train steps on the config's first batches (no checkpoints)."""
+def trained_params(config, steps=3, mesh=None):
+  """The parameters after `steps` jitted train steps on the config's first batches (no checkpoints); on a mesh with
+  the state and batch sharded as train.fit shards them (FSDP over its fsdp axis)."""
   model, process = build.setup(config)
   tx = build.model_optimizer(config)
   state = build.init_state(config, model, tx, jax.random.PRNGKey(config.seed))
-  step = jax.jit(train.make_train_step(config, model, process, tx))
+  step_fn = train.make_train_step(config, model, process, tx)
+  if mesh is None:
+    step, put = jax.jit(step_fn), lambda b: b
+  else:
+    train.check_accumulation(config, mesh)
+    shardings = parallel.state_shardings(state, mesh)
+    state = jax.device_put(state, shardings)
+    step = jax.jit(step_fn, in_shardings=(shardings, parallel.batch_sharded(mesh)),
+                   out_shardings=(shardings, parallel.replicated(mesh)))
+    put = lambda b: parallel.shard_batch(b, mesh)
   data = get_dataset(config, "train")
   for i in range(steps):
-    state, metrics = step(state, train.host_batch(config, data, i))
+    state, metrics = step(state, put(train.host_batch(config, data, i)))
   return jax.tree.map(np.asarray, state.params), metrics
 
 
@@ -61,17 +71,17 @@ def test_an_accumulation_that_does_not_divide_the_per_device_batch_names_the_val
 
 
 FSDP = """
-import json, sys
+import json
 import jax, numpy as np
 from conftest import tiny_config
-from diffusion_jax import train
+from diffusion_jax import parallel
+from test_grad_accum import trained_params
 out = {}
 for k in (1, 2):
-  config = tiny_config(**{"training.num_steps": 3, "training.batch_size": 8, "parallel.fsdp": 2,
-                          "model.block_out_channels": (8, 16), "model.attn_resolutions": (),
-                          "training.grad_accum_steps": k})
-  state = train.train(config, sys.argv[1] + f"/k{k}")
-  out[k] = [float(np.abs(np.asarray(a)).sum()) for a in jax.tree.leaves(state.params)]
+  config = tiny_config(**{"training.batch_size": 8, "parallel.fsdp": 2, "model.block_out_channels": (8, 16),
+                          "model.attn_resolutions": (), "training.grad_accum_steps": k})
+  params, _ = trained_params(config, mesh=parallel.mesh_for(config))
+  out[k] = [float(np.abs(a).sum()) for a in jax.tree.leaves(params)]
 print("DEVICES", jax.device_count(), "SUMS", json.dumps(out))
 """
 

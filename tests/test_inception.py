@@ -126,7 +126,8 @@ def test_eval_with_inception_features_streams_runs_and_caches_reference_statisti
   _, params, _ = reference
   (tmp_path / "w.msgpack").write_bytes(flax.serialization.to_bytes(params))
   _, _, state = trained_tiny
-  config = tiny_config(**{"eval.features": "inception", "eval.inception_weights": str(tmp_path / "w.msgpack"),
+  config = tiny_config(**{"eval.features": "inception", "eval.sfid": True,
+                          "eval.inception_weights": str(tmp_path / "w.msgpack"),
                           "eval.reference_num_images": 24, "eval.batch_size": 12, "sample.num_samples": 12,
                           "sample.batch_size": 12, "sample.runs": "ddim:3"})
   wd = str(tmp_path / "run")

@@ -172,7 +172,7 @@ def test_path_specs_take_the_resolution_shift(tiny):
     sde_from_config(d, "rectified_flow:shift=-1")
 
 
-def test_stochastic_samplers_refuse_a_path_with_only_an_ode(tiny):
+def test_stochastic_samplers_refuse_a_path_with_only_an_ode(tiny, monkeypatch):
   # a plugin path whose sigma falls after t = 0.5: the log-SNR rises there, the reverse SDE's noise variance is
   # negative, so the stochastic samplers (ddpm, ddim eta > 0, sde_dpm_solver++, euler_ancestral, pc, edm with churn)
   # are refused by name while the deterministic ones run
@@ -185,8 +185,7 @@ def test_stochastic_samplers_refuse_a_path_with_only_an_ode(tiny):
     def alpha_sigma(self, t):
       t = jnp.asarray(t, jnp.float32)
       return jnp.ones_like(t), 0.1 + t * (1.0 - t)
-  if "sharpening_test_path" not in SDES.names():
-    SDES.register("sharpening_test_path")(Sharpening)
+  monkeypatch.setitem(SDES._items, "sharpening_test_path", Sharpening)  # for this test only
   config = tiny(**{"diffusion.sde": "sharpening_test_path"})
   model, process = build.setup(config)
   mesh = parallel.make_mesh()

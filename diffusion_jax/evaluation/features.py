@@ -117,16 +117,18 @@ def inception_extractor(config, cache_dir, mesh):
   """FID on pool3 features, sFID on the spatial features, IS on the softmax of the 1008 logits (as the TF Inception
   Score code)."""
   params = inception.load_params(config.eval.inception_weights or os.environ.get("FID_INCEPTION_WEIGHTS", ""))
-  extract = inception_apply(params, config.eval.batch_size, mesh, spatial=True)
+  sfid = config.eval.sfid
+  extract = inception_apply(params, config.eval.batch_size, mesh, spatial=sfid)
 
   def apply(images):
-    pool, logits, spatial = extract(images)
-    return {"pool3": pool, "spatial": spatial}, np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
-  return Extractor("inception", apply, {"pool3": 2048, "spatial": 2023},
-                   {"pool3": "fid_inception", "spatial": "sfid_inception"},
+    pool, logits, *spatial = extract(images)
+    sets = {"pool3": pool, **({"spatial": spatial[0]} if sfid else {})}
+    return sets, np.asarray(jax.nn.softmax(logits.astype(np.float64), axis=-1))
+  return Extractor("inception", apply, {"pool3": 2048, **({"spatial": 2023} if sfid else {})},
+                   {"pool3": "fid_inception", **({"spatial": "sfid_inception"} if sfid else {})},
                    "the FID Inception network (pytorch-fid's 2015-12-05 weights, images resized to 299): FID on its "
-                   "2048-d pool3 features, sFID (Nash et al. 2021) on the first 7 channels of mixed_6/conv (2023-d), "
-                   "IS on the softmax of its 1008 logits", False)
+                   "2048-d pool3 features, " + ("sFID (Nash et al. 2021) on the first 7 channels of mixed_6/conv "
+                   "(2023-d), " if sfid else "") + "IS on the softmax of its 1008 logits", False)
 
 
 @EXTRACTORS.register("digits")
