@@ -32,7 +32,7 @@ def test_peak_table_matches_device_kinds_and_dtypes():
 
 def test_memory_budget_bisection_finds_the_largest_fitting_batch(monkeypatch):
   # the bisection on a synthetic cost (1 MiB per example + 10 MiB): exact answers, multiples of k, and batch 1's need
-  # when nothing fits; then XLA's analysis of the tiny config's real step, whose total grows with the batch
+  # when nothing fits; then XLA's analysis of a tiny config's real step
   from benchmarks import memory
   from conftest import tiny_config
   monkeypatch.setattr(memory, "step_memory", lambda config, b: {"total": (10 + b) * 2**20})
@@ -41,7 +41,6 @@ def test_memory_budget_bisection_finds_the_largest_fitting_batch(monkeypatch):
   with pytest.raises(ValueError, match="Even a per-device batch of 1 .* needs 0.01 GiB, more than the budget"):
     memory.largest_batch(tiny_config(), 5 * 2**20)
   monkeypatch.undo()
-  small, large = (memory.step_memory(tiny_config(**{"model.block_out_channels": (8, 16), "model.attn_resolutions": ()}),
-                                     b) for b in (2, 32))
-  assert set(small) == {"argument", "output", "temp", "alias", "total"}
-  assert small["temp"] < large["temp"] and small["total"] < large["total"]
+  mem = memory.step_memory(tiny_config(**{"model.block_out_channels": (8, 16), "model.attn_resolutions": ()}), 4)
+  assert set(mem) == {"argument", "output", "temp", "alias", "total"} and mem["temp"] > 0
+  assert mem["total"] == mem["argument"] + mem["output"] + mem["temp"] - mem["alias"] > mem["argument"]
