@@ -82,8 +82,9 @@ def define_flags():
                       "runs/compare_samplers_oracle).")
 
 
-def plan(config, model, process, families, nfes, tolerances):
-  """The (sampler, steps, options, target NFE or None for adaptive) runs of the grid that apply to this model."""
+def family_runs(config, families, nfes, applies=lambda name: True):
+  """(sampler, steps, options, target NFE) of each family's fixed-step runs whose step count the schedule has, for
+  the families whose sampler `applies` (a ValueError from it says why not: logged, and the family skipped)."""
   unknown = set(families) - set(FAMILIES)
   if unknown:
     raise ValueError(f"Unknown sampler families {sorted(unknown)}; valid: {', '.join(FAMILIES)}")
@@ -91,16 +92,19 @@ def plan(config, model, process, families, nfes, tolerances):
   for fam in families:
     name, opts, steps_for = FAMILIES[fam]
     try:
-      sampler_setup(config, model, None, process, name)
+      applies(name)
     except ValueError as e:
       logging.warning("skipping %s: %s", fam, e)
       continue
     if name == "pc" and opts.get("corrector") == "langevin":  # Song et al. 2021, App. G: r = 0.16 (VE), 0.01 (VP)
       opts = {**opts, "snr": 0.16 if config.diffusion.sde in ("ve", "edm") else 0.01}
-    for n in nfes:
-      steps = steps_for(n)
-      if 1 <= steps <= config.diffusion.num_timesteps:
-        runs.append((name, steps, dict(opts), n))
+    runs += [(name, steps_for(n), dict(opts), n) for n in nfes if 1 <= steps_for(n) <= config.diffusion.num_timesteps]
+  return runs
+
+
+def plan(config, model, process, families, nfes, tolerances):
+  """The (sampler, steps, options, target NFE or None for adaptive) runs of the grid that apply to this model."""
+  runs = family_runs(config, families, nfes, lambda name: sampler_setup(config, model, None, process, name))
   if "ode" in [FAMILIES[f][0] for f in families]:
     runs += [("ode", 20, {"rtol": float(t), "atol": float(t)}, None) for t in tolerances]
   return runs
@@ -167,11 +171,10 @@ def oracle(config, out, families, nfes, seeds, num_samples):
   seeds, scored against the mixture itself (ORACLE_METRICS). Writes oracle.csv / .md and mmd_vs_nfe.png."""
   schedule = get_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
   model_fn = ORACLE.model_fn(schedule, "eps")
-  runs = [r for r in plan_oracle(config, schedule, families, nfes)]
+  runs = family_runs(config, families, nfes)
   rows = []
   mean, cov = ORACLE.moments()
-  for (fam, name, steps, opts, target), seed in tqdm([(r, k) for r in runs for k in range(seeds)],
-                                                     desc="oracle runs"):
+  for (name, steps, opts, target), seed in tqdm([(r, k) for r in runs for k in range(seeds)], desc="oracle runs"):
     fn, on, prediction = on_sampler_process(config, model_fn, schedule, name, "eps")
     sample = jax.jit(lambda rng: get_sampler(name)(fn, on, (num_samples, ORACLE.dim), rng, num_steps=steps,
                                                    prediction=prediction, **sampler_kwargs(config, name, opts)))
@@ -188,20 +191,6 @@ def oracle(config, out, families, nfes, seeds, num_samples):
            "fd_moments": metrics.frechet_distance(exact.mean(0), np.cov(exact, rowvar=False), mean, cov)}
   write_oracle(rows, floor, out, num_samples, seeds, config.sample.spacing)
   return rows, floor
-
-
-def plan_oracle(config, schedule, families, nfes):
-  """(family, sampler, steps, options, target NFE) of the fixed-step runs that apply to the discrete schedule."""
-  unknown = set(families) - set(FAMILIES)
-  if unknown:
-    raise ValueError(f"Unknown sampler families {sorted(unknown)}; valid: {', '.join(FAMILIES)}")
-  runs = []
-  for fam in families:
-    name, opts, steps_for = FAMILIES[fam]
-    if name == "pc" and opts.get("corrector") == "langevin":
-      opts = {**opts, "snr": 0.01}  # Song et al. 2021, App. G: r = 0.01 for VP
-    runs += [(fam, name, steps_for(n), dict(opts), n) for n in nfes if 1 <= steps_for(n) <= schedule.num_timesteps]
-  return runs
 
 
 def write_oracle(rows, floor, out, num_samples, seeds, spacing):

@@ -5,7 +5,6 @@ model evaluation metrics"; dgm-eval and EDM2's calculate_metrics): bicubic resiz
 The features are the CLS token of the final layernormed sequence (transformers' `pooler_output`), config.hidden_size-d
 (1024 for ViT-L/14, the network of FD_DINOv2). Inference only."""
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -19,7 +18,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file
 
 from diffusion_jax.models.clip_text import ACTIVATIONS
-from diffusion_jax.models.state_dict import from_state_dict
+from diffusion_jax.models.state_dict import from_state_dict, hf_checkpoint
 
 MODEL = "facebook/dinov2-large"  # ViT-L/14, the FD_DINOv2 network of Stein et al. 2023 and EDM2
 MODELS = ", ".join(f"facebook/dinov2-{s}" for s in ("small", "base", "large", "giant"))
@@ -272,16 +271,9 @@ def convert_params(state_dict, config):
 
 def load_pretrained(directory):
   """(config, params) of a Hugging Face DINOv2 directory: config.json + model.safetensors. Nothing is downloaded."""
-  if not directory or not os.path.isdir(directory):
-    raise FileNotFoundError(f"DINOv2 weights directory {directory!r} not found: {_download_hint()}")
-  paths = [os.path.join(directory, f) for f in ("config.json", "model.safetensors")]
-  for path in paths:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found (a DINOv2 directory holds config.json and model.safetensors): "
-                              f"{_download_hint()}")
-  with open(paths[0]) as f:
-    config = Dinov2Config.from_dict(json.load(f))
-  return config, convert_params(load_file(paths[1]), config)
+  config, path = hf_checkpoint(directory, "DINOv2", _download_hint())
+  config = Dinov2Config.from_dict(config)
+  return config, convert_params(load_file(path), config)
 
 
 def load_params(path):

@@ -2,7 +2,6 @@
 loading from a Hugging Face directory (config.json + model.safetensors) by name mapping: the frozen text encoder of
 Stable Diffusion, or a small one trained here."""
 import dataclasses
-import json
 import math
 import os
 
@@ -12,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from safetensors import safe_open
+from safetensors.numpy import load_file
 
-from diffusion_jax.models.state_dict import from_state_dict
+from diffusion_jax.models.state_dict import from_state_dict, hf_checkpoint
 
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP's approximation (SD v1's text encoder)
@@ -116,14 +116,9 @@ def convert_params(state_dict, config):
 
 def load_pretrained(directory):
   """(config, params) of a Hugging Face CLIPTextModel directory: config.json + model.safetensors."""
-  from safetensors.numpy import load_file
-  paths = [os.path.join(directory, f) for f in ("config.json", "model.safetensors")]
-  for path in paths:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: a text encoder directory holds config.json and model.safetensors")
-  with open(paths[0]) as f:
-    config = CLIPTextConfig.from_dict(json.load(f))
-  return config, convert_params(load_file(paths[1]), config)
+  config, path = hf_checkpoint(directory, "text encoder")
+  config = CLIPTextConfig.from_dict(config)
+  return config, convert_params(load_file(path), config)
 
 
 def load_projection(directory):

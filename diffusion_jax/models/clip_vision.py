@@ -2,8 +2,6 @@
 Flax, CLIP's image preprocessing, and the loading of its weights from a local Hugging Face directory (config.json +
 model.safetensors) by name mapping: the embeddings behind CLIPScore and CMMD (evaluation/clip_metrics.py)."""
 import dataclasses
-import json
-import os
 
 import flax.linen as nn
 import jax
@@ -12,7 +10,7 @@ from safetensors import safe_open
 
 from diffusion_jax.models import clip_text
 from diffusion_jax.models.clip_text import ACTIVATIONS, EncoderLayer
-from diffusion_jax.models.state_dict import from_state_dict
+from diffusion_jax.models.state_dict import from_state_dict, hf_checkpoint
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation of [0, 1] RGB
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -133,15 +131,8 @@ def is_vision_key(key):
 def load_pretrained(directory):
   """(config, params) of the CLIP image encoder in a local Hugging Face directory (config.json + model.safetensors)
   of a CLIPVisionModelWithProjection or a CLIPModel; reads only the image tower's tensors, downloads nothing."""
-  if not directory or not os.path.isdir(directory):
-    raise FileNotFoundError(f"CLIP weights directory {directory!r} not found: {WEIGHTS_HINT}")
-  paths = [os.path.join(directory, f) for f in ("config.json", "model.safetensors")]
-  for path in paths:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: a CLIP weights directory holds config.json and model.safetensors; "
-                              f"{WEIGHTS_HINT}")
-  with open(paths[0]) as f:
-    config = CLIPVisionConfig.from_dict(json.load(f))
-  with safe_open(paths[1], "np") as f:
+  config, path = hf_checkpoint(directory, "CLIP", WEIGHTS_HINT)
+  config = CLIPVisionConfig.from_dict(config)
+  with safe_open(path, "np") as f:
     state_dict = {k: f.get_tensor(k) for k in f.keys() if is_vision_key(k)}
   return config, convert_params(state_dict, config)

@@ -1,5 +1,8 @@
 """PyTorch state dicts ({key: array}) onto flax parameter trees, by a function naming each parameter's key: the one
 mapping behind every weight converter (diffusers U-Nets and autoencoders, transformers' CLIP text encoder)."""
+import json
+import os
+
 import numpy as np
 from flax import traverse_util
 
@@ -34,3 +37,17 @@ def from_state_dict(state_dict, abstract_params, key, strict=True):
                        f"{value.shape}, the network needs {leaf.shape} (flax {'/'.join(path)})")
     out[path] = value
   return traverse_util.unflatten_dict(out)
+
+
+def hf_checkpoint(directory, kind, hint=""):
+  """(config.json as a dict, the path of model.safetensors) of a local Hugging Face directory; a missing directory or
+  file raises FileNotFoundError naming it, followed by `hint` (which model to fetch and where to point the config)."""
+  if not directory or not os.path.isdir(directory):
+    raise FileNotFoundError(f"{kind} weights directory {directory!r} not found" + (f": {hint}" if hint else ""))
+  hint = f"; {hint}" if hint else ""
+  paths = [os.path.join(directory, f) for f in ("config.json", "model.safetensors")]
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: a {kind} directory holds config.json and model.safetensors{hint}")
+  with open(paths[0]) as f:
+    return json.load(f), paths[1]
