@@ -25,18 +25,24 @@ import torch
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.vs_diffusers import build_unet, measure, peak_rss_reset, rss_mb
+from benchmarks.common import build_unet, measure, peak_rss_reset, rss_mb
 from diffusion_jax import build, latent, tables
 from diffusion_jax.models.kernels import KERNELS
 from diffusion_jax.models.remat import REMAT_POLICIES
 from diffusion_jax.train import make_train_step
 
-_REMAT = flags.DEFINE_list("remat", list(REMAT_POLICIES), "model.remat policies to measure.")
-_ACCUM = flags.DEFINE_list("accum", ["1", "4"], "training.grad_accum_steps values to measure.")
-_KERNELS = flags.DEFINE_list("kernels", ["cpu", "xla"], "Kernel sets to measure (a CPU-only set is skipped elsewhere).")
-FLAGS = flags.FLAGS  # --batch (default 32) and --train_steps (timed steps per setting) are vs_diffusers' flags
-_BUDGET = flags.DEFINE_float("budget_gb", 0.0, "> 0: find the largest per-device batch of --config within this.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The config of --budget_gb.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command-line flags (defined only when run as a script, so that the benchmarks can be imported together)."""
+  flags.DEFINE_list("remat", list(REMAT_POLICIES), "model.remat policies to measure.")
+  flags.DEFINE_list("accum", ["1", "4"], "training.grad_accum_steps values to measure.")
+  flags.DEFINE_list("kernels", ["cpu", "xla"], "Kernel sets to measure (the cpu set only on a CPU).")
+  flags.DEFINE_integer("batch", 32, "Global training batch (one device).")
+  flags.DEFINE_integer("train_steps", 4, "Timed training steps per setting.")
+  flags.DEFINE_float("budget_gb", 0.0, "> 0: find the largest per-device batch of --config within this.")
+  config_flags.DEFINE_config_file("config", None, "The config of --budget_gb.")
 
 
 def step_memory(config, batch_size, kernels=None):
@@ -148,11 +154,11 @@ def measure_all():
   for checkpointing in (False, True):
     rows.append(diffusers_side(unet, x, t, checkpointing, FLAGS.train_steps))
     print(json.dumps({"benchmark": "memory", "model": "medium", "batch": FLAGS.batch, **rows[-1]}), flush=True)
-  for kernels in _KERNELS.value:
+  for kernels in FLAGS.kernels:
     if kernels == "cpu" and jax.default_backend() != "cpu" or kernels not in KERNELS.names():
       continue
-    for remat in _REMAT.value:
-      for k in (int(v) for v in _ACCUM.value):
+    for remat in FLAGS.remat:
+      for k in (int(v) for v in FLAGS.accum):
         rows.append(ours(config, params, x, t, remat, k, kernels, FLAGS.train_steps))
         print(json.dumps({"benchmark": "memory", "model": "medium", "batch": FLAGS.batch, **rows[-1]}), flush=True)
   print(f"\nmedium U-Net (vs_diffusers), batch {FLAGS.batch}, {jax.default_backend()}; MB = 2^20 bytes\n")
@@ -162,12 +168,12 @@ def measure_all():
 def main(argv):
   del argv
   peak_rss_reset()
-  if _BUDGET.value > 0:
-    if _CONFIG.value is None:
+  if FLAGS.budget_gb > 0:
+    if FLAGS.config is None:
       raise app.UsageError("--budget_gb needs --config=CONFIG (the model and its remat / grad_accum_steps)")
-    config = _CONFIG.value
-    batch, mem = largest_batch(config, _BUDGET.value * 2**30)
-    print(json.dumps({"benchmark": "memory_budget", "budget_gb": _BUDGET.value, "model": config.model.name,
+    config = FLAGS.config
+    batch, mem = largest_batch(config, FLAGS.budget_gb * 2**30)
+    print(json.dumps({"benchmark": "memory_budget", "budget_gb": FLAGS.budget_gb, "model": config.model.name,
                       "remat": config.model.get("remat", "none"),
                       "grad_accum_steps": config.training.grad_accum_steps, "per_device_batch": batch,
                       **{f"xla_{k}_gb": round(v / 2**30, 3) for k, v in mem.items()}}))
@@ -178,4 +184,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
