@@ -31,10 +31,11 @@ def rss_mb(field):
     return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
 
-def measure(fn, n):
-  """Seconds per call of fn() over n calls, and the peak RSS growth in MB. fn returns None, or the seconds it
-  measured itself (then used instead of the wall clock)."""
-  peak_rss_reset()
+def measure(fn, n, reset=True):
+  """Seconds per call of fn() over n calls, and the peak RSS growth in MB over them (from the last reset of the peak
+  unless `reset`). fn returns None, or the seconds it measured itself (then used instead of the wall clock)."""
+  if reset:
+    peak_rss_reset()
   base = rss_mb("VmRSS:")
   start = time.perf_counter()
   own = [fn() for _ in range(n)]

@@ -3,19 +3,26 @@
 
 Measure (default): for the medium U-Net of vs_diffusers (32x32 RGB, blocks 64/128/128, the same random weights on
 both sides) at one batch, ours for each remat policy, each k and each kernel set: XLA's memory analysis of the compiled
-training step (argument, output and temporary bytes; nothing is run for it), the growth of the process's peak RSS over
-the timed steps and the step time; on an accelerator also the device's own peak bytes in use. diffusers' UNet2DModel
-in the same process with and without enable_gradient_checkpointing(): peak RSS growth and step time. Prints JSON lines
-and a Markdown table.
+training step (argument, output and temporary bytes; nothing is run for it), the growth of the process's peak RSS from
+before the optimizer state exists to the end of the timed steps, and the step time; on an accelerator also the
+device's own peak bytes in use. diffusers' UNet2DModel with and without enable_gradient_checkpointing(): the same
+peak RSS growth and step time. Each setting runs in a fresh process, whose allocator returns freed buffers to the
+system (a fixed mmap threshold), so that one setting's freed memory does not hide the next one's. Then XLA's analysis
+alone for the DiT sizes (--dit) on ImageNet 256's 32x32x4 latents, per remat policy and k. Prints JSON lines and a
+Markdown table.
 
-  python -m benchmarks.memory [--remat=none,full,dots] [--accum=1,4] [--kernels=cpu,xla] [--batch=32] [--train_steps=4]
+  python -m benchmarks.memory [--remat=none,full,dots] [--accum=1,4] [--kernels=cpu,xla] [--batch=32]
+                              [--train_steps=4] [--dit=S/2,B/2,L/2,XL/2]
 
 Budget: `--budget_gb=16 --config=configs/cifar10_edm.py` finds, by bisection over compile-only memory analyses (nothing
 is allocated or run), the largest per-device batch whose training step fits the budget under the config's remat and
 grad_accum_steps: the question to ask before renting an accelerator.
 
   python -m benchmarks.memory --budget_gb=16 --config=configs/cifar10_edm.py [--config.model.remat=full]"""
+import concurrent.futures
 import json
+import multiprocessing
+import os
 import time
 
 import jax
@@ -24,11 +31,13 @@ import numpy as np
 import torch
 from absl import app, flags
 from ml_collections import config_flags
+from tqdm import tqdm
 
 from benchmarks.common import build_unet, measure, peak_rss_reset, rss_mb
+from configs import imagenet256_dit
 from diffusion_jax import build, latent, tables
 from diffusion_jax.models.kernels import KERNELS
-from diffusion_jax.models.remat import REMAT_POLICIES
+from diffusion_jax.models.remat import REMAT_POLICIES, compiler_options
 from diffusion_jax.train import make_train_step
 
 FLAGS = flags.FLAGS
@@ -41,6 +50,7 @@ def define_flags():
   flags.DEFINE_list("kernels", ["cpu", "xla"], "Kernel sets to measure (the cpu set only on a CPU).")
   flags.DEFINE_integer("batch", 32, "Global training batch (one device).")
   flags.DEFINE_integer("train_steps", 4, "Timed training steps per setting.")
+  flags.DEFINE_list("dit", ["S/2", "B/2", "L/2", "XL/2"], "DiT sizes whose steps XLA's analysis measures.")
   flags.DEFINE_float("budget_gb", 0.0, "> 0: find the largest per-device batch of --config within this.")
   config_flags.DEFINE_config_file("config", None, "The config of --budget_gb.")
 
@@ -59,8 +69,9 @@ def step_memory(config, batch_size, kernels=None):
   batch = {"image": jax.ShapeDtypeStruct((batch_size, *latent.diffusion_shape(config)), jnp.float32)}
   if config.model.num_classes:
     batch["label"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-  mem = jax.jit(make_train_step(config, model, process, tx), donate_argnums=0).lower(state, batch).compile() \
-      .memory_analysis()
+  step = jax.jit(make_train_step(config, model, process, tx), donate_argnums=0,
+                 compiler_options=compiler_options(config.model.remat))
+  mem = step.lower(state, batch).compile().memory_analysis()
   out = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
   return {**out, "total": out["argument"] + out["output"] + out["temp"] - out["alias"]}
 
@@ -92,41 +103,55 @@ def device_peak_mb():
   return None if not stats else stats.get("peak_bytes_in_use", 0) / 2**20
 
 
-def ours(base, params, x, t, remat, k, kernels, steps):
-  """One setting of ours: XLA's analysis, then the timed steps' RSS growth and seconds per step."""
+def inputs(batch_size):
+  """The benchmark's fixed images and integer times."""
+  rng = np.random.default_rng(0)
+  return rng.uniform(-1, 1, (batch_size, 32, 32, 3)).astype(np.float32), rng.integers(0, 1000, batch_size)
+
+
+def ours(remat, k, kernels, batch_size, steps):
+  """One setting of ours (in its own process): XLA's analysis, then the peak RSS growth from before the optimizer state
+  exists over the first and the timed steps, and seconds per step."""
+  _, base, params = build_unet("medium")
   config = base.copy_and_resolve_references()
   config.model.remat, config.training.grad_accum_steps, config.model.kernels = remat, k, kernels
-  config.training.batch_size = len(x)
-  mem = step_memory(config, len(x))
+  config.training.batch_size = batch_size
+  mem = step_memory(config, batch_size)
   model, process = build.setup(config)
   tx = build.model_optimizer(config)
-  holder = [jax.device_put(build.new_state(params, tx, jax.random.PRNGKey(0)))]
-  step = jax.jit(make_train_step(config, model, process, tx), donate_argnums=0)
-  batch = {"image": jnp.asarray(x)}
+  step = jax.jit(make_train_step(config, model, process, tx), donate_argnums=0,
+                 compiler_options=compiler_options(remat))
+  batch = {"image": jnp.asarray(inputs(batch_size)[0])}
+  step = step.lower(jax.eval_shape(lambda: build.new_state(params, tx, jax.random.PRNGKey(0))), batch).compile()
+  peak_rss_reset()
+  start = rss_mb("VmRSS:")
+  holder = [build.new_state(params, tx, jax.random.PRNGKey(0))]
 
   def run():
     holder[0], metrics = step(holder[0], batch)
     metrics["loss"].block_until_ready()
-  run()  # compiles
-  seconds, rss = measure(run, steps)
-  row = {"side": "ours", "remat": remat, "grad_accum_steps": k, "kernels": kernels,
-         **{f"xla_{n}_mb": round(v / 2**20, 1) for n, v in mem.items()}, "peak_rss_growth_mb": round(rss, 1),
-         "seconds_per_step": round(seconds, 3)}
+  run()  # the first step, whose buffers the allocator then holds
+  seconds, _ = measure(run, steps, reset=False)
   peak = device_peak_mb()
-  return {**row, "device_peak_mb": None if peak is None else round(peak, 1)}
+  return {"side": "ours", "remat": remat, "grad_accum_steps": k, "kernels": kernels,
+          **{f"xla_{n}_mb": round(v / 2**20, 1) for n, v in mem.items()},
+          "peak_rss_growth_mb": round(rss_mb("VmHWM:") - start, 1), "seconds_per_step": round(seconds, 3),
+          "device_peak_mb": None if peak is None else round(peak, 1)}
 
 
-def diffusers_side(unet, x, t, checkpointing, steps):
-  """diffusers' UNet2DModel trained as vs_diffusers' torch side (eps loss, Adam), with or without gradient
-  checkpointing: peak RSS growth and seconds per step."""
+def theirs(checkpointing, batch_size, steps):
+  """diffusers' UNet2DModel (in its own process) trained as vs_diffusers' torch side (eps loss, Adam), with or without
+  gradient checkpointing: peak RSS growth from before the optimizer state exists, and seconds per step."""
+  unet, _, _ = build_unet("medium")
   if checkpointing:
     unet.enable_gradient_checkpointing()
-  else:
-    unet.disable_gradient_checkpointing()
   unet.train()
-  opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
+  x, t = inputs(batch_size)
   abar = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))).float()
   xt, tt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t).long()
+  peak_rss_reset()
+  start = rss_mb("VmRSS:")
+  opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
 
   def run():
     noise = torch.randn_like(xt)
@@ -135,33 +160,53 @@ def diffusers_side(unet, x, t, checkpointing, steps):
     opt.zero_grad()
     loss.backward()
     opt.step()
-  run()  # warm-up
-  seconds, rss = measure(run, steps)
+  run()  # the first step creates Adam's moments and the gradients
+  seconds, _ = measure(run, steps, reset=False)
   return {"side": "diffusers", "remat": "gradient checkpointing" if checkpointing else "none", "grad_accum_steps": 1,
-          "kernels": "torch", "peak_rss_growth_mb": round(rss, 1), "seconds_per_step": round(seconds, 3)}
+          "kernels": "torch", "peak_rss_growth_mb": round(rss_mb("VmHWM:") - start, 1),
+          "seconds_per_step": round(seconds, 3)}
 
 
-COLUMNS = ("side", "remat", "grad_accum_steps", "kernels", "xla_argument_mb", "xla_output_mb", "xla_temp_mb",
+def dit_analysis(size, remat, k, batch_size):
+  """XLA's analysis alone of the training step of DiT-`size` on ImageNet 256's latents (configs/imagenet256_dit.py)."""
+  config = imagenet256_dit.get_config(size)
+  config.model.remat, config.training.grad_accum_steps = remat, k
+  mem = step_memory(config, batch_size, kernels="xla")
+  return {"side": "ours", "model": f"DiT-{size}", "remat": remat, "grad_accum_steps": k, "kernels": "xla",
+          **{f"xla_{n}_mb": round(v / 2**20, 1) for n, v in mem.items()}}
+
+
+def in_fresh_process(fn, *args):
+  """fn(*args) run in a new Python process whose allocator returns every freed buffer of 64 KiB or more to the system,
+  so that its peak RSS is its own."""
+  os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    return pool.submit(fn, *args).result()
+
+
+COLUMNS = ("model", "side", "remat", "grad_accum_steps", "kernels", "xla_argument_mb", "xla_output_mb", "xla_temp_mb",
            "xla_total_mb", "peak_rss_growth_mb", "device_peak_mb", "seconds_per_step")
 
 
-def measure_all():
-  unet, config, params = build_unet("medium")
-  rng = np.random.default_rng(0)
-  x = rng.uniform(-1, 1, (FLAGS.batch, 32, 32, 3)).astype(np.float32)
-  t = rng.integers(0, 1000, FLAGS.batch)
-  rows = []
-  for checkpointing in (False, True):
-    rows.append(diffusers_side(unet, x, t, checkpointing, FLAGS.train_steps))
-    print(json.dumps({"benchmark": "memory", "model": "medium", "batch": FLAGS.batch, **rows[-1]}), flush=True)
+def settings():
+  """(function, arguments) of every row the flags ask for, in the table's order."""
+  b, steps = FLAGS.batch, FLAGS.train_steps
+  yield from ((theirs, (checkpointing, b, steps)) for checkpointing in (False, True))
   for kernels in FLAGS.kernels:
     if kernels == "cpu" and jax.default_backend() != "cpu" or kernels not in KERNELS.names():
       continue
-    for remat in FLAGS.remat:
-      for k in (int(v) for v in FLAGS.accum):
-        rows.append(ours(config, params, x, t, remat, k, kernels, FLAGS.train_steps))
-        print(json.dumps({"benchmark": "memory", "model": "medium", "batch": FLAGS.batch, **rows[-1]}), flush=True)
-  print(f"\nmedium U-Net (vs_diffusers), batch {FLAGS.batch}, {jax.default_backend()}; MB = 2^20 bytes\n")
+    yield from ((ours, (remat, int(k), kernels, b, steps)) for remat in FLAGS.remat for k in FLAGS.accum)
+  yield from ((dit_analysis, (size, remat, int(k), b)) for size in FLAGS.dit for remat in FLAGS.remat
+              for k in FLAGS.accum)
+
+
+def measure_all():
+  rows = []
+  for fn, args in tqdm(list(settings()), desc="settings"):
+    rows.append({"model": "medium U-Net", **in_fresh_process(fn, *args)})
+    print(json.dumps({"benchmark": "memory", "batch": FLAGS.batch, **rows[-1]}), flush=True)
+  print(f"\nbatch {FLAGS.batch} on one {jax.default_backend()} device; MB = 2^20 bytes\n")
   print(tables.markdown_table(rows, COLUMNS))
 
 

@@ -16,6 +16,7 @@ from diffusion_jax.data import get_dataset
 from diffusion_jax.guidance import drop_labels
 from diffusion_jax.images import save_grid
 from diffusion_jax.losses import diffusion_loss
+from diffusion_jax.models import remat
 from diffusion_jax.models.kernels import get_kernels
 from diffusion_jax.sample import generate_samples
 from diffusion_jax.schedules import Schedule
@@ -192,7 +193,8 @@ def fit(config, tcfg, state, mngr, step_fn, batch_fn, mesh, logdir, after_step=N
     stop = jnp.max(batch.pop("stop_requested"))
     return (*step_fn(state, batch), stop)
   jitted = jax.jit(step_and_stop, in_shardings=(shardings, parallel.batch_sharded(mesh)),
-                   out_shardings=(shardings, parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
+                   out_shardings=(shardings, parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0,
+                   compiler_options=remat.compiler_options(config.model.remat))
   rows = parallel.local_rows(tcfg.batch_size, mesh)
   start = int(state.step)
   pbar = tqdm(total=tcfg.num_steps, initial=start, desc=desc, mininterval=2.0, disable=jax.process_index() > 0)

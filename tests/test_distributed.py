@@ -160,13 +160,14 @@ def assert_params_close(a, b):
 @pytest.fixture(scope="module")
 def topologies(tmp_path_factory):
   """Workdirs of the small config trained by main.py: 3 steps on 1 process x 4 devices (fsdp 1) and on 2 processes
-  x 2 devices with fsdp 2, the latter resumed to step 6 in this single-device process, which also trains 6 steps
-  from scratch."""
+  x 2 devices with fsdp 2 and 2 accumulated microbatches per step, the latter resumed to step 6 in this single-device
+  process, which also trains 6 steps from scratch."""
   from diffusion_jax import train
   base = tmp_path_factory.mktemp("topologies")
   wd = {k: str(base / k) for k in ("1x1", "1x4", "2x2", "2x2_then_1x1")}
   run_main(wd["1x4"], 1, 4, "--mode=train", "--config.training.num_steps=3")
-  out = run_main(wd["2x2"], 2, 2, "--mode=train", "--config.training.num_steps=3", "--config.parallel.fsdp=2")
+  out = run_main(wd["2x2"], 2, 2, "--mode=train", "--config.training.num_steps=3", "--config.parallel.fsdp=2",
+                 "--config.training.grad_accum_steps=2")
   shutil.copytree(wd["2x2"], wd["2x2_then_1x1"])
   train.train(small_config(), wd["2x2_then_1x1"])
   train.train(small_config(), wd["1x1"])

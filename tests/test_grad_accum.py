@@ -1,15 +1,11 @@
 """Gradient accumulation (training.grad_accum_steps = k): k microbatches summed inside the one compiled step reach
-the parameters of the whole batch, rolled (lax.scan) or unrolled, on one device and under FSDP on simulated devices;
+the parameters of the whole batch, rolled (lax.scan) or unrolled (with FSDP over two processes: test_distributed.py);
 a k that does not divide the per-device batch names the valid ones; a resumed run may change k (test_train.py)."""
-import json
-import os
-import re
-
 import jax
 import numpy as np
 import pytest
 
-from conftest import run_python, tiny_config
+from conftest import tiny_config
 from diffusion_jax import build, parallel, train
 from diffusion_jax.data import get_dataset
 
@@ -17,25 +13,15 @@ from diffusion_jax.data import get_dataset
 SMALL = {"model.block_out_channels": (8, 16), "model.attn_resolutions": ()}
 
 
-def trained_params(config, steps=3, mesh=None):
-  """The parameters after `steps` jitted train steps on the config's first batches (no checkpoints); on a mesh with
-  the state and batch sharded as train.fit shards them (FSDP over its fsdp axis)."""
+def trained_params(config, steps=3):
+  """The parameters and last metrics after `steps` jitted train steps on the config's first batches."""
   model, process = build.setup(config)
   tx = build.model_optimizer(config)
   state = build.init_state(config, model, tx, jax.random.PRNGKey(config.seed))
-  step_fn = train.make_train_step(config, model, process, tx)
-  if mesh is None:
-    step, put = jax.jit(step_fn), lambda b: b
-  else:
-    train.check_accumulation(config, mesh)
-    shardings = parallel.state_shardings(state, mesh)
-    state = jax.device_put(state, shardings)
-    step = jax.jit(step_fn, in_shardings=(shardings, parallel.batch_sharded(mesh)),
-                   out_shardings=(shardings, parallel.replicated(mesh)))
-    put = lambda b: parallel.shard_batch(b, mesh)
+  step = jax.jit(train.make_train_step(config, model, process, tx))
   data = get_dataset(config, "train")
   for i in range(steps):
-    state, metrics = step(state, put(train.host_batch(config, data, i)))
+    state, metrics = step(state, train.host_batch(config, data, i))
   return jax.tree.map(np.asarray, state.params), metrics
 
 
@@ -68,28 +54,3 @@ def test_an_accumulation_that_does_not_divide_the_per_device_batch_names_the_val
     train.check_accumulation(tiny_config(**{"training.grad_accum_steps": 3}), mesh)
   with pytest.raises(ValueError, match="valid: 1, 2, 4"):
     train.check_accumulation(tiny_config(**{"training.grad_accum_steps": 0, "training.batch_size": 4}), mesh)
-
-
-FSDP = """
-import json
-import jax, numpy as np
-from conftest import tiny_config
-from diffusion_jax import parallel
-from test_grad_accum import trained_params
-out = {}
-for k in (1, 2):
-  config = tiny_config(**{"training.batch_size": 8, "parallel.fsdp": 2, "model.block_out_channels": (8, 16),
-                          "model.attn_resolutions": (), "training.grad_accum_steps": k})
-  params, _ = trained_params(config, mesh=parallel.mesh_for(config))
-  out[k] = [float(np.abs(a).sum()) for a in jax.tree.leaves(params)]
-print("DEVICES", jax.device_count(), "SUMS", json.dumps(out))
-"""
-
-
-def test_accumulation_composes_with_fsdp_on_four_devices(tmp_path):
-  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-  out = run_python(["-c", FSDP, str(tmp_path)], env_extra={"XLA_FLAGS": flags}).stdout
-  devices, sums = re.search(r"DEVICES (\d+) SUMS (.*)", out).groups()
-  sums = json.loads(sums)
-  assert devices == "4"
-  np.testing.assert_allclose(sums["2"], sums["1"], rtol=1e-5)

@@ -15,7 +15,7 @@ from diffusion_jax.models import get_model
 from diffusion_jax.models.autoencoder import AutoencoderKL
 from diffusion_jax.models.dit import DiT
 from diffusion_jax.models.ncsnpp import NCSNpp
-from diffusion_jax.models.remat import REMAT_POLICIES
+from diffusion_jax.models.remat import REMAT_POLICIES, compiler_options
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.models.uvit import UViT
 
@@ -72,7 +72,7 @@ def _loss_and_grads(name, policy, params):
   make, inputs, train, blocks = NETWORKS[name]
   traced = jax.jit(jax.value_and_grad(_loss(make(policy), inputs, train))).trace(params)
   assert list(_remat_policies(traced.jaxpr.jaxpr)) == SAVEABLE[policy] * blocks
-  return traced.lower().compile()(params)
+  return traced.lower().compile(compiler_options(policy))(params)
 
 
 def _relative_errors(a, b):
@@ -105,6 +105,17 @@ def test_remat_checkpoints_every_block_and_keeps_parameters_loss_and_gradients(n
   np.testing.assert_allclose(loss_r, loss, rtol=1e-5)
   errors = _relative_errors(grads_r, grads)
   assert max(errors.values()) <= 1e-5, f"{name} {policy}: {max(errors.items(), key=lambda e: e[1])}"
+
+
+def test_the_compiled_program_keeps_the_recomputation():
+  # XLA's CPU pipeline would expand the optimization barriers of jax.checkpoint, after which CSE merges the
+  # recomputation into the forward pass; the compiler options keep them (accelerator compilers keep them anyway)
+  make, inputs, train, _ = NETWORKS["dit"]
+  params = random_params(make("none"), *inputs)
+  for policy in ("full", "dots"):
+    lowered = jax.jit(jax.grad(_loss(make(policy), inputs, train))).lower(params)
+    assert "opt-barrier" in lowered.compile(compiler_options(policy)).as_text()
+  assert compiler_options("none") == {}
 
 
 def test_config_sets_every_networks_remat(tiny):

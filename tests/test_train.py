@@ -67,13 +67,15 @@ def test_resume_gives_same_parameters(uninterrupted, tiny, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_resuming_with_another_gradient_accumulation_is_a_logged_change(uninterrupted, tiny, tmp_path):
+def test_resuming_with_another_gradient_accumulation_and_remat_is_a_logged_change(uninterrupted, tiny, tmp_path):
   wd, _ = uninterrupted
   shutil.copytree(wd, tmp_path / "wd")
-  state = train.train(tiny(**{"training.num_steps": 7, "training.grad_accum_steps": 4}), str(tmp_path / "wd"))
+  state = train.train(tiny(**{"training.num_steps": 7, "training.grad_accum_steps": 4, "model.remat": "full"}),
+                      str(tmp_path / "wd"))
   assert int(state.step) == 7
-  log = json.load(open(tmp_path / "wd" / "resume_log.json"))
-  assert log[-1]["changes"]["training.grad_accum_steps"] == {"checkpoint": 1, "now": 4}
+  changes = json.load(open(tmp_path / "wd" / "resume_log.json"))[-1]["changes"]
+  assert changes["training.grad_accum_steps"] == {"checkpoint": 1, "now": 4}
+  assert changes["model.remat"] == {"checkpoint": "none", "now": "full"}
 
 
 def test_kill_9_then_resume_matches_uninterrupted(tiny, tmp_path):

@@ -25,3 +25,14 @@ def remat(module_cls, policy, static_argnums=()):
   if policy == "none":
     return module_cls
   return nn.remat(module_cls, policy=_SAVEABLE[policy], static_argnums=static_argnums)
+
+
+def compiler_options(policy):
+  """The XLA options under which a compiled step keeps `policy`'s recomputation: XLA's CPU pipeline expands the
+  optimization barriers that hold a rematerialised block apart from its forward pass (cse_barrier_expander), after
+  which common-subexpression elimination merges the two and every activation is stored again, so on a CPU backend that
+  pass is disabled; accelerator compilers keep the barriers as they are."""
+  check_remat(policy)
+  if policy == "none" or jax.default_backend() != "cpu":
+    return {}
+  return {"xla_disable_hlo_passes": "cse_barrier_expander"}
