@@ -6,8 +6,8 @@ both sides) at one batch, ours for each remat policy, each k and each kernel set
 training step (argument, output and temporary bytes; nothing is run for it), the growth of the process's peak RSS from
 before the optimizer state exists to the end of the timed steps, and the step time; on an accelerator also the
 device's own peak bytes in use. diffusers' UNet2DModel with and without enable_gradient_checkpointing(): the same
-peak RSS growth and step time. Each setting runs in a fresh process, whose allocator returns freed buffers to the
-system (a fixed mmap threshold), so that one setting's freed memory does not hide the next one's. Then XLA's analysis
+peak RSS growth and step time. Each setting runs in a fresh process, so that memory one setting freed and the
+allocator kept does not hide the next one's growth. Then XLA's analysis
 alone for the DiT sizes (--dit) on ImageNet 256's 32x32x4 latents, per remat policy and k. Prints JSON lines and a
 Markdown table.
 
@@ -22,7 +22,6 @@ grad_accum_steps: the question to ask before renting an accelerator.
 import concurrent.futures
 import json
 import multiprocessing
-import os
 import time
 
 import jax
@@ -58,11 +57,12 @@ def define_flags():
 def step_memory(config, batch_size, kernels=None):
   """XLA's memory analysis of the compiled training step of `config` at a per-device batch (one device, abstract
   inputs: nothing is allocated): {argument, output, temp, alias, total} in bytes, total = argument + output + temp -
-  alias (the donated state is reused for the new one)."""
+  alias (the donated state is reused for the new one). The step is compiled under `kernels`, or the config's kernel
+  set, where `auto` stands for the accelerators' `xla` (accumulation rolled as a lax.scan) on any backend."""
   config = config.copy_and_resolve_references()
   config.training.batch_size = batch_size
-  if kernels:
-    config.model.kernels = kernels
+  if kernels or config.model.kernels == "auto":
+    config.model.kernels = kernels or "xla"
   model, process = build.setup(config)
   tx = build.model_optimizer(config)
   state = jax.eval_shape(lambda: build.init_state(config, model, tx, jax.random.PRNGKey(0)))
@@ -177,9 +177,8 @@ def dit_analysis(size, remat, k, batch_size):
 
 
 def in_fresh_process(fn, *args):
-  """fn(*args) run in a new Python process whose allocator returns every freed buffer of 64 KiB or more to the system,
-  so that its peak RSS is its own."""
-  os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+  """fn(*args) run in a new Python process, so that its peak RSS is its own (memory an earlier setting freed and the
+  allocator kept would otherwise hide the growth)."""
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
     return pool.submit(fn, *args).result()

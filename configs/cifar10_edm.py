@@ -17,6 +17,12 @@ def get_config():
   c.training.weighting = "edm"
   c.training.t_sampling = "lognormal_sigma"
   c.training.batch_size = 512
+  # One 16 GB device: 8 microbatches of 64 (EDM's --batch-gpu=64), no recomputation. XLA's compile-only analysis
+  # of this step (step_memory in benchmarks/memory.py, whose --budget_gb=16 bisects for the largest batch): 10.4 GiB
+  # (0.84 arguments + 9.6 temporary); 5.8 GiB at k = 16, 13.9 GiB with model.remat=full at k = 2. On n devices use
+  # k = 8 / n.
+  c.training.grad_accum_steps = 8
+  c.model.remat = "none"
   c.training.num_steps = 390_625
   c.training.ema_decay = 0.5 ** (512 / 500_000)
   c.optim.lr = 1e-3

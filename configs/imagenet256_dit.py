@@ -31,11 +31,17 @@ def get_config(arg="XL/2"):
                                   norm_groups=32))
   c.training.update(dict(num_steps=400_000, batch_size=256, ema_decay=0.9999, p_uncond=0.1, checkpoint_every=10_000,
                          sample_every=50_000))
+  # DiT-XL/2 on one 80 GB device: 8 microbatches of 32, no recomputation. XLA's compile-only analysis of this step
+  # (step_memory in benchmarks/memory.py, whose --budget_gb=80 bisects for the largest batch): 41.5 GiB (10.1 GiB of
+  # parameters, Adam moments and EMA + 31.4 GiB temporary); 70.4 GiB at k = 4; 28.6 GiB with model.remat=full at
+  # k = 1. On n devices use k = 8 / n, or parallel.fsdp to split the 10.1 GiB.
+  c.training.grad_accum_steps = 8
+  c.model.remat = "none"
   c.optim.update(dict(optimizer="adamw", lr=1e-4, warmup_steps=0, weight_decay=0.0, grad_clip=0.0))
   c.sample.update(dict(runs="ddpm:250:w=0.5", num_samples=50_000, batch_size=256, clip_x0=False,
                        ddpm_variance="beta"))
   c.eval.features = "inception"
   if local:
-    c.training.update(dict(num_steps=200, batch_size=16, checkpoint_every=100, sample_every=0))
+    c.training.update(dict(num_steps=200, batch_size=16, checkpoint_every=100, sample_every=0, grad_accum_steps=1))
     c.sample.update(dict(runs="ddim:10:w=0.5", num_samples=16, batch_size=16))
   return c

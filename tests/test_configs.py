@@ -53,7 +53,7 @@ def test_path_configs_take_a_training_step(name):
   tx = build.make_optimizer(config.optim)
   step = make_train_step(config, model, process, tx)
   s = config.data.image_size
-  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8 if digits else 2, s, s, config.data.channels))}
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, s, s, config.data.channels))}  # k = 8 divides it
   if config.model.num_classes:
     batch["label"] = jnp.arange(batch["image"].shape[0]) % config.model.num_classes
   init = lambda rng: build.init_state(config, model, tx, rng)

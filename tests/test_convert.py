@@ -132,10 +132,9 @@ def test_ddim_table1_smoke_run_on_a_converted_random_release(cifar10_release, tm
   config.eval.update(inception_weights=weights, reference_stats=stats, batch_size=12)
   config.sample.batch_size = 12
   out = str(tmp_path / "table")
-  rows = table1.reproduce(config, dst, out, [10, 20], [0.0, 1.0], 12, smoke=True)
-  assert [(r["S"], r["eta"], r["nfe"], r["num_samples"]) for r in rows] == [(10, 0.0, 10, 12), (20, 0.0, 20, 12),
-                                                                           (10, 1.0, 10, 12), (20, 1.0, 20, 12)]
+  rows = table1.reproduce(config, dst, out, [10], [0.0, 1.0], 12, smoke=True)
+  assert [(r["S"], r["eta"], r["nfe"], r["num_samples"]) for r in rows] == [(10, 0.0, 10, 12), (10, 1.0, 10, 12)]
   assert all(np.isfinite(r["fid_inception"]) for r in rows)
   report = open(os.path.join(out, "results.md")).read()
-  assert "SMOKE TEST: 12 samples per cell" in report and "(13.36)" in report and "(18.36)" in report
+  assert "SMOKE TEST: 12 samples per cell" in report and "(13.36)" in report and "(41.07)" in report
   assert table1.runs(config, [10, 1000], [0.0])[1][3] == {"eta": 0.0, "spacing": "leading"}  # the full chain
