@@ -30,6 +30,7 @@ from diffusion_jax.build import init_state, make_optimizer, setup
 from diffusion_jax.models.kernels import KERNELS, resolve
 from diffusion_jax.sample import make_generate, sample_labels
 from diffusion_jax.train import make_train_step
+from diffusion_jax.models.remat import compiler_options
 
 # the DiTs' named sizes (models/dit.py); under --smoke every DiT is SMOKE_DIT on the digits (8x8x1, 10 classes)
 DIT_SIZES = {"dit_b2": "B/2", "dit_xl2": "XL/2"}
@@ -115,7 +116,8 @@ def measure(config, mesh, train_steps, ddim_steps, repeats):
   state = jax.jit(lambda r: init_state(config, model, tx, r), out_shardings=shardings)(jax.random.PRNGKey(0))
   step = jax.jit(make_train_step(config, model, schedule, tx), donate_argnums=0,
                  in_shardings=(shardings, parallel.batch_sharded(mesh)),
-                 out_shardings=(shardings, parallel.replicated(mesh)))
+                 out_shardings=(shardings, parallel.replicated(mesh)),
+                 compiler_options=compiler_options(config.model.remat))
   b, shape = config.training.batch_size, (config.data.image_size, config.data.image_size, config.data.channels)
   num_classes = config.model.num_classes
   batch = {"image": np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (b, *shape), minval=-1.0))}

@@ -1,5 +1,6 @@
 """What the benchmarks share without flags of their own: the reference U-Nets of diffusers against which ours is
 measured (the same random weights converted), and timing with the process's peak resident memory."""
+import ctypes
 import time
 
 import torch
@@ -22,7 +23,11 @@ COMMON = dict(norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_pad
 
 
 def peak_rss_reset():
-  with open("/proc/self/clear_refs", "w") as f:  # resets the peak resident set size (VmHWM)
+  """Returns the allocator's free memory to the system (glibc's malloc_trim), so that memory freed earlier (a
+  compilation, a weight conversion) and reused later counts as growth, then resets the peak resident set size
+  (VmHWM) to the current one."""
+  ctypes.CDLL("libc.so.6").malloc_trim(0)
+  with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 
 
@@ -31,11 +36,10 @@ def rss_mb(field):
     return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
 
-def measure(fn, n, reset=True):
-  """Seconds per call of fn() over n calls, and the peak RSS growth in MB over them (from the last reset of the peak
-  unless `reset`). fn returns None, or the seconds it measured itself (then used instead of the wall clock)."""
-  if reset:
-    peak_rss_reset()
+def measure(fn, n):
+  """Seconds per call of fn() over n calls, and the peak RSS growth in MiB over them. fn returns None, or the seconds
+  it measured itself (then used instead of the wall clock)."""
+  peak_rss_reset()
   base = rss_mb("VmRSS:")
   start = time.perf_counter()
   own = [fn() for _ in range(n)]

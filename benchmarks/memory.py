@@ -7,8 +7,8 @@ training step (argument, output and temporary bytes; nothing is run for it), the
 before the optimizer state exists to the end of the timed steps, and the step time; on an accelerator also the
 device's own peak bytes in use. diffusers' UNet2DModel with and without enable_gradient_checkpointing(): the same
 peak RSS growth and step time. Each setting runs in a fresh process, so that memory one setting freed and the
-allocator kept does not hide the next one's growth. Then XLA's analysis
-alone for the DiT sizes (--dit) on ImageNet 256's 32x32x4 latents, per remat policy and k. Prints JSON lines and a
+allocator kept does not hide the next one's growth. Then XLA's analysis alone for the DiT sizes (--dit; XL/2 takes
+minutes to compile on a CPU) on ImageNet 256's 32x32x4 latents, per remat policy and k. Prints JSON lines and a
 Markdown table.
 
   python -m benchmarks.memory [--remat=none,full,dots] [--accum=1,4] [--kernels=cpu,xla] [--batch=32]
@@ -22,6 +22,7 @@ grad_accum_steps: the question to ask before renting an accelerator.
 import concurrent.futures
 import json
 import multiprocessing
+import os
 import time
 
 import jax
@@ -32,7 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from benchmarks.common import build_unet, measure, peak_rss_reset, rss_mb
+from benchmarks.common import build_unet, peak_rss_reset, rss_mb
 from configs import imagenet256_dit
 from diffusion_jax import build, latent, tables
 from diffusion_jax.models.kernels import KERNELS
@@ -109,9 +110,17 @@ def inputs(batch_size):
   return rng.uniform(-1, 1, (batch_size, 32, 32, 3)).astype(np.float32), rng.integers(0, 1000, batch_size)
 
 
+def timed(fn, n):
+  """Seconds per call of fn() over n calls."""
+  start = time.perf_counter()
+  for _ in range(n):
+    fn()
+  return (time.perf_counter() - start) / n
+
+
 def ours(remat, k, kernels, batch_size, steps):
   """One setting of ours (in its own process): XLA's analysis, then the peak RSS growth from before the optimizer state
-  exists over the first and the timed steps, and seconds per step."""
+  exists over the first and the timed steps, seconds per step, and on an accelerator its peak bytes in use."""
   _, base, params = build_unet("medium")
   config = base.copy_and_resolve_references()
   config.model.remat, config.training.grad_accum_steps, config.model.kernels = remat, k, kernels
@@ -131,7 +140,7 @@ def ours(remat, k, kernels, batch_size, steps):
     holder[0], metrics = step(holder[0], batch)
     metrics["loss"].block_until_ready()
   run()  # the first step, whose buffers the allocator then holds
-  seconds, _ = measure(run, steps, reset=False)
+  seconds = timed(run, steps)
   peak = device_peak_mb()
   return {"side": "ours", "remat": remat, "grad_accum_steps": k, "kernels": kernels,
           **{f"xla_{n}_mb": round(v / 2**20, 1) for n, v in mem.items()},
@@ -161,7 +170,7 @@ def theirs(checkpointing, batch_size, steps):
     loss.backward()
     opt.step()
   run()  # the first step creates Adam's moments and the gradients
-  seconds, _ = measure(run, steps, reset=False)
+  seconds = timed(run, steps)
   return {"side": "diffusers", "remat": "gradient checkpointing" if checkpointing else "none", "grad_accum_steps": 1,
           "kernels": "torch", "peak_rss_growth_mb": round(rss_mb("VmHWM:") - start, 1),
           "seconds_per_step": round(seconds, 3)}
@@ -201,17 +210,19 @@ def settings():
 
 
 def measure_all():
+  """Runs every setting in a fresh process, printing each row as JSON, then the Markdown table."""
   rows = []
   for fn, args in tqdm(list(settings()), desc="settings"):
     rows.append({"model": "medium U-Net", **in_fresh_process(fn, *args)})
     print(json.dumps({"benchmark": "memory", "batch": FLAGS.batch, **rows[-1]}), flush=True)
-  print(f"\nbatch {FLAGS.batch} on one {jax.default_backend()} device; MB = 2^20 bytes\n")
+  print(f"\nbatch {FLAGS.batch} on one {jax.default_backend()} device; MB = MiB = 2^20 bytes\n")
   print(tables.markdown_table(rows, COLUMNS))
 
 
 def main(argv):
   del argv
-  peak_rss_reset()
+  # the parent starts JAX too (for the backend's name): on a GPU it must not take the memory its children measure
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   if FLAGS.budget_gb > 0:
     if FLAGS.config is None:
       raise app.UsageError("--budget_gb needs --config=CONFIG (the model and its remat / grad_accum_steps)")
@@ -224,7 +235,7 @@ def main(argv):
     return
   start = time.time()
   measure_all()
-  print(f"\n{time.time() - start:.0f} s; peak RSS {rss_mb('VmHWM:'):.0f} MB")
+  print(f"\n{time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from diffusion_jax import parallel
 from diffusion_jax.data import get_dataset
 from diffusion_jax.train import host_batch, make_train_step
 from diffusion_jax.build import init_state, make_optimizer, setup
+from diffusion_jax.models.remat import compiler_options
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps (after 3 warm-up steps).")
@@ -24,7 +25,7 @@ def main(_):
   rep = parallel.replicated(mesh)
   state = jax.jit(lambda r: init_state(config, model, tx, r), out_shardings=rep)(jax.random.PRNGKey(0))
   step = jax.jit(make_train_step(config, model, schedule, tx), in_shardings=(rep, parallel.batch_sharded(mesh)),
-                 out_shardings=(rep, rep), donate_argnums=0)
+                 out_shardings=(rep, rep), donate_argnums=0, compiler_options=compiler_options(config.model.remat))
   data = get_dataset(config, "train")
   batches = [parallel.shard_batch(host_batch(config, data, i), mesh) for i in range(4)]
   for i in range(3):

@@ -1,5 +1,6 @@
 """benchmarks/accelerator.py: its smoke run on this CPU, and its peak table; benchmarks/memory.py's budget bisection."""
 import json
+import os
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_peak_table_matches_device_kinds_and_dtypes():
   assert peak_tflops("cpu", "float32") is None and peak_tflops("cpu", "float32", override=2.0) == 2.0
 
 
-def test_memory_budget_bisection_finds_the_largest_fitting_batch(monkeypatch):
+def test_memory_budget_bisection_and_the_step_analysis_under_remat(monkeypatch):
   # the bisection on a synthetic cost (1 MiB per example + 10 MiB): exact answers, multiples of k, and batch 1's need
   # when nothing fits; then XLA's analysis of a tiny config's real step
   from benchmarks import memory
@@ -42,9 +43,16 @@ def test_memory_budget_bisection_finds_the_largest_fitting_batch(monkeypatch):
     memory.largest_batch(tiny_config(), 5 * 2**20)
   monkeypatch.undo()
   small = {"model.block_out_channels": (8, 16), "model.attn_resolutions": ()}
-  mem = memory.step_memory(tiny_config(**small), 4)
+  mem = memory.step_memory(tiny_config(**small), 4, kernels="cpu")
   assert set(mem) == {"argument", "output", "temp", "alias", "total"} and mem["temp"] > 0
   assert mem["total"] == mem["argument"] + mem["output"] + mem["temp"] - mem["alias"] > mem["argument"]
   # remat's recomputation survives XLA's CPU pipeline (models/remat.compiler_options): fewer activations are held
-  full = memory.step_memory(tiny_config(**small, **{"model.remat": "full"}), 4)
+  full = memory.step_memory(tiny_config(**small, **{"model.remat": "full"}), 4, kernels="cpu")
   assert full["argument"] == mem["argument"] and full["temp"] < 0.8 * mem["temp"]
+
+
+def test_memory_settings_run_in_a_fresh_process():
+  from benchmarks import memory
+  x, t = memory.in_fresh_process(memory.inputs, 4)  # the benchmark's inputs, made in a spawned interpreter
+  assert (x == memory.inputs(4)[0]).all()
+  assert t.shape == (4,) and memory.in_fresh_process(os.getpid) != os.getpid()

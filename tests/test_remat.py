@@ -1,7 +1,8 @@
 """Gradient checkpointing (config.model.remat, models/remat.py): under `full` and `dots` every network has the
 parameter tree of `none` and the same loss and parameter gradients (dropout included), its blocks are rematerialised
-(one checkpoint per block in the gradient's program), a checkpoint resumes under any policy, and an unknown policy
-names the valid ones."""
+(one checkpoint per block in the gradient's program, kept through XLA's CPU pipeline by remat.compiler_options; the
+memory this saves: test_benchmarks.py), a checkpoint resumes under any policy, and an unknown policy names the valid
+ones."""
 import json
 
 import jax
