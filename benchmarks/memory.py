@@ -55,11 +55,10 @@ def define_flags():
   config_flags.DEFINE_config_file("config", None, "The config of --budget_gb.")
 
 
-def step_memory(config, batch_size, kernels=None):
-  """XLA's memory analysis of the compiled training step of `config` at a per-device batch (one device, abstract
-  inputs: nothing is allocated): {argument, output, temp, alias, total} in bytes, total = argument + output + temp -
-  alias (the donated state is reused for the new one). The step is compiled under `kernels`, or the config's kernel
-  set, where `auto` stands for the accelerators' `xla` (accumulation rolled as a lax.scan) on any backend."""
+def compile_step(config, batch_size, kernels=None):
+  """(the training step of `config` compiled for a per-device batch on one device from abstract inputs, nothing
+  allocated; its optimizer). The step is compiled under `kernels`, or the config's kernel set, where `auto` stands
+  for the accelerators' `xla` (accumulation rolled as a lax.scan) on any backend."""
   config = config.copy_and_resolve_references()
   config.training.batch_size = batch_size
   if kernels or config.model.kernels == "auto":
@@ -72,9 +71,26 @@ def step_memory(config, batch_size, kernels=None):
     batch["label"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
   step = jax.jit(make_train_step(config, model, process, tx), donate_argnums=0,
                  compiler_options=compiler_options(config.model.remat))
-  mem = step.lower(state, batch).compile().memory_analysis()
+  return step.lower(state, batch).compile(), tx
+
+
+def analysis(compiled):
+  """XLA's memory analysis of a compiled step: {argument, output, temp, alias, total} in bytes, total = argument +
+  output + temp - alias (the donated state is reused for the new one)."""
+  mem = compiled.memory_analysis()
   out = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
   return {**out, "total": out["argument"] + out["output"] + out["temp"] - out["alias"]}
+
+
+def step_memory(config, batch_size, kernels=None):
+  """XLA's memory analysis (analysis) of the training step of `config` at a per-device batch, compiled as
+  compile_step compiles it."""
+  return analysis(compile_step(config, batch_size, kernels)[0])
+
+
+def analysis_mb(mem):
+  """A memory analysis as the table's xla_*_mb columns."""
+  return {f"xla_{n}_mb": round(v / 2**20, 1) for n, v in mem.items()}
 
 
 def largest_batch(config, budget_bytes, limit=1 << 16):
@@ -124,14 +140,8 @@ def ours(remat, k, kernels, batch_size, steps):
   _, base, params = build_unet("medium")
   config = base.copy_and_resolve_references()
   config.model.remat, config.training.grad_accum_steps, config.model.kernels = remat, k, kernels
-  config.training.batch_size = batch_size
-  mem = step_memory(config, batch_size)
-  model, process = build.setup(config)
-  tx = build.model_optimizer(config)
-  step = jax.jit(make_train_step(config, model, process, tx), donate_argnums=0,
-                 compiler_options=compiler_options(remat))
+  step, tx = compile_step(config, batch_size)
   batch = {"image": jnp.asarray(inputs(batch_size)[0])}
-  step = step.lower(jax.eval_shape(lambda: build.new_state(params, tx, jax.random.PRNGKey(0))), batch).compile()
   peak_rss_reset()
   start = rss_mb("VmRSS:")
   holder = [build.new_state(params, tx, jax.random.PRNGKey(0))]
@@ -143,9 +153,8 @@ def ours(remat, k, kernels, batch_size, steps):
   seconds = timed(run, steps)
   peak = device_peak_mb()
   return {"side": "ours", "remat": remat, "grad_accum_steps": k, "kernels": kernels,
-          **{f"xla_{n}_mb": round(v / 2**20, 1) for n, v in mem.items()},
-          "peak_rss_growth_mb": round(rss_mb("VmHWM:") - start, 1), "seconds_per_step": round(seconds, 3),
-          "device_peak_mb": None if peak is None else round(peak, 1)}
+          **analysis_mb(analysis(step)), "peak_rss_growth_mb": round(rss_mb("VmHWM:") - start, 1),
+          "seconds_per_step": round(seconds, 3), "device_peak_mb": None if peak is None else round(peak, 1)}
 
 
 def theirs(checkpointing, batch_size, steps):
@@ -180,9 +189,8 @@ def dit_analysis(size, remat, k, batch_size):
   """XLA's analysis alone of the training step of DiT-`size` on ImageNet 256's latents (configs/imagenet256_dit.py)."""
   config = imagenet256_dit.get_config(size)
   config.model.remat, config.training.grad_accum_steps = remat, k
-  mem = step_memory(config, batch_size, kernels="xla")
   return {"side": "ours", "model": f"DiT-{size}", "remat": remat, "grad_accum_steps": k, "kernels": "xla",
-          **{f"xla_{n}_mb": round(v / 2**20, 1) for n, v in mem.items()}}
+          **analysis_mb(step_memory(config, batch_size, kernels="xla"))}
 
 
 def in_fresh_process(fn, *args):
